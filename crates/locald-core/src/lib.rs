@@ -1,0 +1,3 @@
+//! Unprivileged code shared by the `locald` CLI and the daemon.
+
+pub mod diagnostics;

@@ -1,0 +1,181 @@
+//! Environment checks behind `locald doctor`: each returns findings with stable ids.
+
+use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
+use std::path::Path;
+use std::time::Duration;
+
+use locald_core::diagnostics::{Finding, Report};
+
+use crate::shim::{Shim, ShimClientError};
+
+pub fn run() -> Report {
+    let mut findings = Vec::new();
+    findings.push(shim());
+    findings.extend(cgroups());
+    findings.push(localhost_resolution());
+    findings.push(port_free("port.80", SocketAddr::from(([127, 0, 0, 1], 80))));
+    findings.push(port_free("port.443", SocketAddr::from(([127, 0, 0, 1], 443))));
+    Report { findings }
+}
+
+fn shim() -> Finding {
+    const ID: &str = "shim";
+    match Shim::discover() {
+        Ok(shim) => Finding::ok(
+            ID,
+            format!(
+                "{} is root-owned, setuid and speaks protocol {}",
+                shim.path().display(),
+                locald_shim::PROTOCOL_VERSION
+            ),
+        ),
+        // Without a shim locald still works, on unprivileged ports.
+        Err(err @ ShimClientError::NotFound { .. }) => Finding::warn(
+            "shim.missing",
+            format!("{err}; locald will serve on unprivileged ports"),
+            "sudo locald admin setup",
+        ),
+        Err(err @ ShimClientError::VersionMismatch { .. }) => {
+            Finding::error("shim.version", err.to_string(), "sudo locald admin setup")
+        }
+        Err(err @ ShimClientError::BadOverride { .. }) => Finding::error(
+            "shim.insecure",
+            err.to_string(),
+            "unset LOCALD_SHIM or point it at an installed shim",
+        ),
+        Err(err) => Finding::error("shim.broken", err.to_string(), "sudo locald admin setup"),
+    }
+}
+
+/// How the host's cgroups are mounted, and whether this user may create cgroups of its own.
+pub fn cgroups() -> Vec<Finding> {
+    let mode = cgroup_mode(Path::new("/sys/fs/cgroup"));
+    let mut findings = vec![match mode {
+        CgroupMode::Unified => Finding::ok("cgroup.mode", "cgroup v2 (unified hierarchy)"),
+        CgroupMode::Hybrid => Finding::warn(
+            "cgroup.mode",
+            "hybrid cgroup hierarchy: v2 exists but its controllers are bound to v1",
+            "boot with systemd.unified_cgroup_hierarchy=1 for memory/pids limits on containers",
+        ),
+        CgroupMode::Legacy => Finding::warn(
+            "cgroup.mode",
+            "cgroup v1 only",
+            "boot with systemd.unified_cgroup_hierarchy=1 for memory/pids limits on containers",
+        ),
+        CgroupMode::None => {
+            Finding::warn("cgroup.mode", "no cgroup filesystem at /sys/fs/cgroup", "mount cgroup2")
+        }
+    }];
+    if mode == CgroupMode::Unified {
+        findings.push(match delegated_cgroup() {
+            Some(path) => Finding::ok("cgroup.delegated", format!("this user may manage {path}")),
+            None => Finding::warn(
+                "cgroup.delegated",
+                "no delegated cgroup for this user: services are stopped by process group only",
+                "run locald under a systemd user session (user@.service delegates a subtree)",
+            ),
+        });
+    }
+    findings
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CgroupMode {
+    Unified,
+    Hybrid,
+    Legacy,
+    None,
+}
+
+pub fn cgroup_mode(root: &Path) -> CgroupMode {
+    const CGROUP2_MAGIC: i64 = 0x6367_7270;
+    const CGROUP1_MAGIC: i64 = 0x0027_e0eb;
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    let magic = |p: &Path| nix::sys::statfs::statfs(p).ok().map(|s| s.filesystem_type().0 as i64);
+    match magic(root) {
+        Some(CGROUP2_MAGIC) => CgroupMode::Unified,
+        Some(TMPFS_MAGIC) | Some(CGROUP1_MAGIC) => {
+            if magic(&root.join("unified")) == Some(CGROUP2_MAGIC) {
+                CgroupMode::Hybrid
+            } else {
+                CgroupMode::Legacy
+            }
+        }
+        _ => CgroupMode::None,
+    }
+}
+
+/// The user's own cgroup when it is a directory they own (systemd delegation) with controllers.
+fn delegated_cgroup() -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let path = own.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let dir = Path::new("/sys/fs/cgroup").join(path.trim_start_matches('/'));
+    let meta = std::fs::metadata(&dir).ok()?;
+    let controllers = std::fs::read_to_string(dir.join("cgroup.controllers")).ok()?;
+    (meta.uid() == nix::unistd::getuid().as_raw() && !controllers.trim().is_empty()).then(|| path.to_owned())
+}
+
+fn localhost_resolution() -> Finding {
+    const ID: &str = "dns.localhost";
+    let name = "locald-doctor-probe.localhost";
+    match (name, 0).to_socket_addrs() {
+        Ok(addrs) => {
+            let addrs: Vec<IpAddr> = addrs.map(|a| a.ip()).collect();
+            if !addrs.is_empty() && addrs.iter().all(IpAddr::is_loopback) {
+                Finding::ok(ID, format!("*.localhost resolves to loopback ({})", display_ips(&addrs)))
+            } else {
+                Finding::warn(
+                    ID,
+                    format!("{name} resolves to {}, not loopback", display_ips(&addrs)),
+                    "locald keeps /etc/hosts entries for its names through the shim",
+                )
+            }
+        }
+        Err(_) => Finding::warn(
+            ID,
+            "*.localhost does not resolve on this system",
+            "install nss-myhostname (libnss-myhostname) or let locald keep /etc/hosts entries through the shim",
+        ),
+    }
+}
+
+fn display_ips(addrs: &[IpAddr]) -> String {
+    addrs.iter().map(IpAddr::to_string).collect::<Vec<_>>().join(", ")
+}
+
+fn port_free(id: &'static str, addr: SocketAddr) -> Finding {
+    let port = addr.port();
+    match TcpStream::connect_timeout(&addr, Duration::from_millis(500)) {
+        Ok(_) => Finding::warn(
+            id,
+            format!("port {port} on 127.0.0.1 is already in use by another program"),
+            format!("stop whatever listens on {port}, or locald falls back to an unprivileged port"),
+        ),
+        Err(_) => Finding::ok(id, format!("port {port} on 127.0.0.1 is free")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plain_directory_is_not_a_cgroup_hierarchy() {
+        let dir = tempfile::tempdir().unwrap();
+        // A tempdir on ext4/overlay is neither cgroup v1 nor v2.
+        assert!(matches!(cgroup_mode(dir.path()), CgroupMode::None | CgroupMode::Legacy));
+        assert_eq!(cgroup_mode(&dir.path().join("missing")), CgroupMode::None);
+    }
+
+    #[test]
+    fn a_listening_port_is_reported_in_use_and_a_closed_one_free() {
+        use locald_core::diagnostics::Severity;
+        // 80/443 may be taken on a developer machine, so the probe is exercised on a port we own.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        assert_eq!(port_free("port.test", addr).severity, Severity::Warn);
+        drop(listener);
+        assert_eq!(port_free("port.test", addr).severity, Severity::Ok);
+    }
+}

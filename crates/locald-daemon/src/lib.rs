@@ -1,0 +1,5 @@
+//! The locald daemon as a library. It runs as the user and never gains privileges; everything
+//! that needs root is a request to `locald-shim` through [`shim`].
+
+pub mod doctor;
+pub mod shim;

@@ -1,0 +1,14 @@
+//! The argv protocol between `locald` and `locald-shim`.
+//!
+//! The shim's command line is a private, versioned protocol: the daemon builds argv with
+//! [`Request::to_args`] and the shim parses it with [`Request::parse_from`], from the same types,
+//! so the two sides cannot drift. Changing anything here is a protocol bump: raise
+//! [`PROTOCOL_VERSION`] in the same change.
+
+pub mod exit;
+pub mod protocol;
+
+pub use exit::{ExitClass, ShimError};
+pub use protocol::{
+    BindRequest, CONTROL_FD, PROTOCOL_VERSION, Parsed, Request, parse_version_line, version_line,
+};

@@ -1,0 +1,268 @@
+//! Protocol v1 types: what the daemon may ask of the shim, as argv.
+
+use std::ffi::OsString;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::ShimError;
+
+/// Bumped whenever argv or the meaning of a request changes. The daemon refuses privileged work
+/// when the installed shim reports another number.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The fd on which a subcommand that passes fds back (or takes control messages) finds its unix
+/// socket. Passing a socket by fd, not by path, leaves nothing in the filesystem to race.
+pub const CONTROL_FD: i32 = 3;
+
+/// What `--shim-version` prints; the daemon parses it back with [`parse_version_line`].
+pub fn version_line() -> String {
+    format!("locald-shim {} protocol {}", env!("CARGO_PKG_VERSION"), PROTOCOL_VERSION)
+}
+
+/// The shim's crate version and protocol number, parsed from a `--shim-version` line.
+pub fn parse_version_line(line: &str) -> Option<(String, u32)> {
+    let mut words = line.split_whitespace();
+    let (Some("locald-shim"), Some(version), Some("protocol"), Some(protocol), None) =
+        (words.next(), words.next(), words.next(), words.next(), words.next())
+    else {
+        return None;
+    };
+    Some((version.to_owned(), protocol.parse().ok()?))
+}
+
+/// One request to the shim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// `--shim-version`: the only request served without root.
+    Version,
+    /// `bind`: a listening TCP socket on a privileged port, sent back over [`CONTROL_FD`].
+    Bind(BindRequest),
+}
+
+/// `bind --port <P> [--address <IP>] [--non-loopback]`
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+pub struct BindRequest {
+    /// The privileged port to listen on (1-1023).
+    #[arg(long)]
+    pub port: u16,
+    /// The address to listen on; 127.0.0.1 unless given.
+    #[arg(long)]
+    pub address: Option<IpAddr>,
+    /// Allow an address that is not loopback (127.0.0.0/8 or ::1).
+    #[arg(long)]
+    pub non_loopback: bool,
+}
+
+impl BindRequest {
+    pub const DEFAULT_ADDRESS: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+    /// The socket address this request may bind, or why not.
+    pub fn validate(&self) -> Result<SocketAddr, ShimError> {
+        if !(1..=1023).contains(&self.port) {
+            return Err(ShimError::refused(format!(
+                "port {} is not a privileged port (1-1023); bind it without the shim",
+                self.port
+            )));
+        }
+        let address = self.address.unwrap_or(Self::DEFAULT_ADDRESS);
+        // `Ipv6Addr::is_loopback` is true only for ::1, so an IPv4-mapped address or the
+        // unspecified address both need the explicit flag.
+        if !address.is_loopback() && !self.non_loopback {
+            return Err(ShimError::refused(format!(
+                "address {address} is not loopback; the daemon must ask for it with --non-loopback"
+            )));
+        }
+        Ok(SocketAddr::new(address, self.port))
+    }
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "locald-shim",
+    about = "Privileged helper of locald; invoked only by locald, its argv is a private protocol",
+    disable_help_subcommand = true,
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    /// Print `locald-shim <version> protocol <N>` and exit.
+    #[arg(long)]
+    shim_version: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Bind a privileged TCP port and pass the listener back over fd 3.
+    Bind(BindRequest),
+}
+
+/// Parsing either gives a request, asks to print help, or fails with a usage error.
+#[derive(Debug)]
+pub enum Parsed {
+    Request(Request),
+    /// `--help`: the text to print on stdout; exit 0.
+    Help(String),
+}
+
+impl Request {
+    /// Parses a full argv (program name first).
+    pub fn parse_from<I, T>(argv: I) -> Result<Parsed, ShimError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let cli = match Cli::try_parse_from(argv) {
+            Ok(cli) => cli,
+            Err(err) if err.kind() == clap::error::ErrorKind::DisplayHelp => {
+                return Ok(Parsed::Help(err.render().to_string()));
+            }
+            Err(err) => return Err(ShimError::usage(first_line(&err.render().to_string()))),
+        };
+        match (cli.shim_version, cli.command) {
+            (true, None) => Ok(Parsed::Request(Request::Version)),
+            (false, Some(Command::Bind(bind))) => Ok(Parsed::Request(Request::Bind(bind))),
+            (false, None) => Err(ShimError::usage("no request given (see --help)")),
+            (true, Some(_)) => Err(ShimError::usage("--shim-version takes no subcommand")),
+        }
+    }
+
+    /// The argv (without program name) that [`Request::parse_from`] turns back into `self`.
+    pub fn to_args(&self) -> Vec<OsString> {
+        let mut args: Vec<OsString> = Vec::new();
+        match self {
+            Request::Version => args.push("--shim-version".into()),
+            Request::Bind(bind) => {
+                args.extend(["bind".into(), "--port".into(), bind.port.to_string().into()]);
+                if let Some(address) = bind.address {
+                    args.extend(["--address".into(), address.to_string().into()]);
+                }
+                if bind.non_loopback {
+                    args.push("--non-loopback".into());
+                }
+            }
+        }
+        args
+    }
+
+    /// Whether the request keeps [`CONTROL_FD`] open; every other inherited fd is closed.
+    pub fn takes_control_fd(&self) -> bool {
+        matches!(self, Request::Bind(_))
+    }
+
+    /// Whether the request may run without root (only the version handshake).
+    pub fn needs_root(&self) -> bool {
+        !matches!(self, Request::Version)
+    }
+}
+
+fn first_line(rendered: &str) -> String {
+    let line = rendered.lines().find(|l| !l.trim().is_empty()).unwrap_or("invalid arguments");
+    line.trim().trim_start_matches("error: ").to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Request, ShimError> {
+        let argv = std::iter::once("locald-shim").chain(args.iter().copied());
+        match Request::parse_from(argv)? {
+            Parsed::Request(request) => Ok(request),
+            Parsed::Help(_) => panic!("unexpected help"),
+        }
+    }
+
+    fn round_trip(request: Request) {
+        let mut argv = vec![OsString::from("locald-shim")];
+        argv.extend(request.to_args());
+        match Request::parse_from(argv).expect("argv built by to_args must parse") {
+            Parsed::Request(parsed) => assert_eq!(parsed, request),
+            Parsed::Help(_) => panic!("to_args produced a help request"),
+        }
+    }
+
+    #[test]
+    fn every_request_round_trips() {
+        round_trip(Request::Version);
+        round_trip(Request::Bind(BindRequest { port: 80, address: None, non_loopback: false }));
+        round_trip(Request::Bind(BindRequest {
+            port: 443,
+            address: Some("::1".parse().unwrap()),
+            non_loopback: false,
+        }));
+        round_trip(Request::Bind(BindRequest {
+            port: 8,
+            address: Some("0.0.0.0".parse().unwrap()),
+            non_loopback: true,
+        }));
+    }
+
+    #[test]
+    fn version_line_parses_back() {
+        let (version, protocol) = parse_version_line(&version_line()).unwrap();
+        assert_eq!(version, env!("CARGO_PKG_VERSION"));
+        assert_eq!(protocol, PROTOCOL_VERSION);
+        assert_eq!(parse_version_line("locald-shim 1 protocol x"), None);
+        assert_eq!(parse_version_line("evil 1 protocol 1"), None);
+        assert_eq!(parse_version_line("locald-shim 1 protocol 1 extra"), None);
+    }
+
+    #[test]
+    fn empty_and_conflicting_argv_are_usage_errors() {
+        let err = parse(&[]).unwrap_err();
+        assert_eq!(err.class, crate::ExitClass::Usage);
+        let err = parse(&["--shim-version", "bind", "--port", "80"]).unwrap_err();
+        assert_eq!(err.class, crate::ExitClass::Usage);
+        assert_eq!(parse(&["bind"]).unwrap_err().class, crate::ExitClass::Usage);
+        assert_eq!(parse(&["bind", "--port", "65536"]).unwrap_err().class, crate::ExitClass::Usage);
+        assert_eq!(parse(&["bind", "--port", "80", "/tmp/sock"]).unwrap_err().class, crate::ExitClass::Usage);
+        assert_eq!(parse(&["frobnicate"]).unwrap_err().class, crate::ExitClass::Usage);
+    }
+
+    #[test]
+    fn usage_errors_are_one_line() {
+        let err = parse(&["bind", "--port", "eighty"]).unwrap_err();
+        assert!(!err.to_string().contains('\n'), "{err}");
+        assert!(err.to_string().contains("eighty"), "{err}");
+    }
+
+    fn bind(port: u16, address: Option<&str>, non_loopback: bool) -> Result<SocketAddr, ShimError> {
+        BindRequest { port, address: address.map(|a| a.parse().unwrap()), non_loopback }.validate()
+    }
+
+    #[test]
+    fn bind_allows_privileged_ports_on_loopback() {
+        assert_eq!(bind(80, None, false).unwrap(), "127.0.0.1:80".parse().unwrap());
+        assert_eq!(bind(443, Some("::1"), false).unwrap(), "[::1]:443".parse().unwrap());
+        assert_eq!(bind(1, Some("127.0.0.2"), false).unwrap(), "127.0.0.2:1".parse().unwrap());
+        assert_eq!(bind(1023, None, false).unwrap().port(), 1023);
+    }
+
+    #[test]
+    fn bind_refuses_unprivileged_ports() {
+        for port in [0, 1024, 8080, 65535] {
+            let err = bind(port, None, false).unwrap_err();
+            assert_eq!(err.class, crate::ExitClass::Refused, "port {port}");
+        }
+    }
+
+    #[test]
+    fn bind_refuses_non_loopback_without_the_flag() {
+        for address in ["0.0.0.0", "::", "192.0.2.1", "::ffff:127.0.0.1", "2001:db8::1"] {
+            let err = bind(80, Some(address), false).unwrap_err();
+            assert_eq!(err.class, crate::ExitClass::Refused, "{address}");
+            assert!(bind(80, Some(address), true).is_ok(), "{address} with the flag");
+        }
+    }
+
+    #[test]
+    fn control_fd_and_root_requirements() {
+        assert!(!Request::Version.takes_control_fd());
+        assert!(!Request::Version.needs_root());
+        let bind = Request::Bind(BindRequest { port: 80, address: None, non_loopback: false });
+        assert!(bind.takes_control_fd());
+        assert!(bind.needs_root());
+    }
+}

@@ -1,0 +1,37 @@
+//! Argument types of `locald`.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "locald", version, about = "Run a project's services at https://<name>.localhost")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check this machine for what locald needs; exits non-zero when something blocks.
+    Doctor {
+        /// Print the findings as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Administrative tasks that need root.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Install the locald-shim built with this locald, root-owned and setuid (run with sudo).
+    Setup {
+        /// Directory to install into; it and its parents must be writable only by root.
+        #[arg(long, default_value = locald_daemon::shim::DEFAULT_INSTALL_DIR)]
+        dest: PathBuf,
+    },
+}

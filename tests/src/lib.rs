@@ -1,0 +1,159 @@
+//! Fixtures for the black-box suites: where the built binaries are, and for the privileged suite
+//! a throwaway user plus the shim installed setuid root in a root-owned directory.
+
+use std::fs;
+use std::os::unix::fs::{PermissionsExt, chown};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// Set by `.ci/run`: a privileged suite that cannot run fails instead of skipping.
+pub const REQUIRE_PRIVILEGED: &str = "LOCALD_REQUIRE_PRIVILEGED";
+/// Installed setuid shims live under here (root-owned chain: /, /var, /var/lib).
+const INSTALL_ROOT: &str = "/var/lib/locald-tests";
+
+/// `target/debug` (or release) of this build: the integration test binary runs from `deps/`.
+pub fn built_bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let deps = exe.parent().expect("exe dir");
+    let dir = if deps.ends_with("deps") { deps.parent().expect("target dir") } else { deps };
+    dir.to_owned()
+}
+
+pub fn built_bin(name: &str) -> PathBuf {
+    let path = built_bin_dir().join(name);
+    assert!(path.is_file(), "{} is not built: run `cargo build --workspace --bins` first", path.display());
+    path
+}
+
+#[derive(Debug, Clone)]
+pub struct User {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Everything a privileged test needs, set up once per test binary.
+#[derive(Debug)]
+pub struct Privileged {
+    /// Root-owned 0755 directory holding the setuid shim and copies of the other binaries, so the
+    /// throwaway user can execute them whatever the permissions of the checkout.
+    pub dir: PathBuf,
+    pub user: User,
+    pub other_user: User,
+}
+
+impl Privileged {
+    pub fn shim(&self) -> PathBuf {
+        self.dir.join("locald-shim")
+    }
+
+    pub fn bin(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// A fresh root-owned 0755 directory inside the install dir, for per-test shim variants.
+    pub fn scratch_dir(&self, name: &str) -> PathBuf {
+        let dir = self.dir.join(name);
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir(&dir).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        dir
+    }
+
+    /// A command running `program` as the throwaway user, with an empty environment.
+    pub fn as_user(&self, program: &Path) -> Command {
+        let mut command = Command::new(program);
+        command.env_clear().env("PATH", "/usr/bin:/bin");
+        std::os::unix::process::CommandExt::uid(&mut command, self.user.uid);
+        std::os::unix::process::CommandExt::gid(&mut command, self.user.gid);
+        command
+    }
+
+    /// `shim-caller` as the throwaway user: it drops privileges itself (after entering a fresh
+    /// network namespace when asked), so it starts as root.
+    pub fn caller(&self, netns: bool) -> Command {
+        let mut command = Command::new(self.bin("shim-caller"));
+        command.env_clear().env("LOCALD_SHIM", self.shim());
+        if netns {
+            command.arg("--netns");
+        }
+        command.args(["--uid", &self.user.uid.to_string(), "--gid", &self.user.gid.to_string()]);
+        command
+    }
+}
+
+/// The privileged fixture, or `None` (with a loud message) when not root and not required.
+pub fn privileged() -> Option<&'static Privileged> {
+    static FIXTURE: OnceLock<Privileged> = OnceLock::new();
+    if !nix::unistd::geteuid().is_root() {
+        if std::env::var(REQUIRE_PRIVILEGED).as_deref() == Ok("1") {
+            panic!("the privileged suite must run as root ({REQUIRE_PRIVILEGED}=1) but euid is not 0");
+        }
+        eprintln!("SKIPPED: privileged test needs root (set {REQUIRE_PRIVILEGED}=1 to make this a failure)");
+        return None;
+    }
+    Some(FIXTURE.get_or_init(set_up))
+}
+
+fn set_up() -> Privileged {
+    let user = ensure_user("locald-test");
+    let other_user = ensure_user("locald-test2");
+    let root = Path::new(INSTALL_ROOT);
+    fs::create_dir_all(root).unwrap();
+    fs::set_permissions(root, fs::Permissions::from_mode(0o755)).unwrap();
+    remove_stale_runs(root);
+    let dir = root.join(format!("run-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir(&dir).unwrap();
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+    for name in ["locald", "locald-shim", "shim-caller"] {
+        install(&built_bin(name), &dir.join(name), 0o755);
+    }
+    install(&built_bin("locald-shim"), &dir.join("locald-shim"), 0o4755);
+    Privileged { dir, user, other_user }
+}
+
+/// Copies `source` to `target` as root:root with `mode` (set after chown, which clears setuid).
+pub fn install(source: &Path, target: &Path, mode: u32) {
+    fs::copy(source, target)
+        .unwrap_or_else(|e| panic!("copy {} -> {}: {e}", source.display(), target.display()));
+    chown(target, Some(0), Some(0)).unwrap();
+    fs::set_permissions(target, fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// Runs from earlier test processes that are gone.
+fn remove_stale_runs(root: &Path) {
+    for entry in fs::read_dir(root).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(pid) = name.strip_prefix("run-").and_then(|p| p.parse::<i32>().ok()) {
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+}
+
+fn ensure_user(name: &str) -> User {
+    if lookup_user(name).is_none() {
+        let status = Command::new("useradd")
+            .args(["--system", "--no-create-home", "--user-group", "--shell", "/usr/sbin/nologin", name])
+            .status()
+            .expect("useradd (package passwd) is needed for the privileged suite");
+        // 9 = the user appeared meanwhile (another test binary created it).
+        assert!(status.success() || status.code() == Some(9), "useradd {name}: {status}");
+    }
+    lookup_user(name).unwrap_or_else(|| panic!("user {name} missing after useradd"))
+}
+
+fn lookup_user(name: &str) -> Option<User> {
+    let passwd = fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(':').collect();
+        (fields.first() == Some(&name)).then(|| User {
+            name: name.to_owned(),
+            uid: fields[2].parse().unwrap(),
+            gid: fields[3].parse().unwrap(),
+        })
+    })
+}

@@ -1,0 +1,28 @@
+//! `cargo xtask <task>`: the project's automation, in Rust so it runs wherever cargo does.
+
+mod checks;
+mod util;
+
+use anyhow::bail;
+
+const USAGE: &str = "usage: cargo xtask <test|checks>
+  test     the whole test suite: build, unit + black-box + privileged tests, shim checks
+  checks   only the static checks of the shim (dependency tree, macOS build)";
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("test") => test(),
+        Some("checks") => checks::run(),
+        _ => bail!("{USAGE}"),
+    }
+}
+
+fn test() -> anyhow::Result<()> {
+    // Black-box tests drive the real binaries, so build them all first.
+    util::cargo(&["build", "--workspace", "--bins"])?;
+    util::cargo(&["test", "--workspace", "--no-fail-fast"])?;
+    checks::run()?;
+    println!("xtask test: all suites passed");
+    Ok(())
+}
