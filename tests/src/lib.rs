@@ -126,10 +126,10 @@ pub fn install(source: &Path, target: &Path, mode: u32) {
 fn remove_stale_runs(root: &Path) {
     for entry in fs::read_dir(root).into_iter().flatten().flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if let Some(pid) = name.strip_prefix("run-").and_then(|p| p.parse::<i32>().ok()) {
-            if !Path::new(&format!("/proc/{pid}")).exists() {
-                let _ = fs::remove_dir_all(entry.path());
-            }
+        if let Some(pid) = name.strip_prefix("run-").and_then(|p| p.parse::<i32>().ok())
+            && !Path::new(&format!("/proc/{pid}")).exists()
+        {
+            let _ = fs::remove_dir_all(entry.path());
         }
     }
 }
@@ -156,4 +156,28 @@ fn lookup_user(name: &str) -> Option<User> {
             gid: fields[3].parse().unwrap(),
         })
     })
+}
+
+/// Brings up `lo` in the current (fresh) network namespace. Only socket and ioctl calls, so it
+/// may run between fork and exec.
+pub fn loopback_up() -> std::io::Result<()> {
+    // SAFETY: a zeroed ifreq is a valid "no name, no flags" request; the name is copied within
+    // bounds; the socket is closed on every path.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut request: libc::ifreq = std::mem::zeroed();
+        request.ifr_name[0] = b'l' as libc::c_char;
+        request.ifr_name[1] = b'o' as libc::c_char;
+        let mut result = libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut request);
+        if result == 0 {
+            request.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            result = libc::ioctl(fd, libc::SIOCSIFFLAGS, &request);
+        }
+        let err = std::io::Error::last_os_error();
+        libc::close(fd);
+        if result < 0 { Err(err) } else { Ok(()) }
+    }
 }

@@ -1,6 +1,7 @@
 //! `cargo xtask <task>`: the project's automation, in Rust so it runs wherever cargo does.
 
 mod checks;
+mod deps;
 mod util;
 
 use anyhow::bail;
@@ -19,6 +20,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn test() -> anyhow::Result<()> {
+    deps::ensure(deps::TEST_PACKAGES)?;
     // Black-box tests drive the real binaries, so build them all first.
     util::cargo(&["build", "--workspace", "--bins"])?;
     util::cargo(&["test", "--workspace", "--no-fail-fast"])?;

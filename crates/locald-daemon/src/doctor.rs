@@ -91,6 +91,8 @@ pub fn cgroup_mode(root: &Path) -> CgroupMode {
     const CGROUP2_MAGIC: i64 = 0x6367_7270;
     const CGROUP1_MAGIC: i64 = 0x0027_e0eb;
     const TMPFS_MAGIC: i64 = 0x0102_1994;
+    // The magic's integer type differs between libcs (i64 on glibc, u64 or i32 elsewhere).
+    #[allow(clippy::unnecessary_cast)]
     let magic = |p: &Path| nix::sys::statfs::statfs(p).ok().map(|s| s.filesystem_type().0 as i64);
     match magic(root) {
         Some(CGROUP2_MAGIC) => CgroupMode::Unified,

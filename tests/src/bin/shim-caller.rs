@@ -61,8 +61,7 @@ fn take_value(args: &mut Vec<String>, flag: &str) -> String {
 
 fn enter_fresh_netns() {
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
-    let status = Command::new("ip").args(["link", "set", "lo", "up"]).status().expect("ip (iproute2)");
-    assert!(status.success(), "ip link set lo up: {status}");
+    locald_tests::loopback_up().expect("bring up lo in the fresh network namespace");
 }
 
 fn drop_to(uid: u32, gid: u32) {

@@ -1,0 +1,271 @@
+//! The privileged suite for the foundation: the shim installed setuid root, driven as a
+//! throwaway user, and attacked. Each refusal is paired with the same request made valid, so a
+//! refusal that happened for another reason would be noticed.
+//!
+//! Runs as root (CI is root); without root it fails under LOCALD_REQUIRE_PRIVILEGED=1.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{PermissionsExt, chown};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use locald_tests::{Privileged, install, privileged};
+
+fn fixture() -> Option<&'static Privileged> {
+    privileged()
+}
+
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+/// The value of `key=` in shim-caller's output.
+fn field(out: &Output, key: &str) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("no {key}= in output:\n{}", text(out)))
+        .to_owned()
+}
+
+fn raw_shim(p: &Privileged, netns: bool, args: &[&str]) -> Output {
+    p.caller(netns).arg("raw").args(args).output().expect("run shim-caller")
+}
+
+#[test]
+fn handshake_works_as_the_user() {
+    let Some(p) = fixture() else { return };
+    let out = p.caller(false).arg("discover").output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(field(&out, "shim"), p.shim().display().to_string());
+
+    let out = p.as_user(&p.shim()).arg("--shim-version").output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), locald_shim::version_line());
+}
+
+#[test]
+fn binds_80_and_443_in_a_fresh_netns_and_the_listener_accepts() {
+    let Some(p) = fixture() else { return };
+    for (port, address) in [(80, None), (443, None), (443, Some("::1"))] {
+        let mut command = p.caller(true);
+        command.args(["bind", &port.to_string()]);
+        command.args(address);
+        let out = command.output().unwrap();
+        assert!(out.status.success(), "bind {port}: {}", text(&out));
+        assert!(field(&out, "listening").ends_with(&format!(":{port}")), "{}", text(&out));
+        // The accepting process is the unprivileged user, on the socket the shim made.
+        assert_eq!(field(&out, "uid"), p.user.uid.to_string());
+        assert!(!field(&out, "accepted").is_empty());
+    }
+}
+
+#[test]
+fn unprivileged_ports_are_refused() {
+    let Some(p) = fixture() else { return };
+    for port in ["0", "1024", "8080", "65535"] {
+        let out = raw_shim(p, true, &["bind", "--port", port]);
+        assert_eq!(field(&out, "exit"), "77", "port {port}: {}", text(&out));
+        assert_eq!(field(&out, "fd"), "no");
+        assert!(field(&out, "stderr").contains("not a privileged port"), "{}", text(&out));
+    }
+    // The same call on a privileged port goes through, so the refusal above was the policy.
+    let out = raw_shim(p, true, &["bind", "--port", "1023"]);
+    assert_eq!(field(&out, "exit"), "0", "{}", text(&out));
+    assert_eq!(field(&out, "fd"), "yes");
+}
+
+#[test]
+fn non_loopback_addresses_need_the_explicit_flag() {
+    let Some(p) = fixture() else { return };
+    for address in ["0.0.0.0", "::", "::ffff:127.0.0.1"] {
+        let out = raw_shim(p, true, &["bind", "--port", "80", "--address", address]);
+        assert_eq!(field(&out, "exit"), "77", "{address}: {}", text(&out));
+        assert_eq!(field(&out, "fd"), "no");
+    }
+    let out = raw_shim(p, true, &["bind", "--port", "80", "--address", "0.0.0.0", "--non-loopback"]);
+    assert_eq!(field(&out, "exit"), "0", "{}", text(&out));
+    assert_eq!(field(&out, "fd"), "yes");
+}
+
+#[test]
+fn an_empty_argv_is_refused() {
+    let Some(p) = fixture() else { return };
+    let out = p.caller(false).arg("empty-argv").output().unwrap();
+    assert_eq!(field(&out, "exit"), "77", "{}", text(&out));
+    assert!(field(&out, "stderr").contains("empty argv"), "{}", text(&out));
+}
+
+#[test]
+fn the_shim_refuses_work_when_not_setuid() {
+    let Some(p) = fixture() else { return };
+    let dir = p.scratch_dir("not-setuid");
+    let shim = dir.join("locald-shim");
+    install(&p.shim(), &shim, 0o755);
+    let out = p.caller(true).env("LOCALD_SHIM", &shim).args(["raw", "bind", "--port", "80"]).output().unwrap();
+    assert_eq!(field(&out, "exit"), "77", "{}", text(&out));
+    assert!(field(&out, "stderr").contains("setuid"), "{}", text(&out));
+}
+
+/// A preload library that would leave a marker if the loader honoured it in the setuid shim.
+fn build_preload_library(dir: &std::path::Path, marker: &std::path::Path) -> std::path::PathBuf {
+    let source = dir.join("evil.c");
+    fs::write(
+        &source,
+        format!(
+            "#include <stdio.h>\n__attribute__((constructor)) static void evil(void) {{\n  FILE *f = fopen(\"{}\", \"w\"); if (f) fclose(f);\n}}\n",
+            marker.display()
+        ),
+    )
+    .unwrap();
+    let library = dir.join("evil.so");
+    let status = Command::new("cc")
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(&library)
+        .arg(&source)
+        .status()
+        .expect("a C compiler (cc) is needed to build the LD_PRELOAD probe");
+    assert!(status.success());
+    fs::set_permissions(&library, fs::Permissions::from_mode(0o755)).unwrap();
+    library
+}
+
+#[test]
+fn caller_environment_has_no_effect() {
+    let Some(p) = fixture() else { return };
+    let dir = p.scratch_dir("env-probe");
+    let markers = p.scratch_dir("env-markers");
+    // The user may write markers here; the library itself stays root-owned.
+    chown(&markers, Some(p.user.uid), Some(p.user.gid)).unwrap();
+    let marker = markers.join("preloaded");
+    let library = build_preload_library(&dir, &marker);
+
+    // Control: the same library does run in a non-setuid program of the user's.
+    let out = p.as_user(std::path::Path::new("/bin/true")).env("LD_PRELOAD", &library).output().unwrap();
+    assert!(out.status.success());
+    assert!(marker.exists(), "the probe library must work, or this test proves nothing");
+    fs::remove_file(&marker).unwrap();
+
+    let out = p
+        .as_user(&p.shim())
+        .arg("--shim-version")
+        .env("LD_PRELOAD", &library)
+        .env("LD_LIBRARY_PATH", &dir)
+        .env("RUST_LOG", "trace")
+        .env("RUST_BACKTRACE", "full")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), locald_shim::version_line());
+    assert!(out.stderr.is_empty(), "no logging or backtraces from the caller's variables: {}", text(&out));
+    assert!(!marker.exists(), "LD_PRELOAD ran code inside the setuid shim");
+
+    // A refused request prints exactly one line, whatever the caller's variables ask for.
+    let out = p.as_user(&p.shim()).args(["bind", "--port", "8080"]).env("RUST_BACKTRACE", "full").output().unwrap();
+    assert_eq!(out.status.code(), Some(77));
+    assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1, "{}", text(&out));
+    assert!(!marker.exists());
+}
+
+/// While the shim is blocked handing over the listener, its fd table holds only 0-3, its
+/// supplementary groups are gone and it already runs as the caller.
+#[test]
+fn inherited_fds_are_closed_and_groups_dropped_in_the_running_shim() {
+    let Some(p) = fixture() else { return };
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    // Fill the socket so the shim's sendmsg blocks until we drain it: a window to inspect it.
+    theirs.set_nonblocking(true).unwrap();
+    let chunk = [0u8; 4096];
+    while (&theirs).write(&chunk).is_ok() {}
+    theirs.set_nonblocking(false).unwrap();
+
+    let leaked_file = fs::File::open("/etc/passwd").unwrap();
+    let (leaked_socket, _peer) = std::os::unix::net::UnixStream::pair().unwrap();
+    let leaked_fds = [leaked_file.as_raw_fd(), leaked_socket.as_raw_fd()];
+    let theirs_fd = theirs.as_raw_fd();
+
+    let mut child = spawn_blocked_shim(p, theirs_fd, &leaked_fds);
+    drop(theirs);
+    let pid = child.id();
+    let status = wait_for(Duration::from_secs(20), || {
+        let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let uid_line = status.lines().find(|l| l.starts_with("Uid:"))?;
+        let all_caller = uid_line.split_whitespace().skip(1).all(|u| u == p.user.uid.to_string());
+        let sleeping = status.lines().any(|l| l.starts_with("State:") && l.split_whitespace().nth(1) == Some("S"));
+        (all_caller && sleeping).then_some(status)
+    })
+    .expect("the shim never reached the hand-over with root dropped");
+
+    let target = |path: String| fs::read_link(path).map(|t| t.display().to_string()).unwrap_or_default();
+    let leaked_targets: BTreeSet<String> =
+        leaked_fds.iter().map(|fd| target(format!("/proc/self/fd/{fd}"))).collect();
+    let shim_fds: Vec<(i32, String)> = fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().parse().unwrap())
+        .map(|fd: i32| (fd, target(format!("/proc/{pid}/fd/{fd}"))))
+        .collect();
+    for (fd, target) in &shim_fds {
+        assert!(!leaked_targets.contains(target), "inherited fd survived in the shim as fd {fd} -> {target}");
+    }
+    // 0-2, the control socket, and the listener being handed over: nothing else.
+    let numbers: BTreeSet<i32> = shim_fds.iter().map(|(fd, _)| *fd).collect();
+    assert_eq!(numbers, BTreeSet::from([0, 1, 2, 3, 4]), "{shim_fds:?}");
+    assert!(shim_fds.iter().any(|(fd, t)| *fd == 4 && t.starts_with("socket:")), "{shim_fds:?}");
+    let groups = status.lines().find(|l| l.starts_with("Groups:")).unwrap();
+    assert_eq!(groups.trim_end(), "Groups:", "supplementary groups must be dropped");
+
+    // Drain the socket; the shim then completes the hand-over and exits 0.
+    let mut sink = ours;
+    sink.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 65536];
+        while matches!(std::io::Read::read(&mut sink, &mut buf), Ok(n) if n > 0) {}
+    });
+    let status = child.wait().unwrap();
+    assert!(status.success(), "shim exit {status}");
+}
+
+/// The shim as the user in a fresh network namespace, with fd 3 and two leaked fds.
+fn spawn_blocked_shim(p: &Privileged, control: i32, leaked: &[i32; 2]) -> std::process::Child {
+    let leaked = *leaked;
+    let (uid, gid) = (p.user.uid, p.user.gid);
+    let mut command = Command::new(p.shim());
+    command.args(["bind", "--port", "80"]).env_clear().stdout(Stdio::null()).stderr(Stdio::inherit());
+    // SAFETY: only async-signal-safe calls (fcntl, dup2, unshare, socket/ioctl, setgroups, setgid,
+    // setuid) between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            let check = |ret: libc::c_int| if ret == -1 { Err(std::io::Error::last_os_error()) } else { Ok(()) };
+            for fd in leaked {
+                // The leaks must survive exec to test anything: clear FD_CLOEXEC.
+                check(libc::fcntl(fd, libc::F_SETFD, 0))?;
+            }
+            check(libc::dup2(control, 3))?;
+            // A fresh netns so port 80 is free whatever the host runs.
+            check(libc::unshare(libc::CLONE_NEWNET))?;
+            locald_tests::loopback_up()?;
+            // A supplementary group whose removal the test can observe.
+            let groups = [0 as libc::gid_t];
+            check(libc::setgroups(1, groups.as_ptr()))?;
+            check(libc::setgid(gid))?;
+            check(libc::setuid(uid))?;
+            Ok(())
+        });
+    }
+    command.spawn().expect("spawn shim")
+}
+
+fn wait_for<T>(timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Some(value) = probe() {
+            return Some(value);
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    None
+}

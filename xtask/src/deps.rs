@@ -1,0 +1,43 @@
+//! System packages the suites need, installed on a fresh Debian/Ubuntu machine when run as root.
+
+use std::process::Command;
+
+use anyhow::bail;
+
+use crate::util;
+
+/// Packages the privileged suite uses: a C compiler for the LD_PRELOAD probe, useradd for the
+/// throwaway users, unshare/nsenter.
+pub const TEST_PACKAGES: &[&str] = &["gcc", "libc6-dev", "passwd", "util-linux"];
+
+pub fn ensure(packages: &[&str]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !nix_is_root() {
+        bail!("missing Debian packages {missing:?}: install them with `sudo apt-get install {}`", missing.join(" "));
+    }
+    util::run(Command::new("apt-get").args(["update", "-qq"]))?;
+    util::run(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+fn installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        .unwrap_or(false)
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2) == Some("0")))
+        .unwrap_or(false)
+}
