@@ -61,6 +61,13 @@ impl Privileged {
         dir
     }
 
+    /// A directory owned by the throwaway user under the root-owned install dir: a project.
+    pub fn user_dir(&self, name: &str) -> PathBuf {
+        let dir = self.scratch_dir(name);
+        chown(&dir, Some(self.user.uid), Some(self.user.gid)).unwrap();
+        dir
+    }
+
     /// A command running `program` as the throwaway user, with an empty environment.
     pub fn as_user(&self, program: &Path) -> Command {
         let mut command = Command::new(program);
@@ -179,5 +186,35 @@ pub fn loopback_up() -> std::io::Result<()> {
         let err = std::io::Error::last_os_error();
         libc::close(fd);
         if result < 0 { Err(err) } else { Ok(()) }
+    }
+}
+
+/// stdout and stderr of a finished command, for assertion messages.
+pub fn text(out: &std::process::Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+/// The value of a `key=value` line in a command's stdout.
+pub fn field(out: &std::process::Output, key: &str) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("no {key}= in output:\n{}", text(out)))
+        .to_owned()
+}
+
+/// Polls `probe` until it yields, for states that have no notification (a process blocking in a
+/// syscall, the kernel detaching a loop device); `None` after `timeout`.
+pub fn wait_for<T>(timeout: std::time::Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe() {
+            return Some(value);
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
     }
 }

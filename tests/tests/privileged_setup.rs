@@ -6,11 +6,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt, chown};
 use std::path::Path;
 use std::process::Output;
 
-use locald_tests::{Privileged, install, privileged};
-
-fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
-}
+use locald_tests::{Privileged, install, privileged, text};
 
 fn discover_as_user(p: &Privileged, shim: &Path) -> Output {
     p.caller(false).env("LOCALD_SHIM", shim).arg("discover").output().unwrap()
@@ -103,17 +99,22 @@ fn admin_setup_installs_root_owned_setuid_and_is_idempotent() {
     let dest = p.dir.join("setup-dest/libexec");
     let _ = fs::remove_dir_all(p.dir.join("setup-dest"));
     let locald = locald_tests::built_bin("locald");
-    let out = std::process::Command::new(&locald).args(["admin", "setup", "--dest"]).arg(&dest).output().unwrap();
+    let out =
+        std::process::Command::new(&locald).args(["admin", "setup", "--dest"]).arg(&dest).output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("installed"), "{}", text(&out));
     let meta = fs::metadata(dest.join("locald-shim")).unwrap();
     assert_eq!((meta.uid(), meta.gid(), meta.mode() & 0o7777), (0, 0, 0o4755));
-    assert_eq!(fs::read(dest.join("locald-shim")).unwrap(), fs::read(locald.with_file_name("locald-shim")).unwrap());
+    assert_eq!(
+        fs::read(dest.join("locald-shim")).unwrap(),
+        fs::read(locald.with_file_name("locald-shim")).unwrap()
+    );
 
     // The installed shim works for the user.
     assert!(discover_as_user(p, &dest.join("locald-shim")).status.success());
 
-    let again = std::process::Command::new(&locald).args(["admin", "setup", "--dest"]).arg(&dest).output().unwrap();
+    let again =
+        std::process::Command::new(&locald).args(["admin", "setup", "--dest"]).arg(&dest).output().unwrap();
     assert!(again.status.success(), "{}", text(&again));
     assert!(text(&again).contains("already installed"), "{}", text(&again));
     // No temporary files left behind.
@@ -128,7 +129,8 @@ fn admin_setup_refuses_a_destination_writable_by_others() {
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
     let dest = dir.join("libexec");
     let locald = locald_tests::built_bin("locald");
-    let out = std::process::Command::new(&locald).args(["admin", "setup", "--dest"]).arg(&dest).output().unwrap();
+    let out =
+        std::process::Command::new(&locald).args(["admin", "setup", "--dest"]).arg(&dest).output().unwrap();
     assert!(!out.status.success());
     assert!(text(&out).contains("refusing to install"), "{}", text(&out));
     assert!(!dest.join("locald-shim").exists());
@@ -137,7 +139,12 @@ fn admin_setup_refuses_a_destination_writable_by_others() {
 #[test]
 fn admin_setup_without_root_says_to_use_sudo() {
     let Some(p) = privileged() else { return };
-    let out = p.as_user(&p.bin("locald")).args(["admin", "setup", "--dest"]).arg(p.dir.join("nope")).output().unwrap();
+    let out = p
+        .as_user(&p.bin("locald"))
+        .args(["admin", "setup", "--dest"])
+        .arg(p.dir.join("nope"))
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(text(&out).contains("sudo locald admin setup"), "{}", text(&out));
     assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1, "{}", text(&out));
@@ -146,7 +153,8 @@ fn admin_setup_without_root_says_to_use_sudo() {
 #[test]
 fn doctor_reports_the_shim_with_stable_ids() {
     let Some(p) = privileged() else { return };
-    let out = p.as_user(&p.bin("locald")).args(["doctor", "--json"]).env("LOCALD_SHIM", p.shim()).output().unwrap();
+    let out =
+        p.as_user(&p.bin("locald")).args(["doctor", "--json"]).env("LOCALD_SHIM", p.shim()).output().unwrap();
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("doctor --json prints JSON");
     let findings = report["findings"].as_array().unwrap();
     let shim = findings.iter().find(|f| f["id"] == "shim").unwrap_or_else(|| panic!("{report}"));
@@ -164,7 +172,8 @@ fn doctor_reports_the_shim_with_stable_ids() {
     fs::set_permissions(&old, fs::Permissions::from_mode(0o4755)).unwrap();
     let out = p.as_user(&p.bin("locald")).arg("doctor").env("LOCALD_SHIM", &old).output().unwrap();
     assert!(!out.status.success());
-    let line = String::from_utf8_lossy(&out.stdout).lines().find(|l| l.contains("shim.version")).map(str::to_owned);
+    let line =
+        String::from_utf8_lossy(&out.stdout).lines().find(|l| l.contains("shim.version")).map(str::to_owned);
     let line = line.unwrap_or_else(|| panic!("{}", text(&out)));
     assert!(line.starts_with("error") && line.contains("sudo locald admin setup"), "{line}");
 }

@@ -11,26 +11,12 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{PermissionsExt, chown};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use locald_tests::{Privileged, install, privileged};
+use locald_tests::{Privileged, field, install, privileged, text, wait_for};
 
 fn fixture() -> Option<&'static Privileged> {
     privileged()
-}
-
-fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
-}
-
-/// The value of `key=` in shim-caller's output.
-fn field(out: &Output, key: &str) -> String {
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    stdout
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{key}=")))
-        .unwrap_or_else(|| panic!("no {key}= in output:\n{}", text(out)))
-        .to_owned()
 }
 
 fn raw_shim(p: &Privileged, netns: bool, args: &[&str]) -> Output {
@@ -106,7 +92,8 @@ fn the_shim_refuses_work_when_not_setuid() {
     let dir = p.scratch_dir("not-setuid");
     let shim = dir.join("locald-shim");
     install(&p.shim(), &shim, 0o755);
-    let out = p.caller(true).env("LOCALD_SHIM", &shim).args(["raw", "bind", "--port", "80"]).output().unwrap();
+    let out =
+        p.caller(true).env("LOCALD_SHIM", &shim).args(["raw", "bind", "--port", "80"]).output().unwrap();
     assert_eq!(field(&out, "exit"), "77", "{}", text(&out));
     assert!(field(&out, "stderr").contains("setuid"), "{}", text(&out));
 }
@@ -165,7 +152,8 @@ fn caller_environment_has_no_effect() {
     assert!(!marker.exists(), "LD_PRELOAD ran code inside the setuid shim");
 
     // A refused request prints exactly one line, whatever the caller's variables ask for.
-    let out = p.as_user(&p.shim()).args(["bind", "--port", "8080"]).env("RUST_BACKTRACE", "full").output().unwrap();
+    let out =
+        p.as_user(&p.shim()).args(["bind", "--port", "8080"]).env("RUST_BACKTRACE", "full").output().unwrap();
     assert_eq!(out.status.code(), Some(77));
     assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1, "{}", text(&out));
     assert!(!marker.exists());
@@ -195,7 +183,8 @@ fn inherited_fds_are_closed_and_groups_dropped_in_the_running_shim() {
         let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
         let uid_line = status.lines().find(|l| l.starts_with("Uid:"))?;
         let all_caller = uid_line.split_whitespace().skip(1).all(|u| u == p.user.uid.to_string());
-        let sleeping = status.lines().any(|l| l.starts_with("State:") && l.split_whitespace().nth(1) == Some("S"));
+        let sleeping =
+            status.lines().any(|l| l.starts_with("State:") && l.split_whitespace().nth(1) == Some("S"));
         (all_caller && sleeping).then_some(status)
     })
     .expect("the shim never reached the hand-over with root dropped");
@@ -239,7 +228,8 @@ fn spawn_blocked_shim(p: &Privileged, control: i32, leaked: &[i32; 2]) -> std::p
     // setuid) between fork and exec.
     unsafe {
         command.pre_exec(move || {
-            let check = |ret: libc::c_int| if ret == -1 { Err(std::io::Error::last_os_error()) } else { Ok(()) };
+            let check =
+                |ret: libc::c_int| if ret == -1 { Err(std::io::Error::last_os_error()) } else { Ok(()) };
             for fd in leaked {
                 // The leaks must survive exec to test anything: clear FD_CLOEXEC.
                 check(libc::fcntl(fd, libc::F_SETFD, 0))?;
@@ -257,15 +247,4 @@ fn spawn_blocked_shim(p: &Privileged, control: i32, leaked: &[i32; 2]) -> std::p
         });
     }
     command.spawn().expect("spawn shim")
-}
-
-fn wait_for<T>(timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if let Some(value) = probe() {
-            return Some(value);
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    None
 }

@@ -16,7 +16,10 @@ pub fn ensure(packages: &[&str]) -> anyhow::Result<()> {
         return Ok(());
     }
     if !nix_is_root() {
-        bail!("missing Debian packages {missing:?}: install them with `sudo apt-get install {}`", missing.join(" "));
+        bail!(
+            "missing Debian packages {missing:?}: install them with `sudo apt-get install {}`",
+            missing.join(" ")
+        );
     }
     util::run(Command::new("apt-get").args(["update", "-qq"]))?;
     util::run(
@@ -38,6 +41,8 @@ fn installed(package: &str) -> bool {
 fn nix_is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2) == Some("0")))
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
         .unwrap_or(false)
 }

@@ -7,6 +7,7 @@
 
 pub mod exit;
 pub mod protocol;
+pub mod validate;
 
 pub use exit::{ExitClass, ShimError};
 pub use protocol::{

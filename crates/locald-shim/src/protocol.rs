@@ -2,6 +2,7 @@
 
 use std::ffi::OsString;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -9,7 +10,7 @@ use crate::ShimError;
 
 /// Bumped whenever argv or the meaning of a request changes. The daemon refuses privileged work
 /// when the installed shim reports another number.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The fd on which a subcommand that passes fds back (or takes control messages) finds its unix
 /// socket. Passing a socket by fd, not by path, leaves nothing in the filesystem to race.
@@ -38,6 +39,60 @@ pub enum Request {
     Version,
     /// `bind`: a listening TCP socket on a privileged port, sent back over [`CONTROL_FD`].
     Bind(BindRequest),
+    /// `admin cleanup <ABS>`: remove a root-owned leftover inside a caller-owned `.locald`.
+    Cleanup(CleanupRequest),
+    /// `admin sync-hosts [DOMAIN...]`: rewrite the caller's block in `/etc/hosts`.
+    SyncHosts(SyncHostsRequest),
+    /// `admin mount-loop`: loop-mount a caller-owned image under `.locald/mounts/`.
+    MountLoop(MountLoopRequest),
+    /// `admin unmount-loop --target <ABS>`: undo a `mount-loop`.
+    UnmountLoop(UnmountLoopRequest),
+    /// `debug port <P>`: pid, uid and command name of whoever listens on port P.
+    DebugPort(DebugPortRequest),
+}
+
+/// `admin cleanup <PATH>`
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+pub struct CleanupRequest {
+    /// Absolute path strictly inside a `.locald` directory owned by the caller.
+    pub path: PathBuf,
+}
+
+/// `admin sync-hosts [DOMAIN...]`; no domains removes the caller's block.
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+pub struct SyncHostsRequest {
+    /// Lowercase hostnames to map to 127.0.0.1 and ::1.
+    pub domains: Vec<String>,
+}
+
+/// `admin mount-loop --image <ABS> --target <ABS> [--fstype T] [--read-write]`
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+pub struct MountLoopRequest {
+    /// A regular file owned by the caller.
+    #[arg(long)]
+    pub image: PathBuf,
+    /// An existing empty directory under a caller-owned `<project>/.locald/mounts/`.
+    #[arg(long)]
+    pub target: PathBuf,
+    /// Filesystem type, from a short allow-list.
+    #[arg(long, default_value = "ext4")]
+    pub fstype: String,
+    /// Mount writable (read-only otherwise).
+    #[arg(long)]
+    pub read_write: bool,
+}
+
+/// `admin unmount-loop --target <ABS>`
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+pub struct UnmountLoopRequest {
+    #[arg(long)]
+    pub target: PathBuf,
+}
+
+/// `debug port <PORT>`
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+pub struct DebugPortRequest {
+    pub port: u16,
 }
 
 /// `bind --port <P> [--address <IP>] [--non-loopback]`
@@ -96,6 +151,30 @@ struct Cli {
 enum Command {
     /// Bind a privileged TCP port and pass the listener back over fd 3.
     Bind(BindRequest),
+    /// Filesystem and host-configuration primitives.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+    /// Read-only diagnostics.
+    #[command(subcommand)]
+    Debug(DebugCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminCommand {
+    /// Remove a root-owned leftover inside a caller-owned .locald directory.
+    Cleanup(CleanupRequest),
+    /// Rewrite the caller's block in /etc/hosts.
+    SyncHosts(SyncHostsRequest),
+    /// Loop-mount a caller-owned image under <project>/.locald/mounts/.
+    MountLoop(MountLoopRequest),
+    /// Unmount a loop mount made by mount-loop.
+    UnmountLoop(UnmountLoopRequest),
+}
+
+#[derive(Debug, Subcommand)]
+enum DebugCommand {
+    /// Who listens on a TCP port: pid, uid and command name.
+    Port(DebugPortRequest),
 }
 
 /// Parsing either gives a request, asks to print help, or fails with a usage error.
@@ -122,7 +201,14 @@ impl Request {
         };
         match (cli.shim_version, cli.command) {
             (true, None) => Ok(Parsed::Request(Request::Version)),
-            (false, Some(Command::Bind(bind))) => Ok(Parsed::Request(Request::Bind(bind))),
+            (false, Some(command)) => Ok(Parsed::Request(match command {
+                Command::Bind(r) => Request::Bind(r),
+                Command::Admin(AdminCommand::Cleanup(r)) => Request::Cleanup(r),
+                Command::Admin(AdminCommand::SyncHosts(r)) => Request::SyncHosts(r),
+                Command::Admin(AdminCommand::MountLoop(r)) => Request::MountLoop(r),
+                Command::Admin(AdminCommand::UnmountLoop(r)) => Request::UnmountLoop(r),
+                Command::Debug(DebugCommand::Port(r)) => Request::DebugPort(r),
+            })),
             (false, None) => Err(ShimError::usage("no request given (see --help)")),
             (true, Some(_)) => Err(ShimError::usage("--shim-version takes no subcommand")),
         }
@@ -141,6 +227,36 @@ impl Request {
                 if bind.non_loopback {
                     args.push("--non-loopback".into());
                 }
+            }
+            Request::Cleanup(r) => {
+                args.extend(["admin".into(), "cleanup".into(), "--".into(), r.path.clone().into()]);
+            }
+            Request::SyncHosts(r) => {
+                args.extend(["admin".into(), "sync-hosts".into(), "--".into()]);
+                args.extend(r.domains.iter().map(OsString::from));
+            }
+            Request::MountLoop(r) => {
+                args.extend(["admin".into(), "mount-loop".into(), "--image".into(), r.image.clone().into()]);
+                args.extend([
+                    "--target".into(),
+                    r.target.clone().into(),
+                    "--fstype".into(),
+                    (&r.fstype).into(),
+                ]);
+                if r.read_write {
+                    args.push("--read-write".into());
+                }
+            }
+            Request::UnmountLoop(r) => {
+                args.extend([
+                    "admin".into(),
+                    "unmount-loop".into(),
+                    "--target".into(),
+                    r.target.clone().into(),
+                ]);
+            }
+            Request::DebugPort(r) => {
+                args.extend(["debug".into(), "port".into(), r.port.to_string().into()]);
             }
         }
         args
@@ -192,6 +308,25 @@ mod tests {
             address: Some("::1".parse().unwrap()),
             non_loopback: false,
         }));
+        round_trip(Request::Cleanup(CleanupRequest { path: "/p/.locald/x".into() }));
+        // A leading dash must stay a path, not become an option.
+        round_trip(Request::Cleanup(CleanupRequest { path: "-rf".into() }));
+        round_trip(Request::SyncHosts(SyncHostsRequest { domains: vec![] }));
+        round_trip(Request::SyncHosts(SyncHostsRequest { domains: vec!["a.localhost".into(), "-x".into()] }));
+        round_trip(Request::MountLoop(MountLoopRequest {
+            image: "/p/img.ext4".into(),
+            target: "/p/.locald/mounts/m".into(),
+            fstype: "ext4".into(),
+            read_write: false,
+        }));
+        round_trip(Request::MountLoop(MountLoopRequest {
+            image: "/p/img".into(),
+            target: "/p/.locald/mounts/m".into(),
+            fstype: "squashfs".into(),
+            read_write: true,
+        }));
+        round_trip(Request::UnmountLoop(UnmountLoopRequest { target: "/p/.locald/mounts/m".into() }));
+        round_trip(Request::DebugPort(DebugPortRequest { port: 5432 }));
         round_trip(Request::Bind(BindRequest {
             port: 8,
             address: Some("0.0.0.0".parse().unwrap()),

@@ -24,6 +24,36 @@ pub enum Command {
         #[command(subcommand)]
         command: AdminCommand,
     },
+    /// Loop-mount a filesystem image at <project>/.locald/mounts/<name> (read-only unless asked).
+    Mount {
+        /// The image file (ext2/3/4, squashfs, erofs, vfat); you must own it.
+        image: PathBuf,
+        /// Mount name; defaults to the image's file stem.
+        #[arg(long)]
+        name: Option<String>,
+        /// Filesystem type of the image.
+        #[arg(long, default_value = "ext4")]
+        fstype: String,
+        /// Mount writable.
+        #[arg(long)]
+        read_write: bool,
+    },
+    /// Unmount a mount made by `locald mount`.
+    Unmount {
+        /// The mount name.
+        name: String,
+    },
+    /// Diagnostics.
+    Debug {
+        #[command(subcommand)]
+        command: DebugCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DebugCommand {
+    /// Show which process listens on a TCP port (pid, uid, command).
+    Port { port: u16 },
 }
 
 #[derive(Debug, Subcommand)]

@@ -5,6 +5,7 @@
 //! shim-caller [--netns] --uid U --gid G bind PORT [ADDRESS]
 //! shim-caller [--netns] --uid U --gid G raw SHIM-ARGS...   (runs the shim with fd 3 = socket)
 //! shim-caller [--netns] --uid U --gid G empty-argv         (execs the shim with argc 0)
+//! shim-caller [--netns] --uid U --gid G remove PATH        (the daemon's force_remove_dir_all)
 //!
 //! It prints `key=value` lines for the test to assert on.
 
@@ -42,6 +43,7 @@ fn main() -> ExitCode {
         "bind" => return bind(&args),
         "raw" => raw(&args),
         "empty-argv" => empty_argv(),
+        "remove" => return remove(&args[0]),
         other => panic!("unknown mode {other}"),
     }
     ExitCode::SUCCESS
@@ -101,6 +103,21 @@ fn bind(args: &[String]) -> ExitCode {
     println!("accepted={peer}");
     println!("uid={}", nix::unistd::getuid());
     ExitCode::SUCCESS
+}
+
+/// Try-Catch-Delegate removal exactly as the daemon does it.
+fn remove(path: &str) -> ExitCode {
+    let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+    match runtime.block_on(locald_daemon::shim::force_remove_dir_all(std::path::Path::new(path))) {
+        Ok(()) => {
+            println!("removed={path}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            println!("error={err}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Runs the shim with raw arguments and fd 3 = a socket, reporting what came back.

@@ -9,6 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use locald_shim::protocol::{
+    CleanupRequest, DebugPortRequest, MountLoopRequest, SyncHostsRequest, UnmountLoopRequest,
+};
 use locald_shim::{BindRequest, CONTROL_FD, ExitClass, PROTOCOL_VERSION, Request, parse_version_line};
 use nix::cmsg_space;
 use nix::sys::socket::{
@@ -144,6 +147,58 @@ impl Shim {
         }
     }
 
+    /// Removes `path` (inside a `.locald` directory) although root owns parts of it.
+    pub fn cleanup(&self, path: &Path) -> Result<(), ShimClientError> {
+        self.run(&Request::Cleanup(CleanupRequest { path: path.to_owned() })).map(drop)
+    }
+
+    /// Makes the caller's `/etc/hosts` block map exactly `domains` to loopback.
+    pub fn sync_hosts(&self, domains: &[String]) -> Result<(), ShimClientError> {
+        self.run(&Request::SyncHosts(SyncHostsRequest { domains: domains.to_vec() })).map(drop)
+    }
+
+    pub fn mount_loop(
+        &self,
+        image: &Path,
+        target: &Path,
+        fstype: &str,
+        read_write: bool,
+    ) -> Result<(), ShimClientError> {
+        let request = MountLoopRequest {
+            image: image.to_owned(),
+            target: target.to_owned(),
+            fstype: fstype.to_owned(),
+            read_write,
+        };
+        self.run(&Request::MountLoop(request)).map(drop)
+    }
+
+    pub fn unmount_loop(&self, target: &Path) -> Result<(), ShimClientError> {
+        self.run(&Request::UnmountLoop(UnmountLoopRequest { target: target.to_owned() })).map(drop)
+    }
+
+    /// Who listens on `port`: one entry per process.
+    pub fn debug_port(&self, port: u16) -> Result<Vec<PortOwner>, ShimClientError> {
+        let stdout = self.run(&Request::DebugPort(DebugPortRequest { port }))?;
+        Ok(stdout.lines().filter_map(PortOwner::parse).collect())
+    }
+
+    /// Runs a request that answers on stdout and exits.
+    fn run(&self, request: &Request) -> Result<String, ShimClientError> {
+        let output = base_command(&self.path, request)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output()
+            .map_err(|source| ShimClientError::Spawn { path: self.path.clone(), source })?;
+        if !output.status.success() {
+            return Err(ShimClientError::Failed {
+                class: output.status.code().and_then(ExitClass::from_code),
+                message: stderr_line(&output.stderr),
+            });
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
     fn os_error(&self, what: &str, err: impl std::fmt::Display) -> ShimClientError {
         ShimClientError::Failed { class: None, message: format!("{what} ({}): {err}", self.path.display()) }
     }
@@ -203,4 +258,43 @@ fn stderr_line(stderr: &[u8]) -> String {
     let text = String::from_utf8_lossy(stderr);
     let line = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("exited without a message");
     line.trim().to_owned()
+}
+
+/// One line of `debug port`: `pid=<pid> uid=<uid> comm=<name>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortOwner {
+    pub pid: u32,
+    pub uid: u32,
+    pub comm: String,
+}
+
+impl PortOwner {
+    pub fn parse(line: &str) -> Option<Self> {
+        let mut fields = line.splitn(3, ' ');
+        let pid = fields.next()?.strip_prefix("pid=")?.parse().ok()?;
+        let uid = fields.next()?.strip_prefix("uid=")?.parse().ok()?;
+        let comm = fields.next()?.strip_prefix("comm=")?.to_owned();
+        Some(Self { pid, uid, comm })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_owner_lines_parse() {
+        assert_eq!(
+            PortOwner::parse("pid=12 uid=1000 comm=python3 x"),
+            Some(PortOwner { pid: 12, uid: 1000, comm: "python3 x".into() })
+        );
+        assert_eq!(PortOwner::parse("pid=x uid=1 comm=a"), None);
+        assert_eq!(PortOwner::parse(""), None);
+    }
+
+    #[test]
+    fn the_last_stderr_line_is_the_message() {
+        assert_eq!(stderr_line(b"noise\nlocald-shim: refused: no\n"), "locald-shim: refused: no");
+        assert_eq!(stderr_line(b""), "exited without a message");
+    }
 }

@@ -2,9 +2,11 @@
 
 mod client;
 mod discovery;
+mod remove;
 
-pub use client::{Shim, ShimClientError};
+pub use client::{PortOwner, Shim, ShimClientError};
 pub use discovery::{
     DEFAULT_INSTALL_DIR, ENV_OVERRIDE, Insecure, NIXOS_WRAPPER, SHIM_NAME, candidates, check_dir_chain,
     check_trusted,
 };
+pub use remove::{RemoveError, force_remove_dir_all};

@@ -5,8 +5,19 @@
 //! privileged step lives in a module named after its subcommand.
 
 mod bind;
+#[cfg(target_os = "linux")]
+mod cleanup;
+#[cfg(target_os = "linux")]
+mod debug_port;
+mod hosts;
+#[cfg(target_os = "linux")]
+mod loopdev;
+#[cfg(target_os = "linux")]
+mod mount_loop;
 mod preamble;
 mod privilege;
+#[cfg(target_os = "linux")]
+mod userpath;
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -48,8 +59,22 @@ fn run() -> Result<(), ShimError> {
         }
         Request::Bind(bind) => {
             let address = bind.validate()?;
-            let root = privilege::Root::acquire()?;
-            bind::run(root, address)
+            bind::run(privilege::Root::acquire()?, address)
+        }
+        Request::SyncHosts(request) => hosts::run(privilege::Root::acquire()?, &request),
+        #[cfg(target_os = "linux")]
+        Request::Cleanup(request) => cleanup::run(privilege::Root::acquire()?, &request),
+        #[cfg(target_os = "linux")]
+        Request::MountLoop(request) => mount_loop::mount_loop(privilege::Root::acquire()?, &request),
+        #[cfg(target_os = "linux")]
+        Request::UnmountLoop(request) => mount_loop::unmount_loop(privilege::Root::acquire()?, &request),
+        #[cfg(target_os = "linux")]
+        Request::DebugPort(request) => debug_port::run(privilege::Root::acquire()?, &request),
+        #[cfg(not(target_os = "linux"))]
+        Request::Cleanup(_) | Request::MountLoop(_) | Request::UnmountLoop(_) | Request::DebugPort(_) => {
+            Err(ShimError::refused(
+                "UnsupportedPlatform: this request needs Linux — use the Lima profile (lima/locald.yaml)",
+            ))
         }
     }
 }

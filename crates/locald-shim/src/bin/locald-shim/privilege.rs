@@ -31,7 +31,6 @@ impl Root {
         Ok(Self { caller })
     }
 
-    #[allow(dead_code)] // used by the subcommands that act as the caller on the caller's paths
     pub fn caller(&self) -> Caller {
         self.caller
     }

@@ -1,0 +1,14 @@
+use std::process::ExitCode;
+
+use locald_daemon::shim::Shim;
+
+pub fn run(port: u16) -> anyhow::Result<ExitCode> {
+    let owners = Shim::discover()?.debug_port(port)?;
+    if owners.is_empty() {
+        println!("nothing listens on port {port}");
+    }
+    for owner in owners {
+        println!("port {port}: pid {} (uid {}) {}", owner.pid, owner.uid, owner.comm);
+    }
+    Ok(ExitCode::SUCCESS)
+}
