@@ -248,3 +248,34 @@ fn spawn_blocked_shim(p: &Privileged, control: i32, leaked: &[i32; 2]) -> std::p
     }
     command.spawn().expect("spawn shim")
 }
+
+#[test]
+fn debug_port_names_the_listener_and_nothing_more() {
+    let Some(p) = fixture() else { return };
+    // A listener owned by root, which the user could not otherwise attribute to a process.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port().to_string();
+    let out = p.as_user(&p.shim()).args(["debug", "port", &port]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let me = format!("pid={} uid=0 comm=", std::process::id());
+    assert!(stdout.lines().any(|l| l.starts_with(&me)), "{stdout}");
+    for line in stdout.lines() {
+        let keys: Vec<&str> = line.splitn(3, ' ').map(|f| f.split('=').next().unwrap()).collect();
+        assert_eq!(keys, ["pid", "uid", "comm"], "only pid, uid and comm: {line}");
+    }
+    let out = p
+        .as_user(&p.bin("locald"))
+        .args(["debug", "port", &port])
+        .env("LOCALD_SHIM", p.shim())
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("pid {}", std::process::id())),
+        "{}",
+        text(&out)
+    );
+    drop(listener);
+    let out = p.as_user(&p.shim()).args(["debug", "port", &port]).output().unwrap();
+    assert!(out.status.success() && out.stdout.is_empty(), "{}", text(&out));
+}

@@ -151,10 +151,19 @@ fn port_free(id: &'static str, addr: SocketAddr) -> Finding {
     match TcpStream::connect_timeout(&addr, Duration::from_millis(500)) {
         Ok(_) => Finding::warn(
             id,
-            format!("port {port} on 127.0.0.1 is already in use by another program"),
+            format!("port {port} on 127.0.0.1 is already in use by {}", port_owner(port)),
             format!("stop whatever listens on {port}, or locald falls back to an unprivileged port"),
         ),
         Err(_) => Finding::ok(id, format!("port {port} on 127.0.0.1 is free")),
+    }
+}
+
+/// "pid 123 (uid 0, nginx)" through the shim's `debug port`, or a generic phrase without it.
+pub fn port_owner(port: u16) -> String {
+    let owners = Shim::discover().and_then(|shim| shim.debug_port(port)).unwrap_or_default();
+    match owners.first() {
+        Some(o) => format!("pid {} (uid {}, {})", o.pid, o.uid, o.comm),
+        None => "another program".to_owned(),
     }
 }
 

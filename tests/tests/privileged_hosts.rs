@@ -1,0 +1,238 @@
+//! `admin sync-hosts` attacked. Every call runs in a private mount namespace where a scratch
+//! directory is bind-mounted over /etc, so the host's real /etc/hosts is never touched (and a
+//! test asserts that too).
+
+use std::ffi::CString;
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt, chown, symlink};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+use locald_tests::{Privileged, User, privileged, text};
+
+const BASE: &str = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n# a comment the admin wrote\n";
+
+fn scratch_etc(p: &Privileged, name: &str) -> PathBuf {
+    let etc = p.scratch_dir(name);
+    fs::write(etc.join("hosts"), BASE).unwrap();
+    fs::set_permissions(etc.join("hosts"), fs::Permissions::from_mode(0o644)).unwrap();
+    etc
+}
+
+/// The shim's `sync-hosts` as `user`, with `etc` in place of /etc.
+fn spawn_sync(p: &Privileged, user: &User, etc: &Path, domains: &[&str]) -> Child {
+    let source = CString::new(etc.as_os_str().as_encoded_bytes()).unwrap();
+    let (uid, gid) = (user.uid, user.gid);
+    let mut command = Command::new(p.shim());
+    command.args(["admin", "sync-hosts", "--"]).args(domains).env_clear();
+    command.stdout(Stdio::piped()).stderr(Stdio::piped());
+    // SAFETY: only async-signal-safe syscalls between fork and exec; the CStrings were built
+    // before the fork.
+    unsafe {
+        command.pre_exec(move || {
+            let check =
+                |ret: libc::c_int| if ret == -1 { Err(std::io::Error::last_os_error()) } else { Ok(()) };
+            check(libc::unshare(libc::CLONE_NEWNS))?;
+            check(libc::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ))?;
+            check(libc::mount(
+                source.as_ptr(),
+                c"/etc".as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND,
+                std::ptr::null(),
+            ))?;
+            check(libc::setgroups(0, std::ptr::null()))?;
+            check(libc::setgid(gid))?;
+            check(libc::setuid(uid))?;
+            Ok(())
+        });
+    }
+    command.spawn().expect("spawn shim")
+}
+
+fn sync(p: &Privileged, user: &User, etc: &Path, domains: &[&str]) -> Output {
+    spawn_sync(p, user, etc, domains).wait_with_output().unwrap()
+}
+
+fn hosts(etc: &Path) -> String {
+    fs::read_to_string(etc.join("hosts")).unwrap()
+}
+
+/// The lines between the user's markers, or None without a block.
+fn block(content: &str, uid: u32) -> Option<Vec<String>> {
+    let begin = format!("# BEGIN locald uid={uid}");
+    let end = format!("# END locald uid={uid}");
+    assert!(content.matches(&begin).count() <= 1, "duplicate block:\n{content}");
+    let start = content.lines().position(|l| l == begin)?;
+    let stop = content.lines().position(|l| l == end).expect("block without END");
+    Some(content.lines().skip(start + 1).take(stop - start - 1).map(str::to_owned).collect())
+}
+
+struct RealHosts(Vec<u8>);
+
+impl RealHosts {
+    fn snapshot() -> Self {
+        Self(fs::read("/etc/hosts").unwrap_or_default())
+    }
+    fn assert_untouched(&self) {
+        assert_eq!(fs::read("/etc/hosts").unwrap_or_default(), self.0, "the host's /etc/hosts changed");
+    }
+}
+
+#[test]
+fn names_are_written_as_a_block_for_both_loopbacks() {
+    let Some(p) = privileged() else { return };
+    let real = RealHosts::snapshot();
+    let etc = scratch_etc(p, "hosts-basic");
+    let out = sync(p, &p.user, &etc, &["web.shop.localhost", "api.shop.localhost"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let content = hosts(&etc);
+    assert!(content.starts_with(BASE), "{content}");
+    assert_eq!(
+        block(&content, p.user.uid).unwrap(),
+        [
+            "127.0.0.1\tapi.shop.localhost",
+            "::1\tapi.shop.localhost",
+            "127.0.0.1\tweb.shop.localhost",
+            "::1\tweb.shop.localhost"
+        ]
+    );
+    real.assert_untouched();
+}
+
+#[test]
+fn injection_and_malformed_names_are_refused_and_change_nothing() {
+    let Some(p) = privileged() else { return };
+    let real = RealHosts::snapshot();
+    let etc = scratch_etc(p, "hosts-injection");
+    let long = format!("{}.localhost", "a".repeat(250));
+    for bad in [
+        "a.localhost\n6.6.6.6 bank.com",
+        "a.localhost 6.6.6.6",
+        "a.localhost\t6.6.6.6",
+        "127.0.0.1",
+        "::1",
+        "bank.com",
+        "WEB.localhost",
+        long.as_str(),
+        "-x.localhost",
+    ] {
+        let out = sync(p, &p.user, &etc, &["ok.localhost", bad]);
+        assert_eq!(out.status.code(), Some(77), "{bad:?}: {}", text(&out));
+        assert_eq!(hosts(&etc), BASE, "{bad:?} changed the file");
+    }
+    real.assert_untouched();
+}
+
+#[test]
+fn another_users_block_is_kept_and_an_empty_list_removes_only_ours() {
+    let Some(p) = privileged() else { return };
+    let etc = scratch_etc(p, "hosts-two-users");
+    assert!(sync(p, &p.other_user, &etc, &["theirs.localhost"]).status.success());
+    let after_other = hosts(&etc);
+    assert!(sync(p, &p.user, &etc, &["mine.localhost"]).status.success());
+    let both = hosts(&etc);
+    assert!(both.starts_with(&after_other), "the other block moved or changed:\n{both}");
+    assert!(block(&both, p.user.uid).is_some());
+
+    // The user cannot remove or rewrite the other user's block by any argument.
+    assert!(sync(p, &p.user, &etc, &[]).status.success());
+    assert_eq!(hosts(&etc), after_other);
+    assert_eq!(
+        block(&after_other, p.other_user.uid).unwrap(),
+        ["127.0.0.1\ttheirs.localhost", "::1\ttheirs.localhost"]
+    );
+}
+
+#[test]
+fn twenty_concurrent_calls_leave_one_well_formed_file() {
+    let Some(p) = privileged() else { return };
+    let etc = scratch_etc(p, "hosts-concurrent");
+    let names: Vec<String> = (0..20).map(|i| format!("n{i}.localhost")).collect();
+    // Half the calls are another user's: without serialisation one user's update would be lost.
+    let children: Vec<Child> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let user = if i % 2 == 0 { &p.user } else { &p.other_user };
+            spawn_sync(p, user, &etc, &[n.as_str(), "common.localhost"])
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let content = hosts(&etc);
+    assert!(content.starts_with(BASE), "{content}");
+    assert!(block(&content, p.other_user.uid).is_some(), "the other user's update was lost:\n{content}");
+    let lines = block(&content, p.user.uid).expect("one block");
+    let winner = names.iter().find(|n| lines.contains(&format!("127.0.0.1\t{n}"))).expect("one call's names");
+    let mut expected = vec![format!("127.0.0.1\t{winner}"), format!("::1\t{winner}")];
+    expected.extend(["127.0.0.1\tcommon.localhost".to_owned(), "::1\tcommon.localhost".to_owned()]);
+    expected.sort();
+    let mut got = lines.clone();
+    got.sort();
+    assert_eq!(got, expected, "a torn or merged block:\n{content}");
+    let leftovers: Vec<_> =
+        fs::read_dir(&etc).unwrap().map(|e| e.unwrap().file_name()).filter(|n| n != "hosts").collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+}
+
+#[test]
+fn mode_and_owner_are_kept() {
+    let Some(p) = privileged() else { return };
+    let etc = scratch_etc(p, "hosts-mode");
+    chown(etc.join("hosts"), Some(0), Some(p.other_user.gid)).unwrap();
+    fs::set_permissions(etc.join("hosts"), fs::Permissions::from_mode(0o640)).unwrap();
+    assert!(sync(p, &p.user, &etc, &["a.localhost"]).status.success());
+    let meta = fs::metadata(etc.join("hosts")).unwrap();
+    assert_eq!((meta.uid(), meta.gid(), meta.mode() & 0o7777), (0, p.other_user.gid, 0o640));
+}
+
+#[test]
+fn a_symlinked_hosts_file_is_left_to_the_system_that_manages_it() {
+    let Some(p) = privileged() else { return };
+    let etc = p.scratch_dir("hosts-symlink");
+    let managed = p.scratch_dir("hosts-symlink-store").join("hosts");
+    fs::write(&managed, BASE).unwrap();
+    symlink(&managed, etc.join("hosts")).unwrap();
+    let out = sync(p, &p.user, &etc, &["a.localhost"]);
+    assert_eq!(out.status.code(), Some(77), "{}", text(&out));
+    assert!(text(&out).contains("NixOS"), "{}", text(&out));
+    assert_eq!(fs::read_to_string(&managed).unwrap(), BASE);
+    assert!(fs::symlink_metadata(etc.join("hosts")).unwrap().file_type().is_symlink());
+}
+
+#[test]
+fn writers_wait_for_the_exclusive_lock() {
+    let Some(p) = privileged() else { return };
+    let etc = scratch_etc(p, "hosts-lock");
+    let dir = fs::File::open(&etc).unwrap();
+    let held = nix::fcntl::Flock::lock(dir, nix::fcntl::FlockArg::LockExclusive).unwrap();
+    let child = spawn_sync(p, &p.user, &etc, &["locked.localhost"]);
+    let pid = child.id();
+    // The shim must be queued on the lock (a `->` waiter line in /proc/locks) and must not
+    // have written anything meanwhile.
+    let blocked = locald_tests::wait_for(std::time::Duration::from_secs(20), || {
+        let locks = fs::read_to_string("/proc/locks").ok()?;
+        locks
+            .lines()
+            .any(|l| {
+                l.contains("->") && l.contains("FLOCK") && l.split_whitespace().any(|f| f == pid.to_string())
+            })
+            .then_some(())
+    });
+    assert!(blocked.is_some(), "the shim did not wait for the lock");
+    assert_eq!(hosts(&etc), BASE);
+    drop(held);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(hosts(&etc).contains("locked.localhost"));
+}
