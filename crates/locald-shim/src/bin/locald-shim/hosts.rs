@@ -11,8 +11,8 @@ use nix::fcntl::{AtFlags, Flock, FlockArg, OFlag, openat, renameat};
 use nix::sys::stat::{Mode, SFlag, fchmod, fstatat};
 use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, fsync, unlinkat};
 
+use crate::fds::own;
 use crate::privilege::Root;
-use crate::userpath::own;
 
 const ETC: &str = "/etc";
 const HOSTS: &str = "hosts";
@@ -51,7 +51,7 @@ pub fn run(root: Root, request: &SyncHostsRequest) -> Result<(), ShimError> {
     if updated == current {
         return Ok(());
     }
-    replace(&etc, &updated, st.st_uid, st.st_gid, st.st_mode & 0o7777)
+    replace(&etc, &updated, st.st_uid, st.st_gid, Mode::from_bits_truncate(st.st_mode & 0o7777))
 }
 
 fn read_hosts(etc: &OwnedFd) -> Result<Vec<u8>, ShimError> {
@@ -75,7 +75,7 @@ fn read_hosts(etc: &OwnedFd) -> Result<Vec<u8>, ShimError> {
 
 /// Temp file in /etc, same owner and mode, fsync, rename over, fsync the directory: readers see
 /// the old file or the new one, never a torn one.
-fn replace(etc: &OwnedFd, content: &[u8], uid: u32, gid: u32, mode: u32) -> Result<(), ShimError> {
+fn replace(etc: &OwnedFd, content: &[u8], uid: u32, gid: u32, mode: Mode) -> Result<(), ShimError> {
     let temp = format!(".hosts.locald-{}", std::process::id());
     let dir = etc.as_raw_fd();
     // A leftover of a crashed run with our pid; we hold the lock, so nobody is writing it.
@@ -85,7 +85,7 @@ fn replace(etc: &OwnedFd, content: &[u8], uid: u32, gid: u32, mode: u32) -> Resu
         .map_err(|e| ShimError::os("create temp hosts file", e))?);
     let result = (|| {
         fchown(fd.as_raw_fd(), Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))?;
-        fchmod(fd.as_raw_fd(), Mode::from_bits_truncate(mode))?;
+        fchmod(fd.as_raw_fd(), mode)?;
         let mut file = std::fs::File::from(fd);
         file.write_all(content).map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
         fsync(file.as_raw_fd())?;

@@ -9,6 +9,7 @@ mod bind;
 mod cleanup;
 #[cfg(target_os = "linux")]
 mod debug_port;
+mod fds;
 mod hosts;
 #[cfg(target_os = "linux")]
 mod loopdev;

@@ -3,7 +3,7 @@
 //! symlinks, so nothing the caller can rename redirects the shim.
 
 use std::ffi::{OsStr, OsString};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use locald_shim::ShimError;
 use locald_shim::validate::join;
@@ -12,6 +12,7 @@ use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat, openat2};
 use nix::sys::stat::{FileStat, Mode, SFlag, fstat};
 use nix::unistd::{Gid, Uid, setfsgid, setfsuid};
 
+pub use crate::fds::own;
 use crate::privilege::Caller;
 
 /// While alive, filesystem access is checked against the caller's uid/gid.
@@ -30,12 +31,6 @@ impl Drop for AsCaller {
         setfsuid(Uid::from_raw(0));
         setfsgid(Gid::from_raw(0));
     }
-}
-
-/// Takes ownership of a descriptor a successful open just returned.
-pub fn own(fd: RawFd) -> OwnedFd {
-    // SAFETY: callers pass only fds freshly returned by open/openat/openat2, owned by no one.
-    unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
 /// Walks `components` from `/` as the caller, no symlink anywhere; the last one is opened with
