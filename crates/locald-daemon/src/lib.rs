@@ -1,5 +1,6 @@
 //! The locald daemon as a library. It runs as the user and never gains privileges; everything
 //! that needs root is a request to `locald-shim` through [`shim`].
 
+pub mod container;
 pub mod doctor;
 pub mod shim;

@@ -5,6 +5,7 @@
 //! so the two sides cannot drift. Changing anything here is a protocol bump: raise
 //! [`PROTOCOL_VERSION`] in the same change.
 
+pub mod bundle_policy;
 pub mod exit;
 pub mod protocol;
 pub mod validate;

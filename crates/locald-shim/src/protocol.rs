@@ -10,7 +10,7 @@ use crate::ShimError;
 
 /// Bumped whenever argv or the meaning of a request changes. The daemon refuses privileged work
 /// when the installed shim reports another number.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The fd on which a subcommand that passes fds back (or takes control messages) finds its unix
 /// socket. Passing a socket by fd, not by path, leaves nothing in the filesystem to race.
@@ -49,6 +49,19 @@ pub enum Request {
     UnmountLoop(UnmountLoopRequest),
     /// `debug port <P>`: pid, uid and command name of whoever listens on port P.
     DebugPort(DebugPortRequest),
+    /// `bundle run --bundle <ABS> --id <ID>`: run an OCI bundle confined to the caller.
+    BundleRun(BundleRunRequest),
+}
+
+/// `bundle run --bundle <ABS> --id <ID>`
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+pub struct BundleRunRequest {
+    /// The bundle directory (config.json + rootfs), owned by the caller.
+    #[arg(long)]
+    pub bundle: PathBuf,
+    /// Container id, `[A-Za-z0-9_.-]{1,64}`, unique per caller.
+    #[arg(long)]
+    pub id: String,
 }
 
 /// `admin cleanup <PATH>`
@@ -157,6 +170,15 @@ enum Command {
     /// Read-only diagnostics.
     #[command(subcommand)]
     Debug(DebugCommand),
+    /// OCI bundles.
+    #[command(subcommand)]
+    Bundle(BundleCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum BundleCommand {
+    /// Run an OCI bundle in a user namespace mapped to the caller; stays its parent.
+    Run(BundleRunRequest),
 }
 
 #[derive(Debug, Subcommand)]
@@ -208,6 +230,7 @@ impl Request {
                 Command::Admin(AdminCommand::MountLoop(r)) => Request::MountLoop(r),
                 Command::Admin(AdminCommand::UnmountLoop(r)) => Request::UnmountLoop(r),
                 Command::Debug(DebugCommand::Port(r)) => Request::DebugPort(r),
+                Command::Bundle(BundleCommand::Run(r)) => Request::BundleRun(r),
             })),
             (false, None) => Err(ShimError::usage("no request given (see --help)")),
             (true, Some(_)) => Err(ShimError::usage("--shim-version takes no subcommand")),
@@ -258,13 +281,18 @@ impl Request {
             Request::DebugPort(r) => {
                 args.extend(["debug".into(), "port".into(), r.port.to_string().into()]);
             }
+            Request::BundleRun(r) => {
+                args.extend(["bundle".into(), "run".into(), "--bundle".into(), r.bundle.clone().into()]);
+                args.extend(["--id".into(), (&r.id).into()]);
+            }
         }
         args
     }
 
     /// Whether the request keeps [`CONTROL_FD`] open; every other inherited fd is closed.
     pub fn takes_control_fd(&self) -> bool {
-        matches!(self, Request::Bind(_))
+        // bind sends the listener on it; bundle run takes stop requests on it.
+        matches!(self, Request::Bind(_) | Request::BundleRun(_))
     }
 
     /// Whether the request may run without root (only the version handshake).
@@ -327,6 +355,10 @@ mod tests {
         }));
         round_trip(Request::UnmountLoop(UnmountLoopRequest { target: "/p/.locald/mounts/m".into() }));
         round_trip(Request::DebugPort(DebugPortRequest { port: 5432 }));
+        round_trip(Request::BundleRun(BundleRunRequest {
+            bundle: "/p/.locald/bundles/web".into(),
+            id: "web-1".into(),
+        }));
         round_trip(Request::Bind(BindRequest {
             port: 8,
             address: Some("0.0.0.0".parse().unwrap()),

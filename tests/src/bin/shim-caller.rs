@@ -44,6 +44,7 @@ fn main() -> ExitCode {
         "raw" => raw(&args),
         "empty-argv" => empty_argv(),
         "remove" => return remove(&args[0]),
+        "bundle-control" => bundle_control(&args),
         other => panic!("unknown mode {other}"),
     }
     ExitCode::SUCCESS
@@ -103,6 +104,44 @@ fn bind(args: &[String]) -> ExitCode {
     println!("accepted={peer}");
     println!("uid={}", nix::unistd::getuid());
     ExitCode::SUCCESS
+}
+
+/// Runs `bundle run` with fd 3 = a socket, as the daemon does; after `started <pid>` it sends
+/// `args[2]` (a signal name) or, for `EOF`, closes the socket as a dying daemon would.
+fn bundle_control(args: &[String]) {
+    use std::io::BufRead;
+    let shim = std::env::var("LOCALD_SHIM").expect("LOCALD_SHIM");
+    let (ours, theirs) =
+        socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::empty()).expect("socketpair");
+    let theirs_fd = theirs.as_raw_fd();
+    let mut command = Command::new(&shim);
+    command.args(["bundle", "run", "--bundle", &args[0], "--id", &args[1]]).env_clear();
+    command.stdout(Stdio::null()).stderr(Stdio::inherit());
+    // SAFETY: only dup2 between fork and exec, which is async-signal-safe.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::dup2(theirs_fd, 3) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().expect("spawn shim");
+    drop(theirs);
+    let stream = std::os::unix::net::UnixStream::from(ours);
+    let mut lines = std::io::BufReader::new(stream.try_clone().unwrap()).lines();
+    let started = lines.next().expect("a started line").expect("read");
+    println!("{}", started.replace(' ', "="));
+    if args[2] == "EOF" {
+        drop(lines);
+        drop(stream);
+    } else {
+        (&stream).write_all(format!("{}\n", args[2]).as_bytes()).unwrap();
+        let exited = lines.next().expect("an exited line").expect("read");
+        println!("{}", exited.replace(' ', "="));
+    }
+    let status = child.wait().expect("wait shim");
+    println!("shim_exit={}", status.code().unwrap_or(-1));
 }
 
 /// Try-Catch-Delegate removal exactly as the daemon does it.

@@ -6,6 +6,8 @@
 
 mod bind;
 #[cfg(target_os = "linux")]
+mod bundle;
+#[cfg(target_os = "linux")]
 mod cleanup;
 #[cfg(target_os = "linux")]
 mod debug_port;
@@ -28,7 +30,7 @@ use locald_shim::{Parsed, Request, ShimError, version_line};
 
 fn main() -> ExitCode {
     match run() {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(err) => {
             let _ = writeln!(std::io::stderr(), "{err}");
             ExitCode::from(err.class.code() as u8)
@@ -36,7 +38,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn run() -> Result<(), ShimError> {
+/// The exit code on success: 0, or the container's own status for `bundle run`.
+fn run() -> Result<i32, ShimError> {
     let argv: Vec<OsString> = std::env::args_os().collect();
     // CVE-2021-4034 (pkexec): with argc 0 a setuid program may read argv[1] out of envp.
     preamble::refuse_empty_argv(&argv)?;
@@ -45,7 +48,7 @@ fn run() -> Result<(), ShimError> {
     let request = match Request::parse_from(argv)? {
         Parsed::Help(text) => {
             print!("{text}");
-            return Ok(());
+            return Ok(0);
         }
         Parsed::Request(request) => request,
     };
@@ -53,24 +56,33 @@ fn run() -> Result<(), ShimError> {
         preamble::close_control_fd();
     }
 
+    let done = |result: Result<(), ShimError>| result.map(|()| 0);
     match request {
         Request::Version => {
             println!("{}", version_line());
-            Ok(())
+            Ok(0)
         }
         Request::Bind(bind) => {
             let address = bind.validate()?;
-            bind::run(privilege::Root::acquire()?, address)
+            done(bind::run(privilege::Root::acquire()?, address))
         }
-        Request::SyncHosts(request) => hosts::run(privilege::Root::acquire()?, &request),
+        Request::SyncHosts(request) => done(hosts::run(privilege::Root::acquire()?, &request)),
         #[cfg(target_os = "linux")]
-        Request::Cleanup(request) => cleanup::run(privilege::Root::acquire()?, &request),
+        Request::Cleanup(request) => done(cleanup::run(privilege::Root::acquire()?, &request)),
         #[cfg(target_os = "linux")]
-        Request::MountLoop(request) => mount_loop::mount_loop(privilege::Root::acquire()?, &request),
+        Request::MountLoop(request) => done(mount_loop::mount_loop(privilege::Root::acquire()?, &request)),
         #[cfg(target_os = "linux")]
-        Request::UnmountLoop(request) => mount_loop::unmount_loop(privilege::Root::acquire()?, &request),
+        Request::UnmountLoop(request) => {
+            done(mount_loop::unmount_loop(privilege::Root::acquire()?, &request))
+        }
         #[cfg(target_os = "linux")]
-        Request::DebugPort(request) => debug_port::run(privilege::Root::acquire()?, &request),
+        Request::DebugPort(request) => done(debug_port::run(privilege::Root::acquire()?, &request)),
+        #[cfg(target_os = "linux")]
+        Request::BundleRun(request) => bundle::run(privilege::Root::acquire()?, &request),
+        #[cfg(not(target_os = "linux"))]
+        Request::BundleRun(_) => Err(ShimError::refused(
+            "UnsupportedPlatform: container execution needs Linux — use the Lima profile (lima/locald.yaml)",
+        )),
         #[cfg(not(target_os = "linux"))]
         Request::Cleanup(_) | Request::MountLoop(_) | Request::UnmountLoop(_) | Request::DebugPort(_) => {
             Err(ShimError::refused(

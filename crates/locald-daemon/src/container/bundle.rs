@@ -1,0 +1,276 @@
+//! OCI bundle generation: a `config.json` that the shim's bundle policy accepts — a new user
+//! namespace mapped only to the caller, new mount/pid/ipc/uts namespaces, the host's network
+//! (so the proxy reaches the service's port), locald's cgroup path, no hooks.
+
+use std::path::{Path, PathBuf};
+
+use locald_shim::bundle_policy::cgroup_path;
+use oci_spec::runtime::{
+    LinuxBuilder, LinuxMemoryBuilder, LinuxPidsBuilder, LinuxResourcesBuilder, Mount, MountBuilder,
+    ProcessBuilder, RootBuilder, Spec, UserBuilder,
+};
+
+const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// A host directory bind-mounted into the container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Volume {
+    pub host: PathBuf,
+    pub container: PathBuf,
+    pub read_only: bool,
+}
+
+/// What a service asks of its container.
+#[derive(Debug, Clone, Default)]
+pub struct ContainerConfig {
+    pub id: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub args: Vec<String>,
+    /// `KEY=VALUE` entries, after PATH.
+    pub env: Vec<String>,
+    pub cwd: Option<PathBuf>,
+    pub volumes: Vec<Volume>,
+    pub memory_bytes: Option<i64>,
+    pub pids: Option<i64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("invalid container configuration: {0}")]
+    Spec(#[from] oci_spec::OciSpecError),
+    #[error("cannot write {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+pub fn spec(config: &ContainerConfig) -> Result<Spec, BundleError> {
+    let mut spec = Spec::rootless(config.uid, config.gid);
+    let mut env = vec![DEFAULT_PATH.to_owned()];
+    env.extend(config.env.iter().cloned());
+    let mut process = spec.process().clone().unwrap_or_default();
+    let template = ProcessBuilder::default()
+        .terminal(false)
+        .user(UserBuilder::default().uid(0u32).gid(0u32).build()?)
+        .args(config.args.clone())
+        .env(env)
+        .cwd(config.cwd.clone().unwrap_or_else(|| PathBuf::from("/")))
+        .no_new_privileges(true)
+        .build()?;
+    process.set_terminal(template.terminal());
+    process.set_user(template.user().clone());
+    process.set_args(template.args().clone());
+    process.set_env(template.env().clone());
+    process.set_cwd(template.cwd().clone());
+    process.set_no_new_privileges(Some(true));
+    // The caller's rlimits apply; the shim refuses bundles that set their own.
+    process.set_rlimits(None);
+    spec.set_process(Some(process));
+    spec.set_hostname(Some(config.id.clone()));
+    spec.set_root(Some(RootBuilder::default().path("rootfs").readonly(false).build()?));
+
+    let mut mounts = spec.mounts().clone().unwrap_or_default();
+    mounts.push(tmpfs("/tmp")?);
+    for volume in &config.volumes {
+        mounts.push(bind(volume)?);
+    }
+    spec.set_mounts(Some(mounts));
+
+    let base =
+        spec.linux().clone().unwrap_or_else(|| LinuxBuilder::default().build().expect("empty linux section"));
+    let mut linux = base;
+    linux.set_cgroups_path(Some(PathBuf::from(cgroup_path(config.uid, &config.id))));
+    if config.memory_bytes.is_some() || config.pids.is_some() {
+        let mut resources = LinuxResourcesBuilder::default();
+        if let Some(limit) = config.memory_bytes {
+            resources = resources.memory(LinuxMemoryBuilder::default().limit(limit).build()?);
+        }
+        if let Some(limit) = config.pids {
+            resources = resources.pids(LinuxPidsBuilder::default().limit(limit).build()?);
+        }
+        linux.set_resources(Some(resources.build()?));
+    }
+    spec.set_linux(Some(linux));
+    Ok(spec)
+}
+
+/// Writes `<dir>/config.json` for `config`; the rootfs is expected at `<dir>/rootfs`.
+pub fn write(dir: &Path, config: &ContainerConfig) -> Result<(), BundleError> {
+    let spec = spec(config)?;
+    let path = dir.join("config.json");
+    let json = serde_json::to_vec_pretty(&spec).expect("a Spec always serializes");
+    std::fs::write(&path, json).map_err(|source| BundleError::Io { path, source })
+}
+
+fn tmpfs(destination: &str) -> Result<Mount, BundleError> {
+    Ok(MountBuilder::default()
+        .destination(destination)
+        .typ("tmpfs")
+        .source("tmpfs")
+        .options(vec!["nosuid".into(), "nodev".into(), "mode=1777".into()])
+        .build()?)
+}
+
+fn bind(volume: &Volume) -> Result<Mount, BundleError> {
+    let mut options = vec!["rbind".to_owned(), "nosuid".to_owned(), "nodev".to_owned()];
+    if volume.read_only {
+        options.push("ro".to_owned());
+    }
+    Ok(MountBuilder::default()
+        .destination(volume.container.clone())
+        .typ("bind")
+        .source(volume.host.clone())
+        .options(options)
+        .build()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use locald_shim::bundle_policy::check;
+    use oci_spec::runtime::{Capability, LinuxIdMappingBuilder, LinuxNamespaceBuilder, LinuxNamespaceType};
+
+    use super::*;
+
+    fn config() -> ContainerConfig {
+        ContainerConfig {
+            id: "web-1".into(),
+            uid: 1000,
+            gid: 1000,
+            args: vec!["/bin/sh".into(), "-c".into(), "echo hi".into()],
+            env: vec!["PORT=8080".into()],
+            volumes: vec![Volume {
+                host: "/home/u/p/data".into(),
+                container: "/data".into(),
+                read_only: true,
+            }],
+            memory_bytes: Some(64 << 20),
+            pids: Some(64),
+            ..Default::default()
+        }
+    }
+
+    fn refused(spec: &Spec) -> String {
+        check(spec, 1000, 1000, "web-1").expect_err("must be refused").message
+    }
+
+    #[test]
+    fn generated_bundles_pass_the_shims_policy() {
+        let spec = spec(&config()).unwrap();
+        check(&spec, 1000, 1000, "web-1").unwrap();
+        let linux = spec.linux().as_ref().unwrap();
+        assert_eq!(linux.cgroups_path().as_deref(), Some(Path::new("/locald/1000/web-1")));
+        assert!(spec.process().as_ref().unwrap().env().as_ref().unwrap().contains(&"PORT=8080".to_owned()));
+        // Host network: the proxy reaches the service's port.
+        assert!(
+            !linux.namespaces().as_ref().unwrap().iter().any(|ns| ns.typ() == LinuxNamespaceType::Network)
+        );
+    }
+
+    #[test]
+    fn the_policy_refuses_each_escalation() {
+        let good = spec(&config()).unwrap();
+        // For another user, the same bundle maps to the wrong uid.
+        assert!(check(&good, 1001, 1001, "web-1").is_err());
+
+        let mut s = good.clone();
+        let mut linux = s.linux().clone().unwrap();
+        linux.set_uid_mappings(Some(vec![
+            LinuxIdMappingBuilder::default().container_id(0u32).host_id(0u32).size(1u32).build().unwrap(),
+        ]));
+        s.set_linux(Some(linux));
+        assert!(refused(&s).contains("uid mappings"));
+
+        let mut s = good.clone();
+        let mut linux = s.linux().clone().unwrap();
+        let mut namespaces = linux.namespaces().clone().unwrap();
+        namespaces.push(
+            LinuxNamespaceBuilder::default()
+                .typ(LinuxNamespaceType::Network)
+                .path("/proc/1/ns/net")
+                .build()
+                .unwrap(),
+        );
+        linux.set_namespaces(Some(namespaces));
+        s.set_linux(Some(linux));
+        assert!(refused(&s).contains("path"));
+
+        let mut s = good.clone();
+        let mut linux = s.linux().clone().unwrap();
+        linux.set_namespaces(Some(
+            linux
+                .namespaces()
+                .clone()
+                .unwrap()
+                .into_iter()
+                .filter(|n| n.typ() != LinuxNamespaceType::User)
+                .collect(),
+        ));
+        s.set_linux(Some(linux));
+        assert!(refused(&s).contains("User"));
+
+        let mut s = good.clone();
+        let hook = oci_spec::runtime::HookBuilder::default()
+            .path("/usr/bin/touch")
+            .args(vec!["touch".into(), "/root/pwned".into()])
+            .build()
+            .unwrap();
+        s.set_hooks(Some(oci_spec::runtime::HooksBuilder::default().prestart(vec![hook]).build().unwrap()));
+        assert!(refused(&s).contains("hooks"));
+
+        let mut s = good.clone();
+        let mut linux = s.linux().clone().unwrap();
+        linux.set_cgroups_path(Some("/locald/0/web-1".into()));
+        s.set_linux(Some(linux));
+        assert!(refused(&s).contains("cgroupsPath"));
+
+        let mut s = good.clone();
+        let mut process = s.process().clone().unwrap();
+        let mut caps = process.capabilities().clone().unwrap();
+        let mut bounding = caps.bounding().clone().unwrap_or_default();
+        bounding.insert(Capability::SysAdmin);
+        caps.set_bounding(Some(bounding));
+        process.set_capabilities(Some(caps));
+        s.set_process(Some(process));
+        assert!(refused(&s).contains("SysAdmin"));
+
+        let mut s = good.clone();
+        let mut linux = s.linux().clone().unwrap();
+        linux.set_sysctl(Some([("kernel.core_pattern".to_owned(), "|/tmp/x".to_owned())].into()));
+        s.set_linux(Some(linux));
+        assert!(refused(&s).contains("kernel.core_pattern"));
+
+        let mut s = good.clone();
+        let mut linux = s.linux().clone().unwrap();
+        linux.set_sysctl(Some([("net.ipv4.ip_forward".to_owned(), "1".to_owned())].into()));
+        s.set_linux(Some(linux));
+        assert!(refused(&s).contains("net.ipv4.ip_forward"), "host network: net.* is the host's");
+
+        let mut s = good.clone();
+        let mut linux = s.linux().clone().unwrap();
+        let device = oci_spec::runtime::LinuxDeviceBuilder::default()
+            .path("/dev/sda")
+            .typ(oci_spec::runtime::LinuxDeviceType::B)
+            .major(8)
+            .minor(0)
+            .build()
+            .unwrap();
+        linux.set_devices(Some(vec![device]));
+        s.set_linux(Some(linux));
+        assert!(refused(&s).contains("devices"));
+
+        let mut s = good.clone();
+        let mut mounts = s.mounts().clone().unwrap();
+        mounts.push(
+            MountBuilder::default().destination("/host").typ("ext4").source("/dev/sda1").build().unwrap(),
+        );
+        s.set_mounts(Some(mounts));
+        assert!(refused(&s).contains("ext4"));
+
+        let mut s = good.clone();
+        s.set_root(Some(RootBuilder::default().path("/").build().unwrap()));
+        assert!(refused(&s).contains("root.path"));
+
+        assert!(check(&good, 1000, 1000, "../x").is_err());
+        assert!(check(&good, 1000, 1000, "a/b").is_err());
+        assert!(check(&good, 1000, 1000, &"x".repeat(65)).is_err());
+    }
+}

@@ -1,0 +1,217 @@
+//! `bundle run`: validate a caller's OCI bundle, then run it with the embedded libcontainer in a
+//! user namespace mapped to the caller, staying its parent until it exits.
+//!
+//! libcontainer reads `config.json` by path, so it never sees the caller's file: the shim runs a
+//! copy of the validated spec from its own state directory (`/run/locald/<uid>/`), which the
+//! caller cannot write.
+
+use std::ffi::OsString;
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use libcontainer::container::Container;
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::signal::Signal;
+use libcontainer::syscall::syscall::SyscallType;
+use locald_shim::bundle_policy::{self, bind_sources};
+use locald_shim::protocol::BundleRunRequest;
+use locald_shim::validate::absolute_components;
+use locald_shim::{CONTROL_FD, ShimError};
+use nix::fcntl::{OFlag, openat};
+use nix::sys::stat::Mode;
+use nix::sys::wait::{WaitStatus, waitpid};
+use oci_spec::runtime::Spec;
+
+use crate::privilege::{Caller, Root};
+use crate::userpath::{AsCaller, is_regular, open_as_caller, own, require_owned_dir, stat};
+
+const STATE_ROOT: &str = "/run/locald";
+const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+pub fn run(root: Root, request: &BundleRunRequest) -> Result<i32, ShimError> {
+    let caller = root.caller();
+    bundle_policy::container_id(&request.id)?;
+    let bundle_path = absolute_components(&request.bundle)?;
+    let bundle = open_as_caller(caller, &bundle_path, OFlag::O_PATH | OFlag::O_DIRECTORY)?;
+    require_owned_dir(&bundle, caller, &bundle_path)?;
+
+    let mut spec = read_spec(caller, &bundle)?;
+    bundle_policy::check(&spec, caller.uid.as_raw(), caller.gid.as_raw(), &request.id)?;
+    let rootfs = open_rootfs(caller, &bundle, &spec)?;
+    for source in bind_sources(&spec) {
+        // The caller must be able to reach every bind source on their own.
+        open_as_caller(caller, &absolute_components(&source)?, OFlag::O_PATH)?;
+    }
+
+    let state = state_dir(caller)?;
+    remove_stale(&state, &request.id);
+    // The spec libcontainer will read: the validated one, rootfs pinned to the checked directory.
+    let rootfs_path = fs::read_link(format!("/proc/self/fd/{}", rootfs.as_raw_fd()))
+        .map_err(|e| ShimError::os("resolve rootfs", e))?;
+    let mut root_section = spec.root().clone().unwrap_or_default();
+    root_section.set_path(rootfs_path);
+    spec.set_root(Some(root_section));
+    let copy = state.join("bundles").join(&request.id);
+    write_spec_copy(&copy, &spec)?;
+
+    let control = control_channel();
+    let result = run_container(&state, &copy, &request.id, control);
+    let _ = fs::remove_dir_all(&copy);
+    result
+}
+
+fn read_spec(caller: Caller, bundle: &OwnedFd) -> Result<Spec, ShimError> {
+    let file = {
+        let _identity = AsCaller::enter(caller);
+        openat(
+            Some(bundle.as_raw_fd()),
+            "config.json",
+            OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map(own)
+        .map_err(|e| ShimError::refused(format!("cannot open the bundle's config.json as the caller: {e}")))?
+    };
+    if !is_regular(&stat(&file)?) {
+        return Err(ShimError::refused("config.json is not a regular file"));
+    }
+    let mut bytes = Vec::new();
+    fs::File::from(file)
+        .take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| ShimError::os("read config.json", e))?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(ShimError::refused("config.json is larger than 1 MiB"));
+    }
+    serde_json::from_slice(&bytes).map_err(|e| ShimError::usage(format!("config.json: {e}")))
+}
+
+fn open_rootfs(caller: Caller, bundle: &OwnedFd, spec: &Spec) -> Result<OwnedFd, ShimError> {
+    let relative = spec.root().as_ref().map(|r| r.path().clone()).unwrap_or_default();
+    let _identity = AsCaller::enter(caller);
+    let mut dir = bundle.try_clone().map_err(|e| ShimError::os("dup", e))?;
+    for name in relative.iter() {
+        let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        dir = own(openat(Some(dir.as_raw_fd()), name, flags, Mode::empty()).map_err(|e| {
+            ShimError::refused(format!("rootfs {}: {e} (symlinks are not followed)", relative.display()))
+        })?);
+    }
+    drop(_identity);
+    let shown: Vec<OsString> = vec![relative.clone().into_os_string()];
+    require_owned_dir(&dir, caller, &shown)?;
+    Ok(dir)
+}
+
+/// `/run/locald/<uid>`: root-owned 0700, chosen by the shim, never by the caller.
+fn state_dir(caller: Caller) -> Result<PathBuf, ShimError> {
+    let base = Path::new(STATE_ROOT);
+    let dir = base.join(caller.uid.to_string());
+    for (path, mode) in [(base, 0o755), (dir.as_path(), 0o700), (&dir.join("bundles"), 0o700)] {
+        match fs::DirBuilder::new().mode(mode).create(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(ShimError::os(&format!("create {}", path.display()), e)),
+        }
+        let meta = fs::symlink_metadata(path).map_err(|e| ShimError::os(&path.display().to_string(), e))?;
+        if !meta.is_dir() || meta.uid() != 0 || meta.mode() & 0o022 != 0 {
+            return Err(ShimError::refused(format!("{} is not a root-owned directory", path.display())));
+        }
+    }
+    Ok(dir)
+}
+
+/// A container of the same id left by a killed shim: delete it (and its cgroup) first.
+fn remove_stale(state: &Path, id: &str) {
+    let dir = state.join(id);
+    if dir.exists() {
+        if let Ok(mut container) = Container::load(dir.clone()) {
+            let _ = container.delete(true);
+        }
+        let _ = fs::remove_dir_all(&dir);
+    }
+}
+
+fn write_spec_copy(dir: &Path, spec: &Spec) -> Result<(), ShimError> {
+    let _ = fs::remove_dir_all(dir);
+    fs::DirBuilder::new().mode(0o700).create(dir).map_err(|e| ShimError::os("create bundle copy", e))?;
+    let json = serde_json::to_vec(spec).map_err(|e| ShimError::os("serialize spec", e))?;
+    fs::write(dir.join("config.json"), json).map_err(|e| ShimError::os("write bundle copy", e))
+}
+
+/// fd 3 when the daemon passed one (a socket or pipe); tests and benchmarks run without it.
+fn control_channel() -> Option<fs::File> {
+    nix::sys::stat::fstat(CONTROL_FD).ok()?;
+    // SAFETY: fd 3 was kept open by the preamble for this subcommand and nothing else owns it.
+    Some(fs::File::from(unsafe { OwnedFd::from_raw_fd(CONTROL_FD) }))
+}
+
+fn run_container(state: &Path, bundle: &Path, id: &str, control: Option<fs::File>) -> Result<i32, ShimError> {
+    fn lc(what: &'static str) -> impl Fn(libcontainer::error::LibcontainerError) -> ShimError {
+        move |e| ShimError::os(what, e)
+    }
+    let mut container = ContainerBuilder::new(id.to_owned(), SyscallType::Linux)
+        .with_root_path(state)
+        .map_err(lc("container state root"))?
+        .as_init(bundle)
+        .with_systemd(false)
+        .with_detach(false)
+        .build()
+        .map_err(lc("create container"))?;
+    if let Err(e) = container.start() {
+        let _ = container.delete(true);
+        return Err(ShimError::os("start container", e));
+    }
+    let Some(pid) = container.pid() else {
+        let _ = container.delete(true);
+        return Err(ShimError::os("start container", "no pid"));
+    };
+    if let Some(mut control) = control {
+        let _ = writeln!(control, "started {pid}");
+        let container_dir = state.join(id);
+        let reader = control.try_clone().map_err(|e| ShimError::os("dup control fd", e))?;
+        std::thread::spawn(move || relay_stop_requests(reader, container_dir));
+        let status = wait_for(pid);
+        let _ = writeln!(control, "exited {status}");
+        let _ = container.delete(true);
+        return Ok(status);
+    }
+    let status = wait_for(pid);
+    let _ = container.delete(true);
+    Ok(status)
+}
+
+/// Exit code of the container's init: its status, or 128 + the signal that killed it.
+fn wait_for(pid: nix::unistd::Pid) -> i32 {
+    loop {
+        match waitpid(pid, None) {
+            Ok(WaitStatus::Exited(_, code)) => return code,
+            Ok(WaitStatus::Signaled(_, signal, _)) => return 128 + signal as i32,
+            Ok(_) => continue,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return 255,
+        }
+    }
+}
+
+/// Lines on the control fd name signals for the whole container; EOF means the daemon is gone,
+/// and nothing may outlive it unnoticed, so the container is killed.
+fn relay_stop_requests(control: fs::File, container_dir: PathBuf) {
+    let mut lines = BufReader::new(control).lines();
+    loop {
+        let name = match lines.next() {
+            Some(Ok(line)) => line.trim().to_owned(),
+            _ => "SIGKILL".to_owned(),
+        };
+        let Ok(signal) = Signal::try_from(name.as_str()) else { continue };
+        let is_kill = matches!(name.as_str(), "SIGKILL" | "KILL" | "9");
+        if let Ok(mut container) = Container::load(container_dir.clone()) {
+            let _ = container.kill(signal, true);
+        }
+        if is_kill {
+            return;
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! Which OCI bundles the shim runs for a caller (DESIGN §4, RFC 0098): only those that give the
+//! caller nothing they do not already have. The daemon generates bundles that pass this; the
+//! shim refuses everything else before a single namespace is created.
+
+use std::collections::HashSet;
+use std::path::{Component, Path};
+
+use oci_spec::runtime::{Capability, LinuxNamespaceType, Spec};
+
+use crate::ShimError;
+
+/// `[A-Za-z0-9_.-]{1,64}`, not `.` or `..`: ids become directory names under the state root.
+pub fn container_id(id: &str) -> Result<(), ShimError> {
+    let ok = (1..=64).contains(&id.len())
+        && id != "."
+        && id != ".."
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(ShimError::refused(format!("container id {id:?} is not [A-Za-z0-9_.-]{{1,64}}")))
+    }
+}
+
+/// The cgroup every container of `uid` lands in: `/locald/<uid>/<id>`.
+pub fn cgroup_path(uid: u32, id: &str) -> String {
+    format!("/locald/{uid}/{id}")
+}
+
+/// The OCI default capability set (runc's and the spec's examples). In a user namespace these
+/// are the namespace's, not the host's.
+pub const DEFAULT_CAPABILITIES: &[Capability] = &[
+    Capability::Chown,
+    Capability::DacOverride,
+    Capability::Fsetid,
+    Capability::Fowner,
+    Capability::Mknod,
+    Capability::NetRaw,
+    Capability::Setgid,
+    Capability::Setuid,
+    Capability::Setfcap,
+    Capability::Setpcap,
+    Capability::NetBindService,
+    Capability::SysChroot,
+    Capability::Kill,
+    Capability::AuditWrite,
+];
+
+/// Mount types a container may ask for; anything else could mount a host device.
+const MOUNT_TYPES: &[&str] =
+    &["proc", "tmpfs", "sysfs", "mqueue", "devpts", "cgroup", "cgroup2", "bind", "none"];
+
+/// IPC sysctls are namespaced by the container's IPC namespace; net.* would be too, but locald
+/// containers share the host's network namespace.
+fn namespaced_sysctl(key: &str, own_netns: bool) -> bool {
+    matches!(
+        key,
+        "kernel.msgmax"
+            | "kernel.msgmnb"
+            | "kernel.msgmni"
+            | "kernel.sem"
+            | "kernel.shmall"
+            | "kernel.shmmax"
+            | "kernel.shmmni"
+            | "kernel.shm_rmid_forced"
+    ) || key.starts_with("fs.mqueue.")
+        || (own_netns && key.starts_with("net."))
+}
+
+fn refuse(why: impl Into<String>) -> Result<(), ShimError> {
+    Err(ShimError::refused(format!("bundle refused: {}", why.into())))
+}
+
+/// Checks `spec` for a container `id` run by `uid:gid`.
+pub fn check(spec: &Spec, uid: u32, gid: u32, id: &str) -> Result<(), ShimError> {
+    container_id(id)?;
+    let Some(linux) = spec.linux() else { return refuse("no linux section") };
+
+    // Namespaces: new user, mount, pid, ipc and uts; none joined by path.
+    let namespaces = linux.namespaces().clone().unwrap_or_default();
+    for ns in &namespaces {
+        if ns.path().is_some() {
+            return refuse(format!("namespace {:?} joins an existing one by path", ns.typ()));
+        }
+    }
+    let kinds: HashSet<LinuxNamespaceType> = namespaces.iter().map(|ns| ns.typ()).collect();
+    for needed in [
+        LinuxNamespaceType::User,
+        LinuxNamespaceType::Mount,
+        LinuxNamespaceType::Pid,
+        LinuxNamespaceType::Ipc,
+        LinuxNamespaceType::Uts,
+    ] {
+        if !kinds.contains(&needed) {
+            return refuse(format!("no new {needed:?} namespace"));
+        }
+    }
+    let own_netns = kinds.contains(&LinuxNamespaceType::Network);
+
+    // Exactly one mapping each: container 0 -> the caller, size 1.
+    for (what, mappings, host) in [("uid", linux.uid_mappings(), uid), ("gid", linux.gid_mappings(), gid)] {
+        match mappings.as_deref() {
+            Some([m]) if m.container_id() == 0 && m.host_id() == host && m.size() == 1 => {}
+            _ => return refuse(format!("{what} mappings must be exactly 0 -> {host} (size 1)")),
+        }
+    }
+
+    if let Some(hooks) = spec.hooks() {
+        let any = [
+            hooks.prestart(),
+            hooks.create_runtime(),
+            hooks.create_container(),
+            hooks.start_container(),
+            hooks.poststart(),
+            hooks.poststop(),
+        ]
+        .iter()
+        .any(|h| h.as_ref().is_some_and(|v| !v.is_empty()));
+        if any {
+            return refuse("hooks run as root on the host and are not allowed");
+        }
+    }
+
+    match spec.root() {
+        Some(root) if plain_relative(root.path()) => {}
+        _ => return refuse("root.path must be a relative path inside the bundle"),
+    }
+
+    let expected = cgroup_path(uid, id);
+    if linux.cgroups_path().as_deref() != Some(Path::new(&expected)) {
+        return refuse(format!("cgroupsPath must be {expected}"));
+    }
+    if linux.devices().as_ref().is_some_and(|d| !d.is_empty()) {
+        return refuse("extra devices are not allowed");
+    }
+    if let Some(resources) = linux.resources()
+        && resources.devices().as_ref().is_some_and(|d| d.iter().any(|rule| rule.allow()))
+    {
+        return refuse("device cgroup rules may only deny");
+    }
+    if let Some(sysctl) = linux.sysctl() {
+        if let Some(key) = sysctl.keys().find(|k| !namespaced_sysctl(k, own_netns)) {
+            return refuse(format!("sysctl {key} is not namespaced for this container"));
+        }
+    }
+    if linux.seccomp().is_some() {
+        return refuse("seccomp profiles are not supported by this shim");
+    }
+    if linux.intel_rdt().is_some() || linux.personality().is_some() {
+        return refuse("intelRdt and personality are not allowed");
+    }
+
+    if let Some(process) = spec.process() {
+        if let Some(caps) = process.capabilities() {
+            let allowed: HashSet<&Capability> = DEFAULT_CAPABILITIES.iter().collect();
+            for set in
+                [caps.bounding(), caps.effective(), caps.inheritable(), caps.permitted(), caps.ambient()]
+            {
+                if let Some(extra) = set.as_ref().and_then(|s| s.iter().find(|c| !allowed.contains(c))) {
+                    return refuse(format!("capability {extra:?} is beyond the default set"));
+                }
+            }
+        }
+        if process.oom_score_adj().is_some_and(|adj| adj < 0) {
+            return refuse("a negative oomScoreAdj needs privilege");
+        }
+        if process.scheduler().is_some() || process.io_priority().is_some() {
+            return refuse("scheduler and ioPriority are not allowed");
+        }
+        if process.rlimits().as_ref().is_some_and(|r| !r.is_empty()) {
+            return refuse("rlimits are inherited from the caller, not set by the bundle");
+        }
+        if process.apparmor_profile().is_some() || process.selinux_label().is_some() {
+            return refuse("LSM labels are not supported by this shim");
+        }
+    }
+
+    for mount in spec.mounts().clone().unwrap_or_default() {
+        let typ = mount.typ().clone().unwrap_or_else(|| "none".to_owned());
+        if !MOUNT_TYPES.contains(&typ.as_str()) {
+            return refuse(format!("mount type {typ} at {}", mount.destination().display()));
+        }
+        let options = mount.options().clone().unwrap_or_default();
+        let is_bind = typ == "bind" || options.iter().any(|o| o == "bind" || o == "rbind");
+        if is_bind {
+            match mount.source() {
+                Some(source)
+                    if source.is_absolute() && !source.components().any(|c| c == Component::ParentDir) => {}
+                _ => {
+                    return refuse(format!(
+                        "bind mount at {} needs an absolute source",
+                        mount.destination().display()
+                    ));
+                }
+            }
+        } else if options.iter().any(|o| o == "suid" || o == "dev") {
+            return refuse(format!("mount at {} asks for suid or dev", mount.destination().display()));
+        }
+    }
+    Ok(())
+}
+
+/// Bind-mount sources, which the shim checks the caller can reach before anything runs.
+pub fn bind_sources(spec: &Spec) -> Vec<std::path::PathBuf> {
+    spec.mounts()
+        .clone()
+        .unwrap_or_default()
+        .iter()
+        .filter(|m| {
+            m.typ().as_deref() == Some("bind")
+                || m.options().as_ref().is_some_and(|o| o.iter().any(|x| x == "bind" || x == "rbind"))
+        })
+        .filter_map(|m| m.source().clone())
+        .collect()
+}
+
+fn plain_relative(path: &Path) -> bool {
+    !path.as_os_str().is_empty() && path.components().all(|c| matches!(c, Component::Normal(_)))
+}
