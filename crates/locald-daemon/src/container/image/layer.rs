@@ -1,0 +1,240 @@
+//! Applying one image layer (a tar stream) onto a rootfs directory, safely: every path is
+//! resolved with `openat2(RESOLVE_IN_ROOT)`, so a symlink planted by an earlier entry or layer
+//! resolves inside the rootfs, never on the host; `..` is refused; device nodes are skipped.
+//! Whiteouts (`.wh.<name>`) and opaque directories (`.wh..wh..opq`) follow the OCI image spec.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::{OsStr, OsString};
+use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag, OpenHow, ResolveFlag, openat2};
+use nix::sys::stat::{FchmodatFlags, Mode, fchmodat, mkdirat};
+use nix::unistd::{UnlinkatFlags, linkat, symlinkat, unlinkat};
+
+const WHITEOUT: &str = ".wh.";
+const OPAQUE: &str = ".wh..wh..opq";
+
+#[derive(Debug, thiserror::Error)]
+pub enum LayerError {
+    #[error("layer entry {path:?} escapes the image root")]
+    Escape { path: String },
+    #[error("layer entry {path:?}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("reading the layer: {0}")]
+    Tar(std::io::Error),
+}
+
+/// What was left out of a layer on purpose.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Skipped {
+    pub devices: Vec<String>,
+}
+
+/// Applies a (decompressed) tar layer onto `root`. Directory modes are returned, to be applied
+/// once all layers are in place (a 0555 directory must stay writable while unpacking).
+pub fn apply(
+    root: &OwnedFd,
+    layer: impl Read,
+    modes: &mut HashMap<PathBuf, u32>,
+) -> Result<Skipped, LayerError> {
+    let mut archive = tar::Archive::new(layer);
+    let mut created: HashSet<PathBuf> = HashSet::new();
+    let mut skipped = Skipped::default();
+    for entry in archive.entries().map_err(LayerError::Tar)? {
+        let mut entry = entry.map_err(LayerError::Tar)?;
+        let raw = entry.path_bytes().into_owned();
+        let shown = String::from_utf8_lossy(&raw).into_owned();
+        let Some(path) = normalize(&raw).map_err(|()| LayerError::Escape { path: shown.clone() })? else {
+            continue;
+        };
+        let io = |source: std::io::Error| LayerError::Io { path: shown.clone(), source };
+        let errno = |e: Errno| LayerError::Io { path: shown.clone(), source: e.into() };
+        let (parent, name) = split(&path);
+        let name_str = name.to_string_lossy();
+
+        if name_str == OPAQUE {
+            let dir = ensure_dir(root, &parent).map_err(errno)?;
+            clear_dir(&dir, &parent, &created).map_err(io)?;
+            continue;
+        }
+        if let Some(hidden) = name_str.strip_prefix(WHITEOUT) {
+            let dir = ensure_dir(root, &parent).map_err(errno)?;
+            remove_entry(&dir, OsStr::new(hidden)).map_err(io)?;
+            continue;
+        }
+
+        let dir = ensure_dir(root, &parent).map_err(errno)?;
+        let header = entry.header().clone();
+        let mode = header.mode().unwrap_or(0o644) & 0o7777;
+        match header.entry_type() {
+            tar::EntryType::Directory => {
+                match mkdirat(Some(dir.as_raw_fd()), name, Mode::from_bits_truncate(0o755)) {
+                    Ok(()) => {}
+                    Err(Errno::EEXIST) if is_dir(&dir, name) => {}
+                    Err(Errno::EEXIST) => {
+                        remove_entry(&dir, name).map_err(io)?;
+                        mkdirat(Some(dir.as_raw_fd()), name, Mode::from_bits_truncate(0o755))
+                            .map_err(errno)?;
+                    }
+                    Err(e) => return Err(errno(e)),
+                }
+                modes.insert(path.clone(), mode);
+            }
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                remove_entry(&dir, name).map_err(io)?;
+                let flags =
+                    OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+                let fd =
+                    nix::fcntl::openat(Some(dir.as_raw_fd()), name, flags, Mode::from_bits_truncate(0o600))
+                        .map_err(errno)?;
+                // SAFETY: fd was just returned by openat and is owned by no one else.
+                let mut file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+                std::io::copy(&mut entry, &mut file).map_err(io)?;
+                // Owner keeps write access while later layers may replace the file.
+                let mode = Mode::from_bits_truncate((mode | 0o600) as nix::libc::mode_t);
+                nix::sys::stat::fchmod(file.as_raw_fd(), mode).map_err(errno)?;
+            }
+            tar::EntryType::Symlink => {
+                let target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| io(std::io::Error::other("symlink without target")))?;
+                remove_entry(&dir, name).map_err(io)?;
+                // Stored verbatim: it is only ever resolved inside the container (or IN_ROOT here).
+                symlinkat(OsStr::from_bytes(&target), Some(dir.as_raw_fd()), name).map_err(errno)?;
+            }
+            tar::EntryType::Link => {
+                let target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| io(std::io::Error::other("hard link without target")))?;
+                let target = normalize(&target)
+                    .map_err(|()| LayerError::Escape { path: shown.clone() })?
+                    .ok_or_else(|| LayerError::Escape { path: shown.clone() })?;
+                let (target_parent, target_name) = split(&target);
+                let target_dir = open_in_root(root, &target_parent).map_err(errno)?;
+                remove_entry(&dir, name).map_err(io)?;
+                linkat(
+                    Some(target_dir.as_raw_fd()),
+                    target_name,
+                    Some(dir.as_raw_fd()),
+                    name,
+                    AtFlags::empty(),
+                )
+                .map_err(errno)?;
+            }
+            tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
+                // Never created: the container gets its /dev from the runtime.
+                skipped.devices.push(shown);
+                continue;
+            }
+            _ => continue,
+        }
+        created.insert(path);
+    }
+    Ok(skipped)
+}
+
+/// Applies the recorded directory modes, deepest first.
+pub fn apply_dir_modes(root: &OwnedFd, modes: &HashMap<PathBuf, u32>) -> Result<(), LayerError> {
+    let mut dirs: Vec<(&PathBuf, &u32)> = modes.iter().collect();
+    dirs.sort_by_key(|(path, _)| std::cmp::Reverse(path.components().count()));
+    for (path, mode) in dirs {
+        let (parent, name) = split(path);
+        let Ok(dir) = open_in_root(root, &parent) else { continue };
+        // Keep the owner's rwx so the user can always remove their own cache.
+        let mode = Mode::from_bits_truncate((*mode | 0o700) as nix::libc::mode_t);
+        match fchmodat(Some(dir.as_raw_fd()), name, mode, FchmodatFlags::NoFollowSymlink) {
+            Ok(()) | Err(Errno::ENOENT) | Err(Errno::EOPNOTSUPP) => {}
+            Err(e) => return Err(LayerError::Io { path: path.display().to_string(), source: e.into() }),
+        }
+    }
+    Ok(())
+}
+
+/// `./a/b/` → `a/b`; `None` for the root itself; `Err` for `..` anywhere.
+fn normalize(raw: &[u8]) -> Result<Option<PathBuf>, ()> {
+    let mut out = PathBuf::new();
+    for component in Path::new(OsStr::from_bytes(raw)).components() {
+        match component {
+            Component::Normal(c) => out.push(c),
+            Component::CurDir | Component::RootDir => {}
+            Component::ParentDir | Component::Prefix(_) => return Err(()),
+        }
+    }
+    Ok((!out.as_os_str().is_empty()).then_some(out))
+}
+
+fn split(path: &Path) -> (PathBuf, &OsStr) {
+    (
+        path.parent().map(Path::to_owned).unwrap_or_default(),
+        path.file_name().expect("normalized paths have a name"),
+    )
+}
+
+fn in_root() -> OpenHow {
+    OpenHow::new()
+        .flags(OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS)
+}
+
+fn open_in_root(root: &OwnedFd, path: &Path) -> Result<OwnedFd, Errno> {
+    let path = if path.as_os_str().is_empty() { Path::new(".") } else { path };
+    let fd = openat2(root.as_raw_fd(), path, in_root())?;
+    // SAFETY: fd was just returned by openat2 and is owned by no one else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Opens `path` under the root, creating missing directories on the way.
+fn ensure_dir(root: &OwnedFd, path: &Path) -> Result<OwnedFd, Errno> {
+    match open_in_root(root, path) {
+        Err(Errno::ENOENT) => {}
+        other => return other,
+    }
+    let mut dir = open_in_root(root, Path::new(""))?;
+    for component in path.components() {
+        let name = component.as_os_str();
+        match mkdirat(Some(dir.as_raw_fd()), name, Mode::from_bits_truncate(0o755)) {
+            Ok(()) | Err(Errno::EEXIST) => {}
+            Err(e) => return Err(e),
+        }
+        let fd = openat2(dir.as_raw_fd(), name, in_root())?;
+        // SAFETY: as in open_in_root.
+        dir = unsafe { OwnedFd::from_raw_fd(fd) };
+    }
+    Ok(dir)
+}
+
+fn is_dir(dir: &OwnedFd, name: &OsStr) -> bool {
+    nix::sys::stat::fstatat(Some(dir.as_raw_fd()), name, AtFlags::AT_SYMLINK_NOFOLLOW)
+        .is_ok_and(|st| st.st_mode & nix::libc::S_IFMT == nix::libc::S_IFDIR)
+}
+
+/// Removes `name` in `dir` whatever it is; a symlink is removed, not followed.
+fn remove_entry(dir: &OwnedFd, name: &OsStr) -> std::io::Result<()> {
+    if is_dir(dir, name) {
+        // std's remove_dir_all never follows symlinks below the top; the magic link names the
+        // directory we resolved in the root.
+        let path = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd())).join(name);
+        return std::fs::remove_dir_all(path);
+    }
+    match unlinkat(Some(dir.as_raw_fd()), name, UnlinkatFlags::NoRemoveDir) {
+        Ok(()) | Err(Errno::ENOENT) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// An opaque directory hides everything from lower layers, but not what this layer put there.
+fn clear_dir(dir: &OwnedFd, dir_path: &Path, created: &HashSet<PathBuf>) -> std::io::Result<()> {
+    let names: Vec<OsString> = std::fs::read_dir(format!("/proc/self/fd/{}", dir.as_raw_fd()))?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<Result<_, _>>()?;
+    for name in names {
+        if !created.contains(&dir_path.join(&name)) {
+            remove_entry(dir, &name)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,322 @@
+//! Container images from local sources: a rootfs directory, an OCI image layout directory, or a
+//! `docker save` / OCI archive tarball. Layers are unpacked in order into a content-addressed
+//! cache under the user's cache directory; pulling from a registry is not supported yet.
+
+mod layer;
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{BufReader, Read};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use oci_spec::image::{ImageIndex, ImageManifest};
+use sha2::{Digest, Sha256};
+
+pub use layer::{LayerError, Skipped};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("image {0} does not exist")]
+    Missing(PathBuf),
+    #[error(
+        "image {0:?} looks like a registry reference; only local images are supported yet — export it with `docker save {0} -o image.tar` (or `skopeo copy docker://{0} oci:image`) and point `image` at the result"
+    )]
+    RegistryReference(String),
+    #[error("image {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+    #[error("image {path}: layer {digest} does not match its digest")]
+    Digest { path: PathBuf, digest: String },
+    #[error("image {path}: {source}")]
+    Layer { path: PathBuf, source: LayerError },
+    #[error("image {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageSource {
+    /// A directory that is already a root filesystem.
+    Directory(PathBuf),
+    /// A directory with `oci-layout` and `index.json`.
+    OciLayout(PathBuf),
+    /// A tarball: `docker save` output or an OCI archive.
+    Archive(PathBuf),
+}
+
+/// A root filesystem ready to copy into a bundle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prepared {
+    pub rootfs: PathBuf,
+    /// Identifies the content: equal ids, equal rootfs.
+    pub id: String,
+    pub skipped: Skipped,
+}
+
+/// Classifies `image` (relative to `project`).
+pub fn detect(project: &Path, image: &str) -> Result<ImageSource, ImageError> {
+    let path = project.join(image);
+    let meta = match fs::metadata(&path) {
+        Ok(meta) => meta,
+        Err(_) if looks_like_registry_reference(image) => {
+            return Err(ImageError::RegistryReference(image.to_owned()));
+        }
+        Err(_) => return Err(ImageError::Missing(path)),
+    };
+    if meta.is_dir() {
+        if path.join("oci-layout").is_file() && path.join("index.json").is_file() {
+            Ok(ImageSource::OciLayout(path))
+        } else {
+            Ok(ImageSource::Directory(path))
+        }
+    } else {
+        Ok(ImageSource::Archive(path))
+    }
+}
+
+/// `nginx`, `nginx:1.25`, `docker.io/library/redis@sha256:…`: names, not paths.
+pub fn looks_like_registry_reference(image: &str) -> bool {
+    !image.starts_with('.')
+        && !image.starts_with('/')
+        && !image.ends_with(".tar")
+        && !image.ends_with(".tar.gz")
+        && !image.is_empty()
+        && image.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-/:@".contains(&b))
+}
+
+/// Unpacks `source` into `cache` (if it is not there already) and returns its rootfs.
+pub fn prepare(source: &ImageSource, cache: &Path) -> Result<Prepared, ImageError> {
+    match source {
+        ImageSource::Directory(path) => Ok(Prepared {
+            rootfs: path.clone(),
+            id: format!("dir:{}", path.display()),
+            skipped: Skipped::default(),
+        }),
+        ImageSource::OciLayout(path) => unpack_cached(path, cache, &oci_layers(path)?),
+        ImageSource::Archive(path) => {
+            let staging = cache.join(format!(".staging-{}", std::process::id()));
+            let _ = fs::remove_dir_all(&staging);
+            extract_archive(path, &staging)?;
+            let layers = if staging.join("index.json").is_file() {
+                oci_layers(&staging)
+            } else {
+                docker_layers(&staging)
+            };
+            let result = layers.and_then(|layers| unpack_cached(path, cache, &layers));
+            let _ = fs::remove_dir_all(&staging);
+            result
+        }
+    }
+}
+
+/// The blobs of one image, in application order, with what identifies the whole.
+struct Layers {
+    id: String,
+    blobs: Vec<Blob>,
+}
+
+struct Blob {
+    path: PathBuf,
+    /// `sha256:<hex>` to verify, when the format gives one.
+    digest: Option<String>,
+}
+
+fn invalid(path: &Path, message: impl Into<String>) -> ImageError {
+    ImageError::Invalid { path: path.to_owned(), message: message.into() }
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ImageError> {
+    let bytes = fs::read(path).map_err(|source| ImageError::Io { path: path.to_owned(), source })?;
+    serde_json::from_slice(&bytes).map_err(|e| invalid(path, e.to_string()))
+}
+
+fn blob_path(layout: &Path, digest: &str) -> Result<PathBuf, ImageError> {
+    let (algorithm, hex) =
+        digest.split_once(':').ok_or_else(|| invalid(layout, format!("bad digest {digest}")))?;
+    if algorithm != "sha256" || hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(invalid(layout, format!("unsupported digest {digest}")));
+    }
+    Ok(layout.join("blobs").join(algorithm).join(hex))
+}
+
+fn oci_layers(layout: &Path) -> Result<Layers, ImageError> {
+    let index: ImageIndex = read_json(&layout.join("index.json"))?;
+    let mut descriptor =
+        index.manifests().first().cloned().ok_or_else(|| invalid(layout, "index.json lists no image"))?;
+    // A nested index (multi-platform): take the linux/amd64 entry, else the first.
+    for _ in 0..4 {
+        if !descriptor.media_type().to_string().contains("index") {
+            break;
+        }
+        let nested: ImageIndex = read_json(&blob_path(layout, descriptor.digest().as_ref())?)?;
+        let pick = nested
+            .manifests()
+            .iter()
+            .find(|m| {
+                m.platform()
+                    .as_ref()
+                    .is_some_and(|p| p.os().to_string() == "linux" && p.architecture().to_string() == "amd64")
+            })
+            .or_else(|| nested.manifests().first())
+            .cloned()
+            .ok_or_else(|| invalid(layout, "empty nested index"))?;
+        descriptor = pick;
+    }
+    let manifest: ImageManifest = read_json(&blob_path(layout, descriptor.digest().as_ref())?)?;
+    let blobs = manifest
+        .layers()
+        .iter()
+        .map(|l| {
+            Ok(Blob { path: blob_path(layout, l.digest().as_ref())?, digest: Some(l.digest().to_string()) })
+        })
+        .collect::<Result<_, ImageError>>()?;
+    Ok(Layers { id: descriptor.digest().to_string(), blobs })
+}
+
+#[derive(serde::Deserialize)]
+struct DockerManifestEntry {
+    #[serde(rename = "Layers")]
+    layers: Vec<String>,
+}
+
+fn docker_layers(dir: &Path) -> Result<Layers, ImageError> {
+    let path = dir.join("manifest.json");
+    let bytes = fs::read(&path).map_err(|_| {
+        invalid(dir, "neither an OCI archive (index.json) nor docker save output (manifest.json)")
+    })?;
+    let entries: Vec<DockerManifestEntry> =
+        serde_json::from_slice(&bytes).map_err(|e| invalid(&path, e.to_string()))?;
+    let entry = entries.first().ok_or_else(|| invalid(&path, "manifest.json lists no image"))?;
+    let blobs = entry
+        .layers
+        .iter()
+        .map(|layer| {
+            let relative = Path::new(layer);
+            if relative.components().any(|c| !matches!(c, std::path::Component::Normal(_))) {
+                return Err(invalid(&path, format!("layer path {layer} leaves the archive")));
+            }
+            Ok(Blob { path: dir.join(relative), digest: None })
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(Layers { id: format!("sha256:{}", hex::encode(Sha256::digest(&bytes))), blobs })
+}
+
+/// The outer archive holds only plain files and directories; anything else is refused.
+fn extract_archive(archive: &Path, into: &Path) -> Result<(), ImageError> {
+    let io = |source| ImageError::Io { path: archive.to_owned(), source };
+    fs::create_dir_all(into).map_err(io)?;
+    let file = fs::File::open(archive).map_err(io)?;
+    let mut tar = tar::Archive::new(decompress(BufReader::new(file)).map_err(io)?);
+    for entry in tar.entries().map_err(io)? {
+        let mut entry = entry.map_err(io)?;
+        let kind = entry.header().entry_type();
+        if !(kind.is_file() || kind.is_dir() || kind.is_symlink()) {
+            return Err(invalid(archive, format!("unexpected {kind:?} entry in the archive")));
+        }
+        if kind.is_symlink() {
+            // Older docker save output links duplicate layers; those layers are read by path,
+            // and a link is never followed outside `into` (unpack_in refuses it).
+            continue;
+        }
+        if !entry.unpack_in(into).map_err(io)? {
+            return Err(invalid(archive, "an archive entry leaves the archive"));
+        }
+    }
+    Ok(())
+}
+
+/// gzip, zstd or plain tar, by magic number.
+fn decompress<'a, R: Read + 'a>(mut reader: BufReader<R>) -> std::io::Result<Box<dyn Read + 'a>> {
+    use std::io::BufRead;
+    let head = reader.fill_buf()?;
+    if head.starts_with(&[0x1f, 0x8b]) {
+        Ok(Box::new(flate2::read::GzDecoder::new(reader)))
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        let decoder = ruzstd::decoding::StreamingDecoder::new(reader).map_err(std::io::Error::other)?;
+        Ok(Box::new(decoder))
+    } else {
+        Ok(Box::new(reader))
+    }
+}
+
+/// Hashes what passes through, to check a blob against its digest once fully read.
+struct Hashing<R> {
+    inner: R,
+    hasher: Sha256,
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+fn unpack_cached(source: &Path, cache: &Path, layers: &Layers) -> Result<Prepared, ImageError> {
+    let io = |source: std::io::Error| ImageError::Io { path: cache.to_owned(), source };
+    let key = layers.id.replace(':', "-");
+    let done = cache.join(&key);
+    if done.join("rootfs").is_dir() {
+        return Ok(Prepared {
+            rootfs: done.join("rootfs"),
+            id: layers.id.clone(),
+            skipped: Skipped::default(),
+        });
+    }
+    fs::create_dir_all(cache).map_err(io)?;
+    // Unpack beside the final name and rename: concurrent `up`s never see a half-made rootfs.
+    let temp = cache.join(format!(".tmp-{key}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&temp);
+    fs::create_dir_all(temp.join("rootfs")).map_err(io)?;
+    let result = unpack_layers(source, &temp.join("rootfs"), layers);
+    let skipped = match result {
+        Ok(skipped) => skipped,
+        Err(e) => {
+            let _ = fs::remove_dir_all(&temp);
+            return Err(e);
+        }
+    };
+    match fs::rename(&temp, &done) {
+        Ok(()) => {}
+        // Another `up` finished first with the same content.
+        Err(_) if done.join("rootfs").is_dir() => {
+            let _ = fs::remove_dir_all(&temp);
+        }
+        Err(e) => return Err(io(e)),
+    }
+    Ok(Prepared { rootfs: done.join("rootfs"), id: layers.id.clone(), skipped })
+}
+
+fn unpack_layers(source: &Path, rootfs: &Path, layers: &Layers) -> Result<Skipped, ImageError> {
+    let root: OwnedFd =
+        fs::File::open(rootfs).map_err(|e| ImageError::Io { path: rootfs.to_owned(), source: e })?.into();
+    let mut modes = HashMap::new();
+    let mut skipped = Skipped::default();
+    for blob in &layers.blobs {
+        let file =
+            fs::File::open(&blob.path).map_err(|e| ImageError::Io { path: blob.path.clone(), source: e })?;
+        let mut hashing = Hashing { inner: file, hasher: Sha256::new() };
+        {
+            let stream = decompress(BufReader::new(&mut hashing))
+                .map_err(|e| ImageError::Io { path: blob.path.clone(), source: e })?;
+            let more = layer::apply(&root, stream, &mut modes)
+                .map_err(|e| ImageError::Layer { path: source.to_owned(), source: e })?;
+            skipped.devices.extend(more.devices);
+        }
+        if let Some(digest) = &blob.digest {
+            // Read what the decoder left (tar padding) so the whole blob is hashed.
+            std::io::copy(&mut hashing, &mut std::io::sink())
+                .map_err(|e| ImageError::Io { path: blob.path.clone(), source: e })?;
+            let actual = format!("sha256:{}", hex::encode(hashing.hasher.finalize_reset()));
+            if &actual != digest {
+                return Err(ImageError::Digest { path: source.to_owned(), digest: digest.clone() });
+            }
+        }
+    }
+    layer::apply_dir_modes(&root, &modes)
+        .map_err(|e| ImageError::Layer { path: source.to_owned(), source: e })?;
+    Ok(skipped)
+}
+
+#[cfg(test)]
+mod tests;
