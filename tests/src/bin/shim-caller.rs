@@ -7,6 +7,8 @@
 //! shim-caller [--netns] --uid U --gid G empty-argv         (execs the shim with argc 0)
 //! shim-caller [--netns] --uid U --gid G remove PATH        (the daemon's force_remove_dir_all)
 //!
+//! shim-caller write-bundle DIR UID GID ID ARGS...           (config.json from the daemon's generator)
+//!
 //! It prints `key=value` lines for the test to assert on.
 
 use std::ffi::CString;
@@ -24,6 +26,10 @@ use nix::unistd::{Gid, Uid};
 
 fn main() -> ExitCode {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
+    // Not a shim call: writes a bundle's config.json with the daemon's generator (for bench/).
+    if args.first().map(String::as_str) == Some("write-bundle") {
+        return write_bundle(&args[1..]);
+    }
     let netns = take_flag(&mut args, "--netns");
     let uid = take_value(&mut args, "--uid").parse().expect("--uid");
     let gid = take_value(&mut args, "--gid").parse().expect("--gid");
@@ -142,6 +148,19 @@ fn bundle_control(args: &[String]) {
     }
     let status = child.wait().expect("wait shim");
     println!("shim_exit={}", status.code().unwrap_or(-1));
+}
+
+/// write-bundle DIR UID GID ID ARGS...
+fn write_bundle(args: &[String]) -> ExitCode {
+    let config = locald_daemon::container::bundle::ContainerConfig {
+        id: args[3].clone(),
+        uid: args[1].parse().expect("uid"),
+        gid: args[2].parse().expect("gid"),
+        args: args[4..].to_vec(),
+        ..Default::default()
+    };
+    locald_daemon::container::bundle::write(std::path::Path::new(&args[0]), &config).expect("write bundle");
+    ExitCode::SUCCESS
 }
 
 /// Try-Catch-Delegate removal exactly as the daemon does it.

@@ -48,6 +48,7 @@ pub fn run(root: Root, request: &BundleRunRequest) -> Result<i32, ShimError> {
 
     let state = state_dir(caller)?;
     remove_stale(&state, &request.id);
+    clear_stale_cgroups(caller.uid.as_raw(), &request.id);
     // The spec libcontainer will read: the validated one, rootfs pinned to the checked directory.
     let rootfs_path = fs::read_link(format!("/proc/self/fd/{}", rootfs.as_raw_fd()))
         .map_err(|e| ShimError::os("resolve rootfs", e))?;
@@ -134,6 +135,53 @@ fn remove_stale(state: &Path, id: &str) {
     }
 }
 
+/// Cgroups at this container's path left by a killed run, or by another tool at our path. A
+/// frozen one would freeze the new container forever, so each is thawed, emptied and removed.
+fn clear_stale_cgroups(uid: u32, id: &str) {
+    let relative = Path::new(&bundle_policy::cgroup_path(uid, id)[1..]).to_owned();
+    let Ok(mountinfo) = fs::read_to_string("/proc/self/mountinfo") else { return };
+    let mounts = mountinfo.lines().filter_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let fstype = right.split(' ').next()?;
+        let mount_point = left.split(' ').nth(4)?;
+        (fstype == "cgroup" || fstype == "cgroup2").then(|| PathBuf::from(mount_point))
+    });
+    for mount in mounts {
+        let dir = mount.join(&relative);
+        if dir.is_dir() {
+            clear_cgroup(&dir);
+        }
+    }
+}
+
+fn clear_cgroup(dir: &Path) {
+    // Children first: a cgroup with children cannot be removed.
+    if let Ok(entries) = fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                clear_cgroup(&entry.path());
+            }
+        }
+    }
+    // A frozen task cannot die: thaw before killing (v1 freezer, then v2).
+    let _ = fs::write(dir.join("freezer.state"), "THAWED");
+    let _ = fs::write(dir.join("cgroup.freeze"), "0");
+    if fs::write(dir.join("cgroup.kill"), "1").is_err() {
+        let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        for pid in procs.lines().filter_map(|p| p.trim().parse::<i32>().ok()) {
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+    // Killed tasks leave the cgroup asynchronously; rmdir succeeds once they are gone.
+    for _ in 0..200 {
+        if fs::remove_dir(dir).is_ok() || !dir.exists() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 fn write_spec_copy(dir: &Path, spec: &Spec) -> Result<(), ShimError> {
     let _ = fs::remove_dir_all(dir);
     fs::DirBuilder::new().mode(0o700).create(dir).map_err(|e| ShimError::os("create bundle copy", e))?;
@@ -141,9 +189,16 @@ fn write_spec_copy(dir: &Path, spec: &Spec) -> Result<(), ShimError> {
     fs::write(dir.join("config.json"), json).map_err(|e| ShimError::os("write bundle copy", e))
 }
 
-/// fd 3 when the daemon passed one (a socket or pipe); tests and benchmarks run without it.
+/// fd 3 when the daemon passed one: a unix socket. Anything else a caller happened to leave open
+/// there (a file, a terminal) is not a control channel; tests and benchmarks run without one.
 fn control_channel() -> Option<fs::File> {
-    nix::sys::stat::fstat(CONTROL_FD).ok()?;
+    let st = nix::sys::stat::fstat(CONTROL_FD).ok()?;
+    let is_socket = nix::sys::stat::SFlag::from_bits_truncate(st.st_mode) & nix::sys::stat::SFlag::S_IFMT
+        == nix::sys::stat::SFlag::S_IFSOCK;
+    if !is_socket {
+        let _ = nix::unistd::close(CONTROL_FD);
+        return None;
+    }
     // SAFETY: fd 3 was kept open by the preamble for this subcommand and nothing else owns it.
     Some(fs::File::from(unsafe { OwnedFd::from_raw_fd(CONTROL_FD) }))
 }
