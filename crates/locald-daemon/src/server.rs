@@ -242,6 +242,15 @@ async fn up(supervisor: &Supervisor, dir: &Path, out: &mut Out) -> io::Result<()
         Ok(up) => up,
         Err(e) => return out.send(Response::Error { message: e.to_string() }).await,
     };
+    if attached {
+        // Like a first `up`: whatever was stopped or gave up is started again, in start order.
+        for handle in &project.services {
+            let state = handle.status.borrow().state;
+            if matches!(state, ServiceState::Stopped | ServiceState::Failed) {
+                control(handle, Control::Start).await;
+            }
+        }
+    }
     let mut watches: Vec<_> = project.services.iter().map(|h| h.status.clone()).collect();
     let mut reported: Vec<Option<ServiceState>> = vec![None; watches.len()];
     loop {
