@@ -172,3 +172,34 @@ fn oversized_request_is_refused_before_parsing() {
     std::io::BufReader::new(stream).read_line(&mut answer).unwrap();
     assert!(answer.contains("larger than"), "{answer}");
 }
+
+#[test]
+fn logs_follow_streams_new_lines_as_they_come() {
+    use std::io::BufRead;
+    let daemon = Daemon::new();
+    let dir = daemon.project(
+        "ticker",
+        "[services.tick]\ncommand = \"i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.05; done\"\nstop_timeout = \"1s\"\n",
+    );
+    daemon.ok(&["up", dir.to_str().unwrap()]);
+    // --tail 0: nothing from the files, so every line read below was streamed live.
+    let mut follower = daemon
+        .cmd()
+        .args(["logs", "-f", "--tail", "0", "-C", dir.to_str().unwrap(), "tick"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(follower.stdout.take().unwrap()).lines();
+    let mut ticks = Vec::new();
+    while ticks.len() < 3 {
+        let line = lines.next().expect("follower ended early").unwrap();
+        if let Some(n) = line.strip_prefix("tick | tick ") {
+            ticks.push(n.parse::<u64>().unwrap());
+        }
+    }
+    assert!(ticks.windows(2).all(|w| w[1] == w[0] + 1), "followed lines in order, none skipped: {ticks:?}");
+    follower.kill().unwrap();
+    follower.wait().unwrap();
+    // A follower that went away does not disturb the daemon.
+    assert_eq!(daemon.service("ticker", "tick")["state"], "running");
+}

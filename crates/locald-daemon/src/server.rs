@@ -46,14 +46,11 @@ pub async fn run(socket: PathBuf, state_dir: PathBuf) -> Result<(), ServerError>
         .write(true)
         .open(dir.join("locald.lock"))
         .map_err(|e| ServerError::Io(dir.clone(), e))?;
-    let lock = match nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock) {
-        Ok(lock) => lock,
-        Err(_) => return Err(ServerError::AlreadyRunning(socket)),
-    };
+    let lock = take_lock(lock, &socket).await?;
     let listener = bind(&socket)?;
     signal_ready();
     let supervisor = Arc::new(Supervisor::new(state_dir));
-    let shutdown = Arc::new(Notify::new());
+    let shutdown = Arc::new(Shutdown { notify: Notify::new(), socket: socket.clone() });
     for (dir, why) in supervisor.recover() {
         eprintln!("locald: could not bring {} back up: {why}", dir.display());
     }
@@ -73,7 +70,7 @@ pub async fn run(socket: PathBuf, state_dir: PathBuf) -> Result<(), ServerError>
                     _ => drop(stream),
                 }
             }
-            () = shutdown.notified() => break,
+            () = shutdown.notify.notified() => break,
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         }
@@ -82,6 +79,25 @@ pub async fn run(socket: PathBuf, state_dir: PathBuf) -> Result<(), ServerError>
     let _ = std::fs::remove_file(&socket);
     drop(lock);
     Ok(())
+}
+
+/// The daemon lock; while a stopping daemon still holds it (its socket already gone) we wait a
+/// little instead of failing a start that will succeed a moment later.
+async fn take_lock(
+    mut file: std::fs::File,
+    socket: &Path,
+) -> Result<nix::fcntl::Flock<std::fs::File>, ServerError> {
+    for _ in 0..100 {
+        match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => return Ok(lock),
+            Err((returned, _)) => file = returned,
+        }
+        if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(ServerError::AlreadyRunning(socket.to_owned()))
 }
 
 fn bind(socket: &Path) -> Result<UnixListener, ServerError> {
@@ -117,7 +133,13 @@ fn signal_ready() {
     let _ = std::fs::File::from(fd).write_all(b"1");
 }
 
-async fn serve(stream: UnixStream, supervisor: Arc<Supervisor>, shutdown: Arc<Notify>) {
+/// How `server stop` ends the accept loop.
+struct Shutdown {
+    notify: Notify,
+    socket: PathBuf,
+}
+
+async fn serve(stream: UnixStream, supervisor: Arc<Supervisor>, shutdown: Arc<Shutdown>) {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
     let request = match read_request(&mut reader).await {
@@ -183,7 +205,7 @@ impl Out {
 async fn handle(
     request: Request,
     supervisor: &Supervisor,
-    shutdown: &Notify,
+    shutdown: &Shutdown,
     out: &mut Out,
 ) -> io::Result<()> {
     match request {
@@ -229,8 +251,10 @@ async fn handle(
         }
         Request::Shutdown => {
             supervisor.shutdown().await;
+            // Gone before the answer: once `server stop` returns, nobody can reach this daemon.
+            let _ = std::fs::remove_file(&shutdown.socket);
+            shutdown.notify.notify_one();
             out.send(Response::Ok).await?;
-            shutdown.notify_one();
             Ok(())
         }
     }

@@ -32,7 +32,7 @@ pub fn run(dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
                 }
                 println!("{} is ready:", project.name);
                 for s in &project.services {
-                    println!("  {:<16} {:<40} 127.0.0.1:{}", s.name, s.url, s.port);
+                    println!("  {:<16} {:<40} (direct: http://127.0.0.1:{})", s.name, s.url, s.port);
                 }
                 return Ok(ExitCode::SUCCESS);
             }
