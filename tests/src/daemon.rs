@@ -145,3 +145,13 @@ pub fn sleep_token() -> String {
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     format!("3{:03}.{}{:04}", n % 1000, std::process::id(), n)
 }
+
+/// Waits (up to 10 s) until exactly `n` live processes have `needle` as an argument: a shell
+/// service reaches its `exec` a moment after the daemon reports it started.
+pub fn wait_pids(needle: &str, n: usize) -> Vec<i32> {
+    crate::wait_for(std::time::Duration::from_secs(10), || {
+        let pids = pids_with_arg(needle);
+        (pids.len() == n).then_some(pids)
+    })
+    .unwrap_or_else(|| panic!("expected {n} process(es) with {needle}, found {:?}", pids_with_arg(needle)))
+}

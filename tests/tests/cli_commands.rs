@@ -3,7 +3,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 
-use locald_tests::daemon::{Daemon, pids_with_arg, sleep_token};
+use locald_tests::daemon::{Daemon, pids_with_arg, sleep_token, wait_pids};
 use locald_tests::text;
 
 /// A service listening on its assigned port (python's http.server) with a tcp health check,
@@ -43,7 +43,7 @@ fn up_status_logs_stop_start_restart_down() {
     let worker = daemon.service("shop", "worker");
     assert_eq!(worker["state"], "running");
     assert_eq!(worker["url"], "http://worker.shop.localhost");
-    assert_eq!(pids_with_arg(&token), vec![worker["pid"].as_i64().unwrap() as i32]);
+    assert_eq!(wait_pids(&token, 1), vec![worker["pid"].as_i64().unwrap() as i32]);
 
     // Interpolated URL reached the worker; logs are prefixed by service.
     let logs = daemon.ok(&["logs", "-C", dir_arg, "worker"]);
@@ -69,8 +69,7 @@ fn up_status_logs_stop_start_restart_down() {
         (daemon.service("shop", "worker")["state"] == "running").then_some(())
     });
     assert!(started.is_some(), "worker did not start again");
-    let first = pids_with_arg(&token);
-    assert_eq!(first.len(), 1);
+    let first = wait_pids(&token, 1);
 
     daemon.ok(&["restart", "-C", dir_arg, "worker"]);
     let restarted = locald_tests::wait_for(std::time::Duration::from_secs(10), || {
@@ -107,7 +106,7 @@ fn two_projects_run_side_by_side_with_their_own_ports_and_domains() {
     assert!(table.contains("alpha") && table.contains("beta"), "{table}");
     daemon.ok(&["down", a.to_str().unwrap()]);
     assert!(pids_with_arg(&t1).is_empty());
-    assert_eq!(pids_with_arg(&t2).len(), 1, "the other project keeps running");
+    assert_eq!(wait_pids(&t2, 1).len(), 1, "the other project keeps running");
 }
 
 #[test]
@@ -135,7 +134,7 @@ fn procfile_project_runs() {
         .unwrap();
     std::fs::write(dir.join(".env"), "GREETING=from-dotenv\n").unwrap();
     daemon.ok(&["up", dir.to_str().unwrap()]);
-    assert_eq!(pids_with_arg(&token).len(), 1);
+    wait_pids(&token, 1);
     let ok = locald_tests::wait_for(std::time::Duration::from_secs(5), || {
         daemon.ok(&["logs", "-C", dir.to_str().unwrap()]).contains("hello from-dotenv").then_some(())
     });

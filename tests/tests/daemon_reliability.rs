@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use locald_tests::daemon::{Daemon, pids_with_arg, sleep_token};
+use locald_tests::daemon::{Daemon, pids_with_arg, sleep_token, wait_pids};
 use locald_tests::{text, wait_for};
 
 #[test]
@@ -16,8 +16,7 @@ fn daemon_killed_with_sigkill_leaves_no_orphan_and_no_duplicate() {
         &format!("[services.worker]\ncommand = \"sleep {grandchild} & exec sleep {leader}\"\nstop_timeout = \"1s\"\n"),
     );
     daemon.ok(&["up", dir.to_str().unwrap()]);
-    let before = (pids_with_arg(&leader), pids_with_arg(&grandchild));
-    assert_eq!((before.0.len(), before.1.len()), (1, 1));
+    let before = (wait_pids(&leader, 1), wait_pids(&grandchild, 1));
 
     let pid = daemon.daemon_pid().expect("daemon running");
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
@@ -29,8 +28,8 @@ fn daemon_killed_with_sigkill_leaves_no_orphan_and_no_duplicate() {
     // project back: exactly one of each, none of the old ones.
     let worker = daemon.service("crashy", "worker");
     assert_eq!(worker["state"], "running");
-    let after = (pids_with_arg(&leader), pids_with_arg(&grandchild));
-    assert_eq!((after.0.len(), after.1.len()), (1, 1), "one instance after recovery: {after:?}");
+    // One instance of each after recovery (a second would make wait_pids fail).
+    let after = (wait_pids(&leader, 1), wait_pids(&grandchild, 1));
     assert_ne!(after.0, before.0, "the old leader was stopped");
     assert_ne!(after.1, before.1, "the old grandchild was stopped");
     assert_eq!(worker["pid"].as_i64().unwrap() as i32, after.0[0]);
@@ -93,8 +92,7 @@ fn failing_liveness_check_restarts_the_service() {
         ),
     );
     daemon.ok(&["up", dir.to_str().unwrap()]);
-    let first = pids_with_arg(&token);
-    assert_eq!(first.len(), 1);
+    let first = wait_pids(&token, 1);
     std::fs::write(dir.join("wedged"), "").unwrap();
     let replaced = wait_for(Duration::from_secs(10), || {
         let now = pids_with_arg(&token);

@@ -74,6 +74,8 @@ fn start_daemon(socket: &Path) -> anyhow::Result<()> {
     command
         .args(["server", "start"])
         .env(locald_daemon::server::READY_FD_VAR, inherited.to_string())
+        // Not the caller's directory: the daemon must not keep a project's mount busy.
+        .current_dir("/")
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
