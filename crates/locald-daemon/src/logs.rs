@@ -11,6 +11,8 @@ use locald_core::ipc::LogLine;
 /// Per file; with [`KEEP`] rotated files a service keeps up to ~100 MB of history.
 pub const MAX_FILE: u64 = 20 << 20;
 pub const KEEP: usize = 4;
+/// Enough to batch a burst into few writes; small enough for 100 idle services.
+const WRITE_BUFFER: usize = 16 << 10;
 
 pub fn now_micros() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
@@ -33,7 +35,7 @@ impl LogFile {
         let path = dir.join(format!("{service}.log"));
         let file = OpenOptions::new().create(true).append(true).open(&path)?;
         let size = file.metadata()?.len();
-        Ok(Self { path, out: BufWriter::with_capacity(64 << 10, file), size, max })
+        Ok(Self { path, out: BufWriter::with_capacity(WRITE_BUFFER, file), size, max })
     }
 
     /// Buffers one record; call [`flush`](Self::flush) when the producer has nothing pending.
@@ -61,7 +63,7 @@ impl LogFile {
         }
         fs::rename(&self.path, rotated(&self.path, 1))?;
         let file = OpenOptions::new().create(true).append(true).open(&self.path)?;
-        self.out = BufWriter::with_capacity(64 << 10, file);
+        self.out = BufWriter::with_capacity(WRITE_BUFFER, file);
         self.size = 0;
         Ok(())
     }

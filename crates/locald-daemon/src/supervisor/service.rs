@@ -18,6 +18,8 @@ use crate::logs::{LogFile, now_micros};
 
 /// Longer lines are split, so one endless line cannot grow the daemon's memory.
 const MAX_LINE: usize = 64 << 10;
+/// Per stream; small because an idle daemon holds two per service.
+const READ_BUFFER: usize = 8 << 10;
 
 #[derive(Debug, Clone)]
 pub struct Snapshot {
@@ -391,7 +393,7 @@ async fn tick(
 /// Copies one output stream into the sink line by line, as fast as it comes: the service never
 /// waits on a full pipe for longer than a file append.
 async fn pump(rx: pipe::Receiver, sink: Sink, stream: &'static str) {
-    let mut reader = BufReader::with_capacity(MAX_LINE, rx);
+    let mut reader = BufReader::with_capacity(READ_BUFFER, rx);
     let mut line = Vec::new();
     loop {
         let buf = match reader.fill_buf().await {
