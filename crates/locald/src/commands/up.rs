@@ -1,7 +1,8 @@
-//! `locald up`: progress per service, then the URLs; on failure, the failing service's last
-//! log lines and a non-zero exit.
+//! `locald up`: progress per service (one line each, redrawn in place on a terminal, appended
+//! otherwise), then the URLs; on failure, the failing service's last log lines and a non-zero
+//! exit.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -12,20 +13,12 @@ use super::status::paint;
 
 pub fn run(dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let dir = project_dir(dir)?;
-    let tty = std::io::stdout().is_terminal();
+    let mut board = Board { tty: std::io::stdout().is_terminal(), rows: Vec::new(), drawn: 0 };
     let mut client = Client::connect()?;
     client.send(&Request::Up { dir })?;
     loop {
         match client.next()? {
-            Response::Progress { service, state, detail } => {
-                let state_text = paint(tty, state, state.as_str());
-                match detail {
-                    Some(detail) if state != ServiceState::Running => {
-                        println!("{service:<16} {state_text} ({detail})")
-                    }
-                    _ => println!("{service:<16} {state_text}"),
-                }
-            }
+            Response::Progress { service, state, detail } => board.update(service, state, detail),
             Response::UpDone { project, attached } => {
                 if attached {
                     println!("{} was already up", project.name);
@@ -49,5 +42,39 @@ pub fn run(dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
             Response::Error { message } => anyhow::bail!("{message}"),
             other => anyhow::bail!("unexpected answer from the daemon: {other:?}"),
         }
+    }
+}
+
+/// One row per service. On a terminal the rows are redrawn in place; otherwise every change
+/// is a new line, which is what logs and CI want.
+struct Board {
+    tty: bool,
+    rows: Vec<(String, String)>,
+    drawn: usize,
+}
+
+impl Board {
+    fn update(&mut self, service: String, state: ServiceState, detail: Option<String>) {
+        let mut text = paint(self.tty, state, state.as_str());
+        if let Some(detail) = detail.filter(|_| state != ServiceState::Running) {
+            text.push_str(&format!(" ({detail})"));
+        }
+        if !self.tty {
+            println!("{service:<16} {text}");
+            return;
+        }
+        match self.rows.iter_mut().find(|(name, _)| *name == service) {
+            Some(row) => row.1 = text,
+            None => self.rows.push((service, text)),
+        }
+        let mut out = std::io::stdout().lock();
+        if self.drawn > 0 {
+            let _ = write!(out, "\x1b[{}A", self.drawn);
+        }
+        for (name, text) in &self.rows {
+            let _ = writeln!(out, "\x1b[2K{name:<16} {text}");
+        }
+        let _ = out.flush();
+        self.drawn = self.rows.len();
     }
 }
