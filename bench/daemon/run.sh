@@ -38,9 +38,12 @@ printf '\n(a) start N trivial services until all are ready\n\n'
 printf '| N | locald up (ms) | shell script (ms) | ratio | overhead (ms) |\n|---|---|---|---|---|\n'
 for n in 1 10 100; do
     dir=$(make_project "$n")
-    hyperfine --warmup 2 --runs "$runs" -N --export-json "$work/a$n.json" \
-        --command-name locald --conclude "$locald down $dir" "$locald up $dir" \
-        --command-name shell --conclude "pkill -f ^sleep\ 86...\.$n\$" "sh $dir/start.sh" >/dev/null 2>&1
+    # --prepare, not --conclude: hyperfine 1.15 (Debian 12) has only the former.
+    hyperfine --warmup 2 --runs "$runs" --export-json "$work/a$n.json" \
+        --command-name locald --prepare "$locald down $dir >/dev/null 2>&1 || true" "$locald up $dir" \
+        --command-name shell --prepare "pkill -f '^sleep 86...[.]$n\$' || true" "sh $dir/start.sh" >/dev/null 2>&1
+    "$locald" down "$dir" >/dev/null 2>&1 || true
+    pkill -f "^sleep 86...[.]$n\$" || true
     python3 - "$work/a$n.json" "$n" <<'PY'
 import json, sys
 r = {x["command"]: x["mean"] * 1000 for x in json.load(open(sys.argv[1]))["results"]}
@@ -58,7 +61,7 @@ printf '\n(b) daemon idle with 50 services: RSS %.1f MB (goal <= 20 MB)\n' "$(ec
 
 dir=$(make_project 100)
 "$locald" up "$dir" >/dev/null
-hyperfine --warmup 3 --runs "$((runs * 5))" -N --export-json "$work/c.json" "$locald status --json" >/dev/null 2>&1
+hyperfine --warmup 3 --runs "$((runs * 5))" --export-json "$work/c.json" "$locald status --json" >/dev/null 2>&1
 python3 - "$work/c.json" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))["results"][0]

@@ -240,6 +240,8 @@ impl Task {
                     let _ = ack.send(());
                 }
                 Some(Control::Start(ack) | Control::Restart(ack)) => {
+                    // Before the ack: whoever asked must not still see "stopped".
+                    self.set_state(ServiceState::Waiting, None);
                     let _ = ack.send(());
                     return true;
                 }
