@@ -202,3 +202,44 @@ fn logs_follow_streams_new_lines_as_they_come() {
     // A follower that went away does not disturb the daemon.
     assert_eq!(daemon.service("ticker", "tick")["state"], "running");
 }
+
+#[test]
+fn concurrent_ups_start_one_instance_and_up_restarts_what_was_stopped() {
+    let daemon = Daemon::new();
+    let token = sleep_token();
+    let dir = daemon.project("once", &format!("[services.app]\ncommand = [\"sleep\", \"{token}\"]\n"));
+    daemon.ok(&["status"]);
+    let ups: Vec<_> =
+        (0..4).map(|_| daemon.cmd().args(["up", dir.to_str().unwrap()]).spawn().unwrap()).collect();
+    for mut up in ups {
+        assert!(up.wait().unwrap().success());
+    }
+    assert_eq!(wait_pids(&token, 1).len(), 1, "four concurrent ups, one instance");
+
+    daemon.ok(&["stop", "-C", dir.to_str().unwrap(), "app"]);
+    assert!(pids_with_arg(&token).is_empty());
+    let out = daemon.ok(&["up", dir.to_str().unwrap()]);
+    assert!(out.contains("already up"), "{out}");
+    assert_eq!(daemon.service("once", "app")["state"], "running");
+    assert_eq!(wait_pids(&token, 1).len(), 1);
+}
+
+#[test]
+fn a_failed_one_shot_dependency_fails_its_dependents_and_up() {
+    let daemon = Daemon::new();
+    let dir = daemon.project(
+        "migrate",
+        "[services.migrate]\ncommand = \"echo migration 7 failed; exit 1\"\nrestart = \"no\"\n\
+         [services.app]\ncommand = [\"sleep\", \"30\"]\ndepends_on = { migrate = \"completed_successfully\" }\n",
+    );
+    let out = daemon.run(&["up", dir.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("service migrate failed: exited with status 1"), "{stderr}");
+    assert!(stderr.contains("migration 7 failed"), "{stderr}");
+    let failed = locald_tests::wait_for(std::time::Duration::from_secs(5), || {
+        (daemon.service("migrate", "app")["state"] == "failed").then_some(())
+    });
+    assert!(failed.is_some(), "app must not start without its migration");
+    assert!(daemon.service("migrate", "app")["pid"].is_null());
+}

@@ -139,10 +139,14 @@ impl Supervisor {
     /// Starts the project in `dir`, or returns the running one (`true` = it was running).
     pub fn up(&self, dir: &Path) -> Result<(Arc<Project>, bool), UpError> {
         let dir = dir.canonicalize().map_err(|e| UpError::Dir(dir.to_owned(), e))?;
-        if let Some(project) = self.get(&dir) {
-            return Ok((project, true));
+        // One lock from lookup to insert, and nothing in between awaits: two `up`s of the same
+        // project can never both start it.
+        let mut projects = self.projects.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(project) = projects.get(&dir) {
+            return Ok((project.clone(), true));
         }
-        let config = self.load(&dir)?;
+        let taken = projects.values().flat_map(|p| p.config.services.iter().map(|s| s.port)).collect();
+        let config = config::load(&dir, &mut DaemonPorts(taken))?;
         if let Some(image) = config.services.iter().find(|s| s.image.is_some()) {
             return Err(UpError::Unsupported(format!(
                 "service {:?}: container images are not run by this daemon yet",
@@ -151,13 +155,19 @@ impl Supervisor {
         }
         let log_dir = self.log_dir(&dir);
         let (live, _) = broadcast::channel(4096);
-        let mut handles: Vec<Handle> = Vec::new();
-        let mut by_name: HashMap<String, Handle> = HashMap::new();
+        let mut sinks = Vec::new();
         for service in &config.services {
             let file =
                 LogFile::open(&log_dir, &service.name).map_err(|e| UpError::Logs(log_dir.clone(), e))?;
-            let sink =
-                Sink { file: Arc::new(Mutex::new(file)), live: live.clone(), service: service.name.clone() };
+            sinks.push(Sink {
+                file: Arc::new(Mutex::new(file)),
+                live: live.clone(),
+                service: service.name.clone(),
+            });
+        }
+        let mut handles: Vec<Handle> = Vec::new();
+        let mut by_name: HashMap<String, Handle> = HashMap::new();
+        for (service, sink) in config.services.iter().zip(sinks) {
             // Start order puts dependencies first, so their handles exist.
             let deps =
                 service.depends_on.iter().map(|d| (d.clone(), by_name[&d.name].status.clone())).collect();
@@ -166,17 +176,8 @@ impl Supervisor {
             handles.push(handle);
         }
         let project = Arc::new(Project { config, services: handles, log_dir, live });
-        {
-            let mut projects = self.projects.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(existing) = projects.get(&dir) {
-                // Another `up` of the same project won the race: keep one instance.
-                let existing = existing.clone();
-                drop(projects);
-                tokio::spawn(stop_all(project));
-                return Ok((existing, true));
-            }
-            projects.insert(dir, project.clone());
-        }
+        projects.insert(dir, project.clone());
+        drop(projects);
         self.persist();
         Ok((project, false))
     }
