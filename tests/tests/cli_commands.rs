@@ -52,6 +52,10 @@ fn up_status_logs_stop_start_restart_down() {
     assert_eq!(tail.lines().count(), 1, "{tail}");
     let future = daemon.ok(&["logs", "-C", dir_arg, "--since", "2999-01-01T00:00:00Z"]);
     assert_eq!(future, "");
+    let recent = daemon.ok(&["logs", "-C", dir_arg, "--since", "10m", "worker"]);
+    assert!(recent.contains("worker sees"), "{recent}");
+    let out = daemon.run(&["logs", "-C", dir_arg, "--since", "yesterday-ish"]);
+    assert!(!out.status.success() && text(&out).lines().count() == 1, "{}", text(&out));
     let stamped = daemon.ok(&["logs", "-C", dir_arg, "-t", "--tail", "1", "worker"]);
     assert!(stamped.starts_with("20") && stamped.contains('T'), "{stamped}");
 

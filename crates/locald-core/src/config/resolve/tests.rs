@@ -194,3 +194,29 @@ fn tempfile_dir(name: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+#[test]
+fn env_file_comes_before_env_and_port_last() {
+    let dir = tempfile_dir("envfile");
+    std::fs::write(dir.join("dev.env"), "A=from-file\nB=from-file\n").unwrap();
+    let text = "[services.web]\ncommand = \"x\"\nenv_file = \"dev.env\"\nenv = { B = \"from-toml\" }\n";
+    let config = resolve_toml(&dir, Path::new("locald.toml"), text, &mut Fixed(41000)).unwrap();
+    let env = &config.services[0].env;
+    let b = env.iter().rev().find(|(k, _)| k == "B").unwrap();
+    assert_eq!(b.1, "from-toml", "env overrides env_file (later wins)");
+    assert_eq!(env.last().unwrap().0, "PORT");
+    let missing = "[services.web]\ncommand = \"x\"\nenv_file = \"nope.env\"\n";
+    let e = resolve_toml(&dir, Path::new("locald.toml"), missing, &mut Fixed(41000)).unwrap_err();
+    assert!(e.to_string().starts_with("locald.toml:3:12: cannot read"), "{e}");
+    std::fs::write(dir.join("bad.env"), "OK=1\nnot a pair\n").unwrap();
+    let bad = "[services.web]\ncommand = \"x\"\nenv_file = \"bad.env\"\n";
+    let e = resolve_toml(&dir, Path::new("locald.toml"), bad, &mut Fixed(41000)).unwrap_err();
+    assert_eq!(e.line, 2);
+    assert!(e.file.ends_with("bad.env"));
+}
+
+#[test]
+fn image_and_command_together_are_refused() {
+    let e = error("[services.db]\ncommand = \"x\"\nimage = \"postgres\"\n");
+    assert_eq!(e, "locald.toml:3:9: set either command or image, not both");
+}
