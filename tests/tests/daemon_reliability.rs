@@ -165,3 +165,27 @@ fn a_fifty_megabyte_burst_loses_no_line() {
     }
     assert_eq!(expected, LINES);
 }
+
+#[test]
+fn a_hanging_service_fails_liveness_even_while_its_health_check_passes() {
+    let daemon = Daemon::new();
+    // Accepts connections (the tcp health check passes every 50 ms) but never answers HTTP.
+    let dir = daemon.project(
+        "hang",
+        "[services.app]\ncommand = [\"python3\", \"hang.py\"]\nstop_timeout = \"1s\"\n\
+         health_check = { tcp = true, interval = \"50ms\", retries = 100 }\n\
+         liveness = { http = \"/\", interval = \"200ms\", timeout = \"300ms\", retries = 2 }\n",
+    );
+    std::fs::write(
+        dir.join("hang.py"),
+        "import os, socket, time\ns = socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+         s.bind(('127.0.0.1', int(os.environ['PORT'])))\ns.listen(64)\nkept = []\n\
+         while True:\n    kept.append(s.accept()[0])\n",
+    )
+    .unwrap();
+    daemon.ok(&["up", dir.to_str().unwrap()]);
+    let restarted = wait_for(Duration::from_secs(15), || {
+        (daemon.service("hang", "app")["restarts"].as_u64().unwrap_or(0) >= 1).then_some(())
+    });
+    assert!(restarted.is_some(), "liveness never failed: {}", daemon.service("hang", "app"));
+}

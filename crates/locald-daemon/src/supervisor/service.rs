@@ -9,7 +9,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::unix::pipe;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
-use locald_core::config::{Condition, Dependency, RestartPolicy, Service};
+use locald_core::config::{Check, Condition, Dependency, RestartPolicy, Service};
 use locald_core::ipc::{LogLine, ServiceState};
 
 use super::process::{self, Exit, Output, Running};
@@ -308,27 +308,33 @@ impl Task {
             s.exit = None;
             s.detail = None;
         });
-        let service = self.service.clone();
-        let mut health =
-            service.health_check.as_ref().map(|c| (c, Tracker::new(c), tokio::time::interval(c.interval)));
-        let mut liveness =
-            service.liveness.as_ref().map(|c| (c, Tracker::new(c), tokio::time::interval(c.interval)));
+        // Each check runs in its own task: a probe that hangs (the case liveness exists for)
+        // must not be cancelled by the other check's verdicts or a control message.
+        let (verdict_tx, mut verdicts) = mpsc::unbounded_channel();
+        let checkers: Vec<_> =
+            [(Kind::Health, &self.service.health_check), (Kind::Liveness, &self.service.liveness)]
+                .into_iter()
+                .filter_map(|(kind, check)| Some((kind, check.clone()?)))
+                .map(|(kind, check)| {
+                    tokio::spawn(checker(kind, check, self.service.clone(), verdict_tx.clone()))
+                })
+                .collect();
         let end = loop {
             tokio::select! {
                 exit = running.wait() => break End::Exited(exit),
-                verdict = tick(&mut health, &service) => match verdict {
-                    Verdict::Healthy => self.set(|s| { s.healthy = Some(true); s.state = ServiceState::Healthy; }),
-                    Verdict::Failed => {
+                Some((kind, verdict)) = verdicts.recv() => match (kind, verdict) {
+                    (Kind::Health, Verdict::Healthy) => self.set(|s| { s.healthy = Some(true); s.state = ServiceState::Healthy; }),
+                    (Kind::Health, Verdict::Failed) => {
                         if self.status.borrow().state != ServiceState::Unhealthy {
                             self.sink.note("health check failing".into());
                         }
                         self.set(|s| { s.healthy = Some(false); s.state = ServiceState::Unhealthy; });
                     }
-                    Verdict::Pending => {}
-                },
-                verdict = tick(&mut liveness, &service) => if verdict == Verdict::Failed {
-                    self.sink.note("liveness check failed; restarting".into());
-                    break End::Liveness(self.stop(&running).await);
+                    (Kind::Liveness, Verdict::Failed) => {
+                        self.sink.note("liveness check failed; restarting".into());
+                        break End::Liveness(self.stop(&running).await);
+                    }
+                    _ => {}
                 },
                 control = self.control.recv() => match control {
                     None => { self.stop(&running).await; break End::Stopped(oneshot::channel().0) }
@@ -342,6 +348,9 @@ impl Task {
                 },
             }
         };
+        for checker in checkers {
+            checker.abort();
+        }
         // Output written just before the exit belongs before the exit note. A process that
         // left the group may still hold the pipe: its output keeps flowing, but we go on.
         for reader in readers {
@@ -378,17 +387,29 @@ impl Task {
     }
 }
 
-async fn tick(
-    check: &mut Option<(&locald_core::config::Check, Tracker, tokio::time::Interval)>,
-    service: &Service,
-) -> Verdict {
-    match check {
-        Some((check, tracker, interval)) => {
-            interval.tick().await;
-            let ok = health::probe(check, service).await;
-            tracker.record(ok)
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Health,
+    Liveness,
+}
+
+/// Probes every `interval` (never overlapping: a slow probe delays the next) and reports each
+/// verdict until the receiver is gone.
+async fn checker(
+    kind: Kind,
+    check: Check,
+    service: Arc<Service>,
+    verdicts: mpsc::UnboundedSender<(Kind, Verdict)>,
+) {
+    let mut tracker = Tracker::new(&check);
+    let mut interval = tokio::time::interval(check.interval);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let ok = health::probe(&check, &service).await;
+        if verdicts.send((kind, tracker.record(ok))).is_err() {
+            return;
         }
-        None => std::future::pending().await,
     }
 }
 
