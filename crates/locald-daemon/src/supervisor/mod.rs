@@ -2,6 +2,7 @@
 //! them in reverse dependency order, and remembering which are up so that a daemon started
 //! after a crash clears the old processes and brings the same projects up again.
 
+pub mod cgroup;
 pub mod process;
 pub mod service;
 
@@ -61,6 +62,7 @@ pub struct Supervisor {
     /// Identifies this state dir in the environment of every process started from it.
     owner: String,
     projects: Mutex<BTreeMap<PathBuf, Arc<Project>>>,
+    cgroups: Option<Arc<cgroup::Cgroups>>,
 }
 
 /// Free ports that no other project of this daemon holds.
@@ -77,7 +79,8 @@ impl PortSource for DaemonPorts {
 impl Supervisor {
     pub fn new(state_dir: PathBuf) -> Self {
         let owner = format!("{:016x}", fnv(state_dir.as_os_str().as_encoded_bytes()));
-        Self { state_dir, owner, projects: Mutex::new(BTreeMap::new()) }
+        let cgroups = cgroup::Cgroups::detect(&owner).map(Arc::new);
+        Self { state_dir, owner, projects: Mutex::new(BTreeMap::new()), cgroups }
     }
 
     fn projects_file(&self) -> PathBuf {
@@ -91,6 +94,9 @@ impl Supervisor {
     /// After a crash of the previous daemon: kill what it left running, then bring its projects
     /// up again. Returns the projects that could not be restored, with why.
     pub fn recover(&self) -> Vec<(PathBuf, String)> {
+        if let Some(cgroups) = &self.cgroups {
+            cgroups.kill_leftovers();
+        }
         let killed = process::kill_leftovers(&self.owner);
         if killed > 0 {
             eprintln!("locald: stopped {killed} process(es) left by a previous daemon");
@@ -171,7 +177,9 @@ impl Supervisor {
             // Start order puts dependencies first, so their handles exist.
             let deps =
                 service.depends_on.iter().map(|d| (d.clone(), by_name[&d.name].status.clone())).collect();
-            let handle = service::start(service.clone(), deps, sink, self.owner.clone());
+            let key = log_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let slot = self.cgroups.clone().map(|c| (c, format!("{key}.{}", service.name)));
+            let handle = service::start(service.clone(), deps, sink, self.owner.clone(), slot);
             by_name.insert(service.name.clone(), handle.clone());
             handles.push(handle);
         }
@@ -205,6 +213,9 @@ impl Supervisor {
         let stops: Vec<_> = projects.into_iter().map(|p| tokio::spawn(stop_all(p))).collect();
         for stop in stops {
             let _ = stop.await;
+        }
+        if let Some(cgroups) = &self.cgroups {
+            cgroups.remove();
         }
     }
 }

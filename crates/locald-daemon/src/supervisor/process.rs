@@ -17,6 +17,8 @@ use tokio::net::unix::pipe;
 
 use locald_core::config::Service;
 
+use super::cgroup::ServiceCgroup;
+
 /// Every process the daemon starts carries this variable: `<owner>` names the state dir of
 /// the daemon that started it, so a later daemon on the same state can find leftovers of a
 /// killed predecessor (even ones that left the process group) and nothing else.
@@ -25,6 +27,7 @@ pub const OWNER_VAR: &str = "LOCALD_OWNER";
 pub struct Running {
     pub pid: u32,
     pidfd: AsyncFd<OwnedFd>,
+    cgroup: Option<ServiceCgroup>,
 }
 
 /// The read ends of a service's stdout and stderr.
@@ -59,7 +62,7 @@ impl Exit {
     }
 }
 
-pub fn spawn(service: &Service, owner: &str) -> io::Result<(Running, Output)> {
+pub fn spawn(service: &Service, owner: &str, cgroup: Option<ServiceCgroup>) -> io::Result<(Running, Output)> {
     let command = service.command.as_ref().ok_or_else(|| io::Error::other("service has no command"))?;
     let argv = command.argv();
     let mut cmd = std::process::Command::new(&argv[0]);
@@ -72,6 +75,20 @@ pub fn spawn(service: &Service, owner: &str) -> io::Result<(Running, Output)> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
+    if let Some(cgroup) = &cgroup {
+        let procs = cgroup.procs_fd();
+        // SAFETY: between fork and exec the closure only calls write(2), which is
+        // async-signal-safe, on an fd that stays open in the parent until spawn returns.
+        unsafe {
+            cmd.pre_exec(move || {
+                // "0" = the writing process: the child joins before it can fork anything.
+                if libc::write(procs, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
     let mut child = cmd.spawn()?;
     let pid = child.id();
     let pidfd = pidfd_open(pid)?;
@@ -82,7 +99,7 @@ pub fn spawn(service: &Service, owner: &str) -> io::Result<(Running, Output)> {
     // SAFETY: an OwnedFd is open, always returns the same raw fd, and is closed only when the
     // AsyncFd owning it is dropped.
     let pidfd = unsafe { AsyncFd::register(pidfd) }.map_err(io::Error::from)?;
-    Ok((Running { pid, pidfd }, Output { stdout, stderr }))
+    Ok((Running { pid, pidfd, cgroup }, Output { stdout, stderr }))
 }
 
 impl Running {
@@ -98,15 +115,22 @@ impl Running {
             }
         }
         let _ = killpg(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
-        loop {
+        if let Some(cgroup) = &self.cgroup {
+            cgroup.kill();
+        }
+        let exit = loop {
             match waitpid(Pid::from_raw(self.pid as i32), None) {
-                Ok(WaitStatus::Exited(_, code)) => return Exit::Code(code),
-                Ok(WaitStatus::Signaled(_, sig, _)) => return Exit::Signal(sig as i32),
+                Ok(WaitStatus::Exited(_, code)) => break Exit::Code(code),
+                Ok(WaitStatus::Signaled(_, sig, _)) => break Exit::Signal(sig as i32),
                 Ok(_) => continue,
                 Err(nix::errno::Errno::EINTR) => continue,
-                Err(_) => return Exit::Signal(libc::SIGKILL),
+                Err(_) => break Exit::Signal(libc::SIGKILL),
             }
+        };
+        if let Some(cgroup) = &self.cgroup {
+            cgroup.remove().await;
         }
+        exit
     }
 
     /// Sends `signal` to the whole group. Valid until [`wait`](Self::wait) has returned.
@@ -114,6 +138,16 @@ impl Running {
         if let Ok(signal) = Signal::try_from(signal) {
             let _ = killpg(Pid::from_raw(self.pid as i32), signal);
         }
+        if signal == libc::SIGKILL
+            && let Some(cgroup) = &self.cgroup
+        {
+            cgroup.kill();
+        }
+    }
+
+    /// Whether the service runs in its own cgroup (shown by `status`).
+    pub fn has_cgroup(&self) -> bool {
+        self.cgroup.is_some()
     }
 }
 

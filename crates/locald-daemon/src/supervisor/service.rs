@@ -12,6 +12,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use locald_core::config::{Check, Condition, Dependency, RestartPolicy, Service};
 use locald_core::ipc::{LogLine, ServiceState};
 
+use super::cgroup::Cgroups;
 use super::process::{self, Exit, Output, Running};
 use crate::health::{self, Tracker, Verdict};
 use crate::logs::{LogFile, now_micros};
@@ -96,17 +97,22 @@ impl Sink {
     }
 }
 
+/// Where a service's cgroups are made (when the user has a delegated subtree), and its name.
+pub type CgroupSlot = Option<(Arc<Cgroups>, String)>;
+
 pub fn start(
     service: Service,
     deps: Vec<(Dependency, watch::Receiver<Snapshot>)>,
     sink: Sink,
     owner: String,
+    cgroup: CgroupSlot,
 ) -> Handle {
     let (status_tx, status) = watch::channel(Snapshot::new());
     let (control, control_rx) = mpsc::unbounded_channel();
     let service = Arc::new(service);
     tokio::spawn(
-        Task { service: service.clone(), deps, sink, owner, status: status_tx, control: control_rx }.run(),
+        Task { service: service.clone(), deps, sink, owner, cgroup, status: status_tx, control: control_rx }
+            .run(),
     );
     Handle { service, status, control }
 }
@@ -116,6 +122,7 @@ struct Task {
     deps: Vec<(Dependency, watch::Receiver<Snapshot>)>,
     sink: Sink,
     owner: String,
+    cgroup: CgroupSlot,
     status: watch::Sender<Snapshot>,
     control: mpsc::UnboundedReceiver<Control>,
 }
@@ -152,7 +159,14 @@ impl Task {
                 continue;
             }
             let started = Instant::now();
-            let end = match process::spawn(&self.service, &self.owner) {
+            let cgroup = self.cgroup.as_ref().and_then(|(cgroups, name)| match cgroups.create(name) {
+                Ok(cgroup) => Some(cgroup),
+                Err(e) => {
+                    self.sink.note(format!("no cgroup ({e}); process group only"));
+                    None
+                }
+            });
+            let end = match process::spawn(&self.service, &self.owner, cgroup) {
                 Ok((running, output)) => self.supervise(running, output).await,
                 Err(e) => {
                     self.sink.note(format!("cannot start: {e}"));
@@ -294,7 +308,8 @@ impl Task {
 
     async fn supervise(&mut self, running: Running, output: Output) -> End {
         let pid = running.pid;
-        self.sink.note(format!("started pid {pid}"));
+        let confined = if running.has_cgroup() { " in its own cgroup" } else { "" };
+        self.sink.note(format!("started pid {pid}{confined}"));
         let readers = [
             tokio::spawn(pump(output.stdout, self.sink.clone(), "out")),
             tokio::spawn(pump(output.stderr, self.sink.clone(), "err")),
