@@ -222,8 +222,11 @@ fn concurrent_ups_start_one_instance_and_up_restarts_what_was_stopped() {
 
     daemon.ok(&["stop", "-C", dir.to_str().unwrap(), "app"]);
     assert!(pids_with_arg(&token).is_empty());
+    let toml = std::fs::read_to_string(dir.join("locald.toml")).unwrap();
+    std::fs::write(dir.join("locald.toml"), format!("{toml}stop_timeout = \"2s\"\n")).unwrap();
     let out = daemon.ok(&["up", dir.to_str().unwrap()]);
     assert!(out.contains("already up"), "{out}");
+    assert!(out.contains("note: locald.toml changed since once started"), "{out}");
     assert_eq!(daemon.service("once", "app")["state"], "running");
     assert_eq!(wait_pids(&token, 1).len(), 1);
 }

@@ -80,6 +80,8 @@ pub enum Response {
     UpDone {
         project: ProjectStatus,
         attached: bool,
+        /// Attached to a project whose config file changed since it started.
+        config_changed: bool,
     },
     /// `up` failed on a service; `last_lines` are the end of its log.
     UpFailed {

@@ -312,7 +312,8 @@ async fn up(supervisor: &Supervisor, dir: &Path, out: &mut Out) -> io::Result<()
             all_ready &= ready;
         }
         if all_ready {
-            return out.send(Response::UpDone { project: project.status(), attached }).await;
+            let config_changed = attached && project.config_changed();
+            return out.send(Response::UpDone { project: project.status(), attached, config_changed }).await;
         }
         let changes = watches.iter_mut().map(|w| Box::pin(w.changed()));
         tokio::select! {

@@ -23,9 +23,16 @@ pub struct Project {
     pub services: Vec<Handle>,
     pub log_dir: PathBuf,
     pub live: broadcast::Sender<locald_core::ipc::LogLine>,
+    /// Of the config file as it was at start, to tell a user attaching that it changed.
+    digest: u64,
 }
 
 impl Project {
+    /// The config file differs from the one the project was started with.
+    pub fn config_changed(&self) -> bool {
+        digest(&self.config.project.source) != self.digest
+    }
+
     pub fn handle(&self, name: &str) -> Option<&Handle> {
         self.services.iter().find(|h| h.service.name == name)
     }
@@ -183,7 +190,8 @@ impl Supervisor {
             by_name.insert(service.name.clone(), handle.clone());
             handles.push(handle);
         }
-        let project = Arc::new(Project { config, services: handles, log_dir, live });
+        let digest = digest(&config.project.source);
+        let project = Arc::new(Project { config, services: handles, log_dir, live, digest });
         projects.insert(dir, project.clone());
         drop(projects);
         self.persist();
@@ -234,6 +242,10 @@ async fn stop_all(project: Arc<Project>) {
             control(handle, Control::Stop).await;
         }
     }
+}
+
+fn digest(path: &Path) -> u64 {
+    fnv(&std::fs::read(path).unwrap_or_default())
 }
 
 fn fnv(bytes: &[u8]) -> u64 {

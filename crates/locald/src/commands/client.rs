@@ -78,9 +78,13 @@ fn start_daemon(socket: &Path) -> anyhow::Result<()> {
         .current_dir("/")
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
-        .stderr(log)
-        // Its own group: a Ctrl-C meant for this command must not reach the daemon.
-        .process_group(0);
+        .stderr(log);
+    // SAFETY: setsid(2) is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        // Its own session: neither a Ctrl-C meant for this command nor the terminal closing
+        // reaches the daemon.
+        command.pre_exec(|| nix::unistd::setsid().map(drop).map_err(std::io::Error::from));
+    }
     let spawned = command.spawn();
     let _ = nix::unistd::close(inherited);
     drop(ready_write);

@@ -19,9 +19,16 @@ pub fn run(dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     loop {
         match client.next()? {
             Response::Progress { service, state, detail } => board.update(service, state, detail),
-            Response::UpDone { project, attached } => {
+            Response::UpDone { project, attached, config_changed } => {
                 if attached {
                     println!("{} was already up", project.name);
+                }
+                if config_changed {
+                    println!(
+                        "note: {} changed since {} started; `locald down` then `locald up` applies it",
+                        locald_core::config::FILE_NAME,
+                        project.name
+                    );
                 }
                 println!("{} is ready:", project.name);
                 for s in &project.services {
