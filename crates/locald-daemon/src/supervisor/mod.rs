@@ -3,6 +3,7 @@
 //! after a crash clears the old processes and brings the same projects up again.
 
 pub mod cgroup;
+pub mod output;
 pub mod process;
 pub mod service;
 
@@ -16,7 +17,8 @@ use locald_core::config::{self, Config, ConfigError, PortSource, ports};
 use locald_core::ipc::{ProjectStatus, ServiceState, ServiceStatus};
 
 use crate::logs::LogFile;
-use service::{Control, Handle, Sink};
+use output::Sink;
+use service::{Control, Handle};
 
 pub struct Project {
     pub config: Config,

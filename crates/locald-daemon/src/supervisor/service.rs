@@ -2,25 +2,18 @@
 //! with backoff, obey start/stop/restart. One tokio task per service; its state is published
 //! on a watch channel that `up`, `status` and dependents read.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::net::unix::pipe;
-use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use locald_core::config::{Check, Condition, Dependency, RestartPolicy, Service};
-use locald_core::ipc::{LogLine, ServiceState};
+use locald_core::ipc::ServiceState;
 
 use super::cgroup::Cgroups;
+use super::output::{Sink, pump};
 use super::process::{self, Exit, Output, Running};
 use crate::health::{self, Tracker, Verdict};
-use crate::logs::{LogFile, now_micros};
-
-/// Longer lines are split, so one endless line cannot grow the daemon's memory.
-const MAX_LINE: usize = 64 << 10;
-/// Per stream; small because an idle daemon holds two per service.
-const READ_BUFFER: usize = 8 << 10;
 
 #[derive(Debug, Clone)]
 pub struct Snapshot {
@@ -67,34 +60,6 @@ pub struct Handle {
     pub service: Arc<Service>,
     pub status: watch::Receiver<Snapshot>,
     pub control: mpsc::UnboundedSender<Control>,
-}
-
-/// Where a service's output goes: its log file and live followers.
-#[derive(Clone)]
-pub struct Sink {
-    pub file: Arc<Mutex<LogFile>>,
-    pub live: broadcast::Sender<LogLine>,
-    pub service: String,
-}
-
-impl Sink {
-    fn emit(&self, stream: &str, line: String, flush: bool) {
-        let record =
-            LogLine { service: self.service.clone(), micros: now_micros(), stream: stream.into(), line };
-        {
-            let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
-            let _ = file.append(&record);
-            if flush {
-                let _ = file.flush();
-            }
-        }
-        let _ = self.live.send(record);
-    }
-
-    /// A line from the daemon itself about this service.
-    pub fn note(&self, text: String) {
-        self.emit("locald", text, true);
-    }
 }
 
 /// Where a service's cgroups are made (when the user has a delegated subtree), and its name.
@@ -426,37 +391,4 @@ async fn checker(
             return;
         }
     }
-}
-
-/// Copies one output stream into the sink line by line, as fast as it comes: the service never
-/// waits on a full pipe for longer than a file append.
-async fn pump(rx: pipe::Receiver, sink: Sink, stream: &'static str) {
-    let mut reader = BufReader::with_capacity(READ_BUFFER, rx);
-    let mut line = Vec::new();
-    loop {
-        let buf = match reader.fill_buf().await {
-            Ok(buf) if !buf.is_empty() => buf,
-            _ => break,
-        };
-        let (taken, complete) = match buf.iter().position(|b| *b == b'\n') {
-            Some(i) => {
-                line.extend_from_slice(&buf[..i]);
-                (i + 1, true)
-            }
-            None => {
-                line.extend_from_slice(buf);
-                (buf.len(), line.len() >= MAX_LINE)
-            }
-        };
-        reader.consume(taken);
-        if complete {
-            let idle = reader.buffer().is_empty();
-            sink.emit(stream, String::from_utf8_lossy(&line).into_owned(), idle);
-            line.clear();
-        }
-    }
-    if !line.is_empty() {
-        sink.emit(stream, String::from_utf8_lossy(&line).into_owned(), true);
-    }
-    let _ = sink.file.lock().map(|mut f| f.flush());
 }
