@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+pub mod daemon;
+
 /// Set by `.ci/run`: a privileged suite that cannot run fails instead of skipping.
 pub const REQUIRE_PRIVILEGED: &str = "LOCALD_REQUIRE_PRIVILEGED";
 /// Installed setuid shims live under here (root-owned chain: /, /var, /var/lib).

@@ -1,3 +1,6 @@
 //! Unprivileged code shared by the `locald` CLI and the daemon.
 
+pub mod config;
 pub mod diagnostics;
+pub mod ipc;
+pub mod paths;

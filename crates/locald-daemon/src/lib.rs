@@ -3,4 +3,8 @@
 
 pub mod container;
 pub mod doctor;
+pub mod health;
+pub mod logs;
+pub mod server;
 pub mod shim;
+pub mod supervisor;

@@ -43,6 +43,65 @@ pub enum Command {
         /// The mount name.
         name: String,
     },
+    /// Start the project in DIR (default: here) and wait until every service is ready; attaches
+    /// to it when it is already up.
+    Up { dir: Option<PathBuf> },
+    /// Stop the project's services and forget it.
+    Down { dir: Option<PathBuf> },
+    /// Every project and service: state, pid, port, URL, health, restarts, uptime.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the logs of the project's services, interleaved by time.
+    Logs {
+        /// Only these services (default: all).
+        services: Vec<String>,
+        /// Keep printing new lines.
+        #[arg(short, long)]
+        follow: bool,
+        /// Only the last N lines.
+        #[arg(short = 'n', long)]
+        tail: Option<usize>,
+        /// Only lines since a time (RFC 3339) or for a duration back ("10m", "1h 30m").
+        #[arg(long)]
+        since: Option<String>,
+        /// Print each line's time.
+        #[arg(short, long)]
+        timestamps: bool,
+        #[command(flatten)]
+        project: ProjectArg,
+    },
+    /// Start a stopped service.
+    Start {
+        service: String,
+        #[command(flatten)]
+        project: ProjectArg,
+    },
+    /// Stop a service (stop signal, then SIGKILL after its stop_timeout).
+    Stop {
+        service: String,
+        #[command(flatten)]
+        project: ProjectArg,
+    },
+    /// Stop and start a service.
+    Restart {
+        service: String,
+        #[command(flatten)]
+        project: ProjectArg,
+    },
+    /// Configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Print a shell completion script.
+    Completions { shell: clap_complete::Shell },
+    /// The per-user daemon.
+    Server {
+        #[command(subcommand)]
+        command: ServerCommand,
+    },
     /// Diagnostics.
     Debug {
         #[command(subcommand)]
@@ -64,4 +123,25 @@ pub enum AdminCommand {
         #[arg(long, default_value = locald_daemon::shim::DEFAULT_INSTALL_DIR)]
         dest: PathBuf,
     },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ProjectArg {
+    /// The project directory.
+    #[arg(short = 'C', long = "dir", default_value = ".")]
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// The resolved configuration (assigned ports, environment, domains) as JSON.
+    Show { dir: Option<PathBuf> },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServerCommand {
+    /// Run the daemon in the foreground (the other commands start it on demand).
+    Start,
+    /// Stop every project and the daemon.
+    Stop,
 }

@@ -1,13 +1,21 @@
 //! One module per command.
 
 mod admin_setup;
+mod client;
+mod completions;
+mod config_show;
 mod debug_port;
 mod doctor;
+mod logs;
 mod mounts;
+mod project;
+mod server;
+mod status;
+mod up;
 
 use std::process::ExitCode;
 
-use crate::cli::{AdminCommand, Cli, Command, DebugCommand};
+use crate::cli::{AdminCommand, Cli, Command, ConfigCommand, DebugCommand, ServerCommand};
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
@@ -18,5 +26,22 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Unmount { name } => mounts::unmount(&name),
         Command::Debug { command: DebugCommand::Port { port } } => debug_port::run(port),
+        Command::Up { dir } => up::run(dir),
+        Command::Down { dir } => project::down(dir),
+        Command::Status { json } => status::run(json),
+        Command::Logs { services, follow, tail, since, timestamps, project } => {
+            logs::run(&project.dir, services, follow, tail, since.as_deref(), timestamps)
+        }
+        Command::Start { service, project } => {
+            project::control(&project.dir, service, project::Action::Start)
+        }
+        Command::Stop { service, project } => project::control(&project.dir, service, project::Action::Stop),
+        Command::Restart { service, project } => {
+            project::control(&project.dir, service, project::Action::Restart)
+        }
+        Command::Config { command: ConfigCommand::Show { dir } } => config_show::run(dir),
+        Command::Completions { shell } => completions::run(shell),
+        Command::Server { command: ServerCommand::Start } => server::start(),
+        Command::Server { command: ServerCommand::Stop } => server::stop(),
     }
 }

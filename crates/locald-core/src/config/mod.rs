@@ -1,0 +1,157 @@
+//! The `locald.toml` model: parsing with positioned errors ([`raw`]), then resolution into a
+//! [`Config`] whose services have ports, environments, domains and a start order.
+
+pub mod dotenv;
+mod error;
+pub mod ports;
+pub mod raw;
+mod resolve;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use error::{ConfigError, line_col};
+pub use raw::{Condition, RestartPolicy};
+pub use resolve::{PortSource, resolve_procfile, resolve_toml};
+
+pub const FILE_NAME: &str = "locald.toml";
+pub const PROCFILE: &str = "Procfile";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Config {
+    pub project: Project,
+    /// In start order: every service comes after the services it depends on.
+    pub services: Vec<Service>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Project {
+    pub name: String,
+    pub domain: String,
+    /// The canonical project directory; it identifies the project in the daemon.
+    pub dir: PathBuf,
+    /// `locald.toml` or `Procfile`.
+    pub source: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Service {
+    pub name: String,
+    pub command: Option<Command>,
+    /// A container image; run by the container support, not by the process supervisor.
+    pub image: Option<String>,
+    pub cwd: PathBuf,
+    /// Fully interpolated, in the order they are set (env_file, env, then PORT).
+    pub env: Vec<(String, String)>,
+    pub port: u16,
+    pub domain: String,
+    pub url: String,
+    pub depends_on: Vec<Dependency>,
+    pub health_check: Option<Check>,
+    pub liveness: Option<Check>,
+    pub restart: Restart,
+    pub stop_signal: i32,
+    #[serde(with = "duration_text")]
+    pub stop_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Command {
+    Shell(String),
+    Argv(Vec<String>),
+}
+
+impl Command {
+    pub fn argv(&self) -> Vec<String> {
+        match self {
+            Command::Shell(line) => vec!["/bin/sh".into(), "-c".into(), line.clone()],
+            Command::Argv(argv) => argv.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dependency {
+    pub name: String,
+    pub condition: Condition,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", tag = "kind")]
+pub enum Probe {
+    Tcp { port: u16 },
+    Http { port: u16, path: String, status: Option<u16> },
+    Command { command: Command },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Check {
+    pub probe: Probe,
+    #[serde(with = "duration_text")]
+    pub interval: Duration,
+    #[serde(with = "duration_text")]
+    pub timeout: Duration,
+    /// Consecutive failures before the check counts as failed.
+    pub retries: u32,
+    /// Failures during this time after start do not count.
+    #[serde(with = "duration_text")]
+    pub start_period: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Restart {
+    pub policy: RestartPolicy,
+    /// Restarts in a row (without a healthy period in between) before giving up.
+    pub max_restarts: u32,
+    #[serde(with = "duration_text")]
+    pub backoff: Duration,
+    #[serde(with = "duration_text")]
+    pub max_backoff: Duration,
+}
+
+impl Restart {
+    /// Delay before restart number `attempt` (0-based): doubling from `backoff`, capped.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let factor = 1u32.checked_shl(attempt.min(20)).unwrap_or(u32::MAX);
+        self.backoff.saturating_mul(factor).min(self.max_backoff)
+    }
+}
+
+/// Finds and resolves the project in `dir`: `locald.toml`, or else a `Procfile` (+ `.env`).
+pub fn load(dir: &Path, ports: &mut dyn PortSource) -> Result<Config, ConfigError> {
+    let dir = dir.canonicalize().map_err(|e| ConfigError::whole_file(dir, format!("cannot open: {e}")))?;
+    let toml_path = dir.join(FILE_NAME);
+    if toml_path.is_file() {
+        let text = read(&toml_path)?;
+        return resolve_toml(&dir, &toml_path, &text, ports);
+    }
+    let procfile = dir.join(PROCFILE);
+    if procfile.is_file() {
+        let text = read(&procfile)?;
+        return resolve_procfile(&dir, &procfile, &text, ports);
+    }
+    Err(ConfigError::whole_file(&dir, format!("no {FILE_NAME} or {PROCFILE} here")))
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| ConfigError::whole_file(path, format!("cannot read: {e}")))
+}
+
+/// Durations as humantime text (`"1s 500ms"`) in `config show` and on the wire.
+mod duration_text {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(serde::de::Error::custom)
+    }
+}

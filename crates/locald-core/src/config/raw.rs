@@ -1,0 +1,216 @@
+//! `locald.toml` as written, with the source span of everything a later check may point at.
+//! serde + toml give exact positions for syntax errors, unknown keys and ill-typed values; the
+//! spans kept here serve the checks that need the whole file (missing dependencies, cycles,
+//! interpolation).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFile {
+    pub project: Option<RawProject>,
+    #[serde(default)]
+    pub services: BTreeMap<Spanned<String>, Spanned<RawService>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProject {
+    pub name: Option<Spanned<String>>,
+    pub domain: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawService {
+    pub command: Option<Spanned<RawCommand>>,
+    pub image: Option<Spanned<String>>,
+    pub cwd: Option<Spanned<String>>,
+    #[serde(default)]
+    pub env: BTreeMap<String, Spanned<String>>,
+    pub env_file: Option<Spanned<String>>,
+    pub port: Option<Spanned<u16>>,
+    pub domain: Option<Spanned<String>>,
+    pub depends_on: Option<RawDepends>,
+    pub health_check: Option<Spanned<RawCheck>>,
+    pub liveness: Option<Spanned<RawCheck>>,
+    pub restart: Option<RestartPolicy>,
+    pub max_restarts: Option<u32>,
+    pub backoff: Option<Dur>,
+    pub max_backoff: Option<Dur>,
+    pub stop_signal: Option<Signal>,
+    pub stop_timeout: Option<Dur>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCheck {
+    /// `tcp = true`: the service's port accepts a connection.
+    pub tcp: Option<bool>,
+    /// `http = "/health"`: GET on the service's port answers with `status` (default: any 2xx).
+    pub http: Option<String>,
+    pub status: Option<u16>,
+    pub command: Option<Spanned<RawCommand>>,
+    pub interval: Option<Dur>,
+    pub timeout: Option<Dur>,
+    pub retries: Option<u32>,
+    pub start_period: Option<Dur>,
+}
+
+/// A string is run with `/bin/sh -c`; an array is the argv itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RawCommand {
+    Shell(String),
+    Argv(Vec<String>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Condition {
+    /// The dependency's process has been spawned.
+    Started,
+    /// The dependency's health check passed.
+    Healthy,
+    /// The dependency ran to completion with exit status 0 (migrations, builds).
+    CompletedSuccessfully,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    No,
+    OnFailure,
+    Always,
+}
+
+/// `depends_on = ["db"]` or `depends_on = { db = "healthy" }`; no condition means "healthy"
+/// when the dependency has a health check and "started" otherwise.
+#[derive(Debug, Default)]
+pub struct RawDepends(pub Vec<(Spanned<String>, Option<Condition>)>);
+
+impl<'de> Deserialize<'de> for RawDepends {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawDepends;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an array of service names or a table of name = condition")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<RawDepends, A::Error> {
+                let mut out = Vec::new();
+                while let Some(name) = seq.next_element::<Spanned<String>>()? {
+                    out.push((name, None));
+                }
+                Ok(RawDepends(out))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawDepends, A::Error> {
+                let mut out = Vec::new();
+                while let Some(name) = map.next_key::<Spanned<String>>()? {
+                    let condition = map.next_value::<Condition>()?;
+                    out.push((name, Some(condition)));
+                }
+                Ok(RawDepends(out))
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawCommand {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawCommand;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a command string or an array of arguments")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawCommand, E> {
+                if v.trim().is_empty() {
+                    return Err(E::custom("command is empty"));
+                }
+                Ok(RawCommand::Shell(v.to_owned()))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<RawCommand, A::Error> {
+                let mut argv = Vec::new();
+                while let Some(arg) = seq.next_element::<String>()? {
+                    argv.push(arg);
+                }
+                if argv.is_empty() {
+                    return Err(de::Error::custom("command is empty"));
+                }
+                Ok(RawCommand::Argv(argv))
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
+}
+
+/// A duration written as `"500ms"`, `"2s"`, `"1m 30s"`, or a number of seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Dur;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a duration such as \"500ms\" or \"2s\"")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Dur, E> {
+                humantime::parse_duration(v)
+                    .map(Dur)
+                    .map_err(|e| E::custom(format!("invalid duration {v:?}: {e}")))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Dur, E> {
+                u64::try_from(v)
+                    .map(|s| Dur(Duration::from_secs(s)))
+                    .map_err(|_| E::custom("a duration cannot be negative"))
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
+}
+
+/// A signal name, with or without `SIG`: `"TERM"`, `"SIGINT"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Signal(pub i32);
+
+pub const SIGNALS: &[(&str, i32)] = &[
+    ("TERM", libc::SIGTERM),
+    ("INT", libc::SIGINT),
+    ("QUIT", libc::SIGQUIT),
+    ("HUP", libc::SIGHUP),
+    ("KILL", libc::SIGKILL),
+    ("USR1", libc::SIGUSR1),
+    ("USR2", libc::SIGUSR2),
+    ("WINCH", libc::SIGWINCH),
+];
+
+impl Signal {
+    pub fn parse(name: &str) -> Option<Signal> {
+        let bare = name.strip_prefix("SIG").unwrap_or(name);
+        SIGNALS.iter().find(|(n, _)| *n == bare).map(|(_, s)| Signal(*s))
+    }
+
+    pub fn name(self) -> &'static str {
+        SIGNALS.iter().find(|(_, s)| *s == self.0).map_or("?", |(n, _)| n)
+    }
+}
+
+impl<'de> Deserialize<'de> for Signal {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        Signal::parse(&name).ok_or_else(|| {
+            let known: Vec<&str> = SIGNALS.iter().map(|(n, _)| *n).collect();
+            de::Error::custom(format!("unknown signal {name:?}, expected one of {}", known.join(", ")))
+        })
+    }
+}

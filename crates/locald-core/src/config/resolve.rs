@@ -1,0 +1,472 @@
+//! From the written file to a [`Config`]: names, dependencies and cycles checked, ports
+//! assigned, environments built, `${services.<name>.port|url|domain}` substituted.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::raw::{RawCheck, RawCommand, RawFile, RawService, RestartPolicy};
+use super::{
+    Check, Command, Condition, Config, ConfigError, Dependency, Probe, Project, Restart, Service, dotenv,
+    ports,
+};
+
+/// Where unassigned ports come from; the daemon also avoids ports of its other projects.
+pub trait PortSource {
+    fn assign(&mut self, project: &str, service: &str) -> Option<u16>;
+}
+
+/// Any free port of [`ports::RANGE`], different from those handed out before.
+impl PortSource for Vec<u16> {
+    fn assign(&mut self, project: &str, service: &str) -> Option<u16> {
+        let port = ports::find_free(project, service, &|p| self.contains(&p))?;
+        self.push(port);
+        Some(port)
+    }
+}
+
+struct Ctx<'a> {
+    file: &'a Path,
+    text: &'a str,
+}
+
+impl Ctx<'_> {
+    fn err(&self, offset: usize, message: impl Into<String>) -> ConfigError {
+        ConfigError::at(self.file, self.text, offset, message)
+    }
+}
+
+pub fn resolve_toml(
+    dir: &Path,
+    file: &Path,
+    text: &str,
+    ports: &mut dyn PortSource,
+) -> Result<Config, ConfigError> {
+    let ctx = Ctx { file, text };
+    let raw: RawFile = toml::from_str(text).map_err(|e| {
+        let offset = e.span().map_or(0, |s| s.start);
+        ctx.err(offset, e.message().trim_end().replace('\n', " "))
+    })?;
+    let project_name = match raw.project.as_ref().and_then(|p| p.name.as_ref()) {
+        Some(name) => {
+            check_label(name.get_ref())
+                .map_err(|m| ctx.err(name.span().start, format!("project name {m}")))?;
+            name.get_ref().clone()
+        }
+        None => name_from_dir(dir),
+    };
+    let domain = match raw.project.as_ref().and_then(|p| p.domain.as_ref()) {
+        Some(domain) => {
+            check_domain(domain.get_ref()).map_err(|m| ctx.err(domain.span().start, m))?;
+            domain.get_ref().clone()
+        }
+        None => format!("{project_name}.localhost"),
+    };
+    if raw.services.is_empty() {
+        return Err(ConfigError::whole_file(file, "no [services.<name>] defined"));
+    }
+    for name in raw.services.keys() {
+        check_label(name.get_ref()).map_err(|m| ctx.err(name.span().start, format!("service name {m}")))?;
+    }
+    let services: BTreeMap<&str, &Spanned<RawService>> =
+        raw.services.iter().map(|(k, v)| (k.get_ref().as_str(), v)).collect();
+    let order = start_order(&ctx, &services)?;
+
+    // Ports first: interpolation may refer to any service's port.
+    let mut assigned: HashMap<&str, u16> = HashMap::new();
+    for (name, service) in &services {
+        let port = match &service.get_ref().port {
+            Some(port) if *port.get_ref() == 0 => {
+                return Err(ctx.err(port.span().start, "port must be 1-65535"));
+            }
+            Some(port) => *port.get_ref(),
+            None => ports
+                .assign(&project_name, name)
+                .ok_or_else(|| ctx.err(service.span().start, "no free port left to assign"))?,
+        };
+        assigned.insert(name, port);
+    }
+    let domains: HashMap<&str, String> = services
+        .iter()
+        .map(|(name, service)| {
+            let domain = match &service.get_ref().domain {
+                Some(d) => d.get_ref().clone(),
+                None => default_domain(&project_name, &domain, name),
+            };
+            (*name, domain)
+        })
+        .collect();
+    let lookup = |service: &str, field: &str| -> Result<String, String> {
+        let port = assigned.get(service).ok_or_else(|| format!("no service named {service:?}"))?;
+        match field {
+            "port" => Ok(port.to_string()),
+            "url" => Ok(format!("http://127.0.0.1:{port}")),
+            "domain" => Ok(domains[service].clone()),
+            "host" => Ok("127.0.0.1".into()),
+            other => Err(format!("unknown field {other:?} (expected port, url, host or domain)")),
+        }
+    };
+
+    let mut out = Vec::new();
+    for name in order {
+        let spanned = services[name];
+        let s = spanned.get_ref();
+        let port = assigned[name];
+        let command = match (&s.command, &s.image) {
+            (Some(_), Some(image)) => {
+                return Err(ctx.err(image.span().start, "set either command or image, not both"));
+            }
+            (None, None) => {
+                return Err(ctx.err(spanned.span().start, format!("service {name:?} needs a command")));
+            }
+            (Some(c), None) => Some(interpolate_command(&ctx, c, &lookup)?),
+            (None, Some(_)) => None,
+        };
+        let cwd = match &s.cwd {
+            Some(cwd) => {
+                let path = dir.join(cwd.get_ref());
+                if !path.is_dir() {
+                    return Err(
+                        ctx.err(cwd.span().start, format!("cwd {:?} is not a directory", cwd.get_ref()))
+                    );
+                }
+                path
+            }
+            None => dir.to_owned(),
+        };
+        let mut env = Vec::new();
+        if let Some(env_file) = &s.env_file {
+            let path = dir.join(env_file.get_ref());
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                ctx.err(env_file.span().start, format!("cannot read {}: {e}", path.display()))
+            })?;
+            let pairs = dotenv::parse(&text).map_err(|(line, m)| ConfigError {
+                file: path.clone(),
+                line,
+                col: 1,
+                message: m,
+            })?;
+            env.extend(pairs);
+        }
+        for (key, value) in &s.env {
+            env.push((key.clone(), interpolate(&ctx, value, &lookup)?));
+        }
+        env.push(("PORT".into(), port.to_string()));
+        let depends_on = s
+            .depends_on
+            .iter()
+            .flat_map(|d| d.0.iter())
+            .map(|(dep, condition)| {
+                let has_check = services[dep.get_ref().as_str()].get_ref().health_check.is_some();
+                let condition =
+                    condition.unwrap_or(if has_check { Condition::Healthy } else { Condition::Started });
+                if condition == Condition::Healthy && !has_check {
+                    return Err(ctx.err(
+                        dep.span().start,
+                        format!("condition healthy needs a health_check on service {:?}", dep.get_ref()),
+                    ));
+                }
+                Ok(Dependency { name: dep.get_ref().clone(), condition })
+            })
+            .collect::<Result<_, _>>()?;
+        let health_check = s.health_check.as_ref().map(|c| check(&ctx, c, port, &lookup)).transpose()?;
+        let liveness = s.liveness.as_ref().map(|c| check(&ctx, c, port, &lookup)).transpose()?;
+        let restart = Restart {
+            policy: s.restart.unwrap_or(RestartPolicy::OnFailure),
+            max_restarts: s.max_restarts.unwrap_or(5),
+            backoff: s.backoff.map_or(Duration::from_millis(500), |d| d.0),
+            max_backoff: s.max_backoff.map_or(Duration::from_secs(30), |d| d.0),
+        };
+        let domain = domains[name].clone();
+        out.push(Service {
+            name: name.to_owned(),
+            command,
+            image: s.image.as_ref().map(|i| i.get_ref().clone()),
+            cwd,
+            env,
+            port,
+            url: format!("http://{domain}"),
+            domain,
+            depends_on,
+            health_check,
+            liveness,
+            restart,
+            stop_signal: s.stop_signal.map_or(libc::SIGTERM, |s| s.0),
+            stop_timeout: s.stop_timeout.map_or(Duration::from_secs(10), |d| d.0),
+        });
+    }
+    Ok(Config {
+        project: Project { name: project_name, domain, dir: dir.to_owned(), source: file.to_owned() },
+        services: out,
+    })
+}
+
+/// A Procfile (`name: command` lines) plus `.env` when present: no dependencies, no checks.
+pub fn resolve_procfile(
+    dir: &Path,
+    file: &Path,
+    text: &str,
+    ports: &mut dyn PortSource,
+) -> Result<Config, ConfigError> {
+    let name = name_from_dir(dir);
+    let domain = format!("{name}.localhost");
+    let dotenv_path = dir.join(".env");
+    let dotenv = match std::fs::read_to_string(&dotenv_path) {
+        Ok(text) => dotenv::parse(&text).map_err(|(line, m)| ConfigError {
+            file: dotenv_path.clone(),
+            line,
+            col: 1,
+            message: m,
+        })?,
+        Err(_) => Vec::new(),
+    };
+    let mut services = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        let trimmed = line.trim();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        let err = |m: String| ConfigError { file: file.to_owned(), line: index + 1, col: 1, message: m };
+        let (service, command) =
+            trimmed.split_once(':').ok_or_else(|| err("expected `name: command`".into()))?;
+        let service = service.trim();
+        check_label(service).map_err(|m| err(format!("service name {m}")))?;
+        if services.iter().any(|s: &Service| s.name == service) {
+            return Err(err(format!("service {service:?} defined twice")));
+        }
+        let command = command.trim();
+        if command.is_empty() {
+            return Err(err("command is empty".into()));
+        }
+        let port = ports.assign(&name, service).ok_or_else(|| err("no free port left to assign".into()))?;
+        let mut env = dotenv.clone();
+        env.push(("PORT".into(), port.to_string()));
+        let service_domain = default_domain(&name, &domain, service);
+        services.push(Service {
+            name: service.to_owned(),
+            command: Some(Command::Shell(command.to_owned())),
+            image: None,
+            cwd: dir.to_owned(),
+            env,
+            port,
+            url: format!("http://{service_domain}"),
+            domain: service_domain,
+            depends_on: Vec::new(),
+            health_check: None,
+            liveness: None,
+            restart: Restart {
+                policy: RestartPolicy::OnFailure,
+                max_restarts: 5,
+                backoff: Duration::from_millis(500),
+                max_backoff: Duration::from_secs(30),
+            },
+            stop_signal: libc::SIGTERM,
+            stop_timeout: Duration::from_secs(10),
+        });
+    }
+    if services.is_empty() {
+        return Err(ConfigError::whole_file(file, "no processes defined"));
+    }
+    Ok(Config {
+        project: Project { name, domain: domain.clone(), dir: dir.to_owned(), source: file.to_owned() },
+        services,
+    })
+}
+
+/// Topological order (dependencies first, otherwise by name); rejects missing names and cycles.
+fn start_order<'a>(
+    ctx: &Ctx,
+    services: &BTreeMap<&'a str, &Spanned<RawService>>,
+) -> Result<Vec<&'a str>, ConfigError> {
+    for (name, service) in services {
+        for (dep, _) in service.get_ref().depends_on.iter().flat_map(|d| d.0.iter()) {
+            if !services.contains_key(dep.get_ref().as_str()) {
+                return Err(ctx.err(
+                    dep.span().start,
+                    format!("{name:?} depends on unknown service {:?}", dep.get_ref()),
+                ));
+            }
+            if dep.get_ref() == name {
+                return Err(ctx.err(dep.span().start, format!("{name:?} depends on itself")));
+            }
+        }
+    }
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        New,
+        Visiting,
+        Done,
+    }
+    fn visit<'a>(
+        ctx: &Ctx,
+        services: &BTreeMap<&'a str, &Spanned<RawService>>,
+        name: &'a str,
+        marks: &mut HashMap<&'a str, Mark>,
+        path: &mut Vec<&'a str>,
+        order: &mut Vec<&'a str>,
+    ) -> Result<(), ConfigError> {
+        marks.insert(name, Mark::Visiting);
+        path.push(name);
+        for (dep, _) in services[name].get_ref().depends_on.iter().flat_map(|d| d.0.iter()) {
+            let (dep_name, _) = services.get_key_value(dep.get_ref().as_str()).expect("checked above");
+            match marks[dep_name] {
+                Mark::Done => {}
+                Mark::Visiting => {
+                    let start = path.iter().position(|n| n == dep_name).unwrap_or(0);
+                    let mut cycle: Vec<&str> = path[start..].to_vec();
+                    cycle.push(dep_name);
+                    return Err(
+                        ctx.err(dep.span().start, format!("dependency cycle: {}", cycle.join(" -> ")))
+                    );
+                }
+                Mark::New => visit(ctx, services, dep_name, marks, path, order)?,
+            }
+        }
+        path.pop();
+        marks.insert(name, Mark::Done);
+        order.push(name);
+        Ok(())
+    }
+    let mut marks: HashMap<&str, Mark> = services.keys().map(|k| (*k, Mark::New)).collect();
+    let mut order = Vec::new();
+    for name in services.keys() {
+        if marks[name] == Mark::New {
+            visit(ctx, services, name, &mut marks, &mut Vec::new(), &mut order)?;
+        }
+    }
+    Ok(order)
+}
+
+type Lookup<'a> = dyn Fn(&str, &str) -> Result<String, String> + 'a;
+
+fn check(ctx: &Ctx, spanned: &Spanned<RawCheck>, port: u16, lookup: &Lookup) -> Result<Check, ConfigError> {
+    let c = spanned.get_ref();
+    let at = spanned.span().start;
+    let kinds =
+        usize::from(c.tcp == Some(true)) + usize::from(c.http.is_some()) + usize::from(c.command.is_some());
+    if kinds != 1 {
+        return Err(ctx.err(at, "a check needs exactly one of tcp = true, http = \"/path\" or command"));
+    }
+    let probe = if let Some(path) = &c.http {
+        if !path.starts_with('/') {
+            return Err(ctx.err(at, format!("http path must start with '/', found {path:?}")));
+        }
+        Probe::Http { port, path: path.clone(), status: c.status }
+    } else if let Some(command) = &c.command {
+        Probe::Command { command: interpolate_command(ctx, command, lookup)? }
+    } else {
+        Probe::Tcp { port }
+    };
+    if c.status.is_some() && c.http.is_none() {
+        return Err(ctx.err(at, "status applies only to http checks"));
+    }
+    let timeout = c.timeout.map_or(Duration::from_secs(2), |d| d.0);
+    let interval = c.interval.map_or(Duration::from_secs(1), |d| d.0);
+    if interval.is_zero() || timeout.is_zero() {
+        return Err(ctx.err(at, "interval and timeout must be greater than zero"));
+    }
+    Ok(Check {
+        probe,
+        interval,
+        timeout,
+        retries: c.retries.unwrap_or(3).max(1),
+        start_period: c.start_period.map_or(Duration::ZERO, |d| d.0),
+    })
+}
+
+fn interpolate_command(
+    ctx: &Ctx,
+    command: &Spanned<RawCommand>,
+    lookup: &Lookup,
+) -> Result<Command, ConfigError> {
+    let at = command.span().start;
+    let sub = |text: &str| substitute(text, lookup).map_err(|(_, m)| ctx.err(at, m));
+    Ok(match command.get_ref() {
+        RawCommand::Shell(line) => {
+            let spanned = Spanned::new(command.span(), line.clone());
+            Command::Shell(interpolate(ctx, &spanned, lookup)?)
+        }
+        RawCommand::Argv(argv) => Command::Argv(argv.iter().map(|a| sub(a)).collect::<Result<_, _>>()?),
+    })
+}
+
+/// Substitutes in a string value; an error points at its `${` when the value is written as a
+/// plain string (no escapes before it), else at the value.
+fn interpolate(ctx: &Ctx, value: &Spanned<String>, lookup: &Lookup) -> Result<String, ConfigError> {
+    substitute(value.get_ref(), lookup).map_err(|(index, message)| {
+        let span = value.span();
+        let written = &ctx.text[span.start..span.end];
+        let quote_len = if written.starts_with("\"\"\"") || written.starts_with("'''") { 3 } else { 1 };
+        let body = written.get(quote_len..).unwrap_or("");
+        let exact = body.get(..index) == value.get_ref().get(..index);
+        ctx.err(if exact { span.start + quote_len + index } else { span.start }, message)
+    })
+}
+
+/// Replaces every `${services.<name>.<field>}`; other `${...}` are left for the shell.
+fn substitute(text: &str, lookup: &Lookup) -> Result<String, (usize, String)> {
+    const OPEN: &str = "${services.";
+    let mut out = String::new();
+    let mut rest = text;
+    let mut consumed = 0;
+    while let Some(start) = rest.find(OPEN) {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + OPEN.len()..];
+        let end = after.find('}').ok_or((consumed + start, "unclosed ${services.…}".to_owned()))?;
+        let reference = &after[..end];
+        let (service, field) = reference.split_once('.').ok_or((
+            consumed + start,
+            format!("expected ${{services.<name>.<field>}}, found ${{services.{reference}}}"),
+        ))?;
+        out.push_str(&lookup(service, field).map_err(|m| (consumed + start, m))?);
+        let advance = start + OPEN.len() + end + 1;
+        consumed += advance;
+        rest = &rest[advance..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// `web` and the service named after the project get the project's domain.
+pub fn default_domain(project: &str, project_domain: &str, service: &str) -> String {
+    if service == "web" || service == project {
+        project_domain.to_owned()
+    } else {
+        format!("{}.{project_domain}", service.replace('_', "-"))
+    }
+}
+
+/// Project and service names become DNS labels.
+fn check_label(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+        && !name.starts_with(['-', '_'])
+        && !name.ends_with(['-', '_']);
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{name:?} must be 1-63 lowercase letters, digits, '-' or '_', not at either end"))
+    }
+}
+
+fn check_domain(domain: &str) -> Result<(), String> {
+    if domain.len() <= 253 && domain.split('.').all(|l| check_label(l).is_ok() && !l.contains('_')) {
+        Ok(())
+    } else {
+        Err(format!("domain {domain:?} is not a valid lowercase host name"))
+    }
+}
+
+/// A project name from its directory: lowercase, anything else becomes '-'.
+fn name_from_dir(dir: &Path) -> String {
+    let base = dir.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
+    let mut name: String = base.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
+    name = name.trim_matches('-').chars().take(63).collect();
+    if name.is_empty() { "project".into() } else { name }
+}
+
+#[cfg(test)]
+mod tests;

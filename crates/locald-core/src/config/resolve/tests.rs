@@ -1,0 +1,222 @@
+use std::path::Path;
+
+use super::*;
+
+/// Ports handed out in order from 41000, so tests do not probe the machine.
+struct Fixed(u16);
+
+impl PortSource for Fixed {
+    fn assign(&mut self, _: &str, _: &str) -> Option<u16> {
+        self.0 += 1;
+        Some(self.0)
+    }
+}
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    let dir = std::env::temp_dir();
+    resolve_toml(&dir, Path::new("locald.toml"), text, &mut Fixed(41000))
+}
+
+fn error(text: &str) -> String {
+    parse(text).unwrap_err().to_string()
+}
+
+#[test]
+fn unknown_key_points_at_the_key() {
+    let text = "[services.web]\ncommand = \"x\"\nprot = 3\n";
+    assert!(error(text).starts_with("locald.toml:3:1: unknown field `prot`"), "{}", error(text));
+}
+
+#[test]
+fn bad_restart_value_points_at_the_value() {
+    let text = "[services.web]\ncommand = \"x\"\nrestart = \"sometimes\"\n";
+    let e = error(text);
+    assert!(e.starts_with("locald.toml:3:11: unknown variant `sometimes`"), "{e}");
+}
+
+#[test]
+fn bad_duration_and_signal() {
+    let e = error("[services.web]\ncommand = \"x\"\nstop_timeout = \"soon\"\n");
+    assert!(e.starts_with("locald.toml:3:16: invalid duration \"soon\""), "{e}");
+    let e = error("[services.web]\ncommand = \"x\"\nstop_signal = \"NOPE\"\n");
+    assert!(e.starts_with("locald.toml:3:15: unknown signal \"NOPE\""), "{e}");
+}
+
+#[test]
+fn syntax_error_has_position() {
+    let e = error("[services.web]\ncommand = \"x\n");
+    assert!(e.starts_with("locald.toml:2:"), "{e}");
+}
+
+#[test]
+fn missing_dependency_points_at_the_name() {
+    let text =
+        "[services.web]\ncommand = \"x\"\ndepends_on = [\"api\", \"db\"]\n[services.api]\ncommand = \"y\"\n";
+    assert_eq!(error(text), "locald.toml:3:22: \"web\" depends on unknown service \"db\"");
+}
+
+#[test]
+fn cycle_is_named_in_order() {
+    let text = "[services.a]\ncommand = \"x\"\ndepends_on = [\"b\"]\n\
+                [services.b]\ncommand = \"x\"\ndepends_on = [\"c\"]\n\
+                [services.c]\ncommand = \"x\"\ndepends_on = [\"a\"]\n";
+    assert_eq!(error(text), "locald.toml:9:15: dependency cycle: a -> b -> c -> a");
+}
+
+#[test]
+fn self_dependency() {
+    let text = "[services.a]\ncommand = \"x\"\ndepends_on = { a = \"started\" }\n";
+    assert_eq!(error(text), "locald.toml:3:16: \"a\" depends on itself");
+}
+
+#[test]
+fn healthy_condition_needs_a_check() {
+    let text =
+        "[services.a]\ncommand = \"x\"\ndepends_on = { b = \"healthy\" }\n[services.b]\ncommand = \"y\"\n";
+    assert_eq!(error(text), "locald.toml:3:16: condition healthy needs a health_check on service \"b\"");
+}
+
+#[test]
+fn interpolation_error_points_inside_the_string() {
+    let text = "[services.web]\ncommand = \"x\"\nenv = { API = \"at ${services.nope.url}\" }\n";
+    assert_eq!(error(text), "locald.toml:3:19: no service named \"nope\"");
+    let text = "[services.web]\ncommand = \"x ${services.web.colour}\"\n";
+    assert_eq!(
+        error(text),
+        "locald.toml:2:14: unknown field \"colour\" (expected port, url, host or domain)"
+    );
+}
+
+#[test]
+fn check_needs_one_kind() {
+    let text = "[services.web]\ncommand = \"x\"\nhealth_check = { interval = \"1s\" }\n";
+    assert!(error(text).starts_with("locald.toml:3:16: a check needs exactly one of"), "{}", error(text));
+}
+
+#[test]
+fn resolves_order_ports_env_domains_and_interpolation() {
+    let text = r#"
+[project]
+name = "shop"
+
+[services.web]
+command = "serve --api ${services.api.url}"
+port = 8080
+depends_on = ["api"]
+health_check = { http = "/health", status = 200 }
+
+[services.api]
+command = ["api", "--port", "${services.api.port}"]
+env = { DB = "${services.db.host}:${services.db.port}" }
+depends_on = { db = "completed_successfully" }
+health_check = { tcp = true, interval = "250ms", retries = 5 }
+restart = "always"
+stop_signal = "INT"
+stop_timeout = "3s"
+
+[services.db]
+command = "migrate"
+restart = "no"
+"#;
+    let config = parse(text).unwrap();
+    let names: Vec<&str> = config.services.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["db", "api", "web"]);
+    let (db, api, web) = (&config.services[0], &config.services[1], &config.services[2]);
+    assert_eq!(web.port, 8080);
+    assert_eq!(web.domain, "shop.localhost");
+    assert_eq!(api.domain, "api.shop.localhost");
+    assert_eq!(web.command, Some(Command::Shell(format!("serve --api http://127.0.0.1:{}", api.port))));
+    assert_eq!(api.command, Some(Command::Argv(vec!["api".into(), "--port".into(), api.port.to_string()])));
+    assert!(api.env.contains(&("DB".into(), format!("127.0.0.1:{}", db.port))));
+    assert_eq!(api.env.last(), Some(&("PORT".into(), api.port.to_string())));
+    assert_eq!(
+        api.depends_on,
+        vec![Dependency { name: "db".into(), condition: Condition::CompletedSuccessfully }]
+    );
+    assert_eq!(
+        web.depends_on[0].condition,
+        Condition::Healthy,
+        "a dependency with a check defaults to healthy"
+    );
+    assert_eq!(api.health_check.as_ref().unwrap().interval, Duration::from_millis(250));
+    assert_eq!(api.stop_signal, libc::SIGINT);
+    assert_eq!(api.restart.policy, RestartPolicy::Always);
+    assert_eq!(db.restart.policy, RestartPolicy::No);
+}
+
+#[test]
+fn project_name_defaults_to_directory_and_named_service_gets_project_domain() {
+    let dir = tempfile_dir("My Shop");
+    let config = resolve_toml(
+        &dir,
+        Path::new("locald.toml"),
+        "[services.my-shop]\ncommand = \"a\"\n[services.worker]\ncommand = \"b\"\n",
+        &mut Fixed(41000),
+    )
+    .unwrap();
+    assert_eq!(config.project.name, "my-shop");
+    assert_eq!(config.services[0].domain, "my-shop.localhost");
+    assert_eq!(config.services[1].domain, "worker.my-shop.localhost");
+}
+
+#[test]
+fn procfile_with_dotenv() {
+    let dir = tempfile_dir("procfile-app");
+    std::fs::write(dir.join(".env"), "GREETING=hi\n").unwrap();
+    let config = resolve_procfile(
+        &dir,
+        Path::new("Procfile"),
+        "web: python3 -m http.server $PORT\nworker: ./w\n",
+        &mut Fixed(41000),
+    )
+    .unwrap();
+    assert_eq!(config.services.len(), 2);
+    assert!(config.services[0].env.contains(&("GREETING".into(), "hi".into())));
+    let e =
+        resolve_procfile(&dir, Path::new("Procfile"), "web: a\nbroken line\n", &mut Fixed(1)).unwrap_err();
+    assert_eq!(e.to_string(), "Procfile:2:1: expected `name: command`");
+}
+
+#[test]
+fn backoff_doubles_and_caps() {
+    let restart = Restart {
+        policy: RestartPolicy::Always,
+        max_restarts: 10,
+        backoff: Duration::from_millis(100),
+        max_backoff: Duration::from_millis(500),
+    };
+    let delays: Vec<u128> = (0..5).map(|n| restart.delay(n).as_millis()).collect();
+    assert_eq!(delays, [100, 200, 400, 500, 500]);
+}
+
+fn tempfile_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("locald-core-test-{}", std::process::id())).join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn env_file_comes_before_env_and_port_last() {
+    let dir = tempfile_dir("envfile");
+    std::fs::write(dir.join("dev.env"), "A=from-file\nB=from-file\n").unwrap();
+    let text = "[services.web]\ncommand = \"x\"\nenv_file = \"dev.env\"\nenv = { B = \"from-toml\" }\n";
+    let config = resolve_toml(&dir, Path::new("locald.toml"), text, &mut Fixed(41000)).unwrap();
+    let env = &config.services[0].env;
+    let b = env.iter().rev().find(|(k, _)| k == "B").unwrap();
+    assert_eq!(b.1, "from-toml", "env overrides env_file (later wins)");
+    assert_eq!(env.last().unwrap().0, "PORT");
+    let missing = "[services.web]\ncommand = \"x\"\nenv_file = \"nope.env\"\n";
+    let e = resolve_toml(&dir, Path::new("locald.toml"), missing, &mut Fixed(41000)).unwrap_err();
+    assert!(e.to_string().starts_with("locald.toml:3:12: cannot read"), "{e}");
+    std::fs::write(dir.join("bad.env"), "OK=1\nnot a pair\n").unwrap();
+    let bad = "[services.web]\ncommand = \"x\"\nenv_file = \"bad.env\"\n";
+    let e = resolve_toml(&dir, Path::new("locald.toml"), bad, &mut Fixed(41000)).unwrap_err();
+    assert_eq!(e.line, 2);
+    assert!(e.file.ends_with("bad.env"));
+}
+
+#[test]
+fn image_and_command_together_are_refused() {
+    let e = error("[services.db]\ncommand = \"x\"\nimage = \"postgres\"\n");
+    assert_eq!(e, "locald.toml:3:9: set either command or image, not both");
+}

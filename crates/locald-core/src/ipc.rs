@@ -1,0 +1,250 @@
+//! The CLI ↔ daemon protocol: one JSON object per line, each wrapped in a [`Frame`] carrying
+//! the protocol version. A line longer than [`MAX_FRAME`] is refused before it is parsed.
+
+use std::io::{self, BufRead, Read, Write};
+use std::path::PathBuf;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Far above any real request or log line; keeps a broken or hostile peer from making the
+/// other side buffer without bound.
+pub const MAX_FRAME: usize = 1 << 20;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Frame<T> {
+    pub v: u32,
+    pub msg: T,
+}
+
+/// One per CLI command. Projects are named by their directory (canonicalised by the daemon).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Request {
+    /// Is the daemon there, and which version.
+    Ping,
+    /// Start (or attach to) the project in `dir`; streams `Progress` until `UpDone`/`Error`.
+    Up {
+        dir: PathBuf,
+    },
+    /// Stop a project's services and forget it.
+    Down {
+        dir: PathBuf,
+    },
+    /// All projects and their services.
+    Status,
+    /// Persisted log lines, interleaved by time; with `follow`, then streams new ones.
+    Logs {
+        dir: PathBuf,
+        services: Vec<String>,
+        follow: bool,
+        tail: Option<usize>,
+        since_micros: Option<u64>,
+    },
+    Start {
+        dir: PathBuf,
+        service: String,
+    },
+    Stop {
+        dir: PathBuf,
+        service: String,
+    },
+    Restart {
+        dir: PathBuf,
+        service: String,
+    },
+    /// The resolved configuration of a project (the running one, with its assigned ports).
+    ConfigShow {
+        dir: PathBuf,
+    },
+    /// Stop every project, then exit.
+    Shutdown,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Response {
+    Pong {
+        version: String,
+        pid: u32,
+    },
+    Progress {
+        service: String,
+        state: ServiceState,
+        detail: Option<String>,
+    },
+    /// `up` finished: every service reached its goal.
+    UpDone {
+        project: ProjectStatus,
+        attached: bool,
+        /// Attached to a project whose config file changed since it started.
+        config_changed: bool,
+    },
+    /// `up` failed on a service; `last_lines` are the end of its log.
+    UpFailed {
+        service: String,
+        message: String,
+        last_lines: Vec<String>,
+    },
+    Status {
+        projects: Vec<ProjectStatus>,
+    },
+    Log(LogLine),
+    Config(Box<Config>),
+    Ok,
+    Error {
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServiceState {
+    /// Waiting for its dependencies.
+    Waiting,
+    Starting,
+    Running,
+    Healthy,
+    Unhealthy,
+    /// Exited with status 0 and is not restarted (a one-shot job).
+    Completed,
+    /// Waiting out the backoff delay before the next restart.
+    BackingOff,
+    /// Gave up: exited and no restart is left, or never got ready.
+    Failed,
+    Stopped,
+}
+
+impl ServiceState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceState::Waiting => "waiting",
+            ServiceState::Starting => "starting",
+            ServiceState::Running => "running",
+            ServiceState::Healthy => "healthy",
+            ServiceState::Unhealthy => "unhealthy",
+            ServiceState::Completed => "completed",
+            ServiceState::BackingOff => "backing-off",
+            ServiceState::Failed => "failed",
+            ServiceState::Stopped => "stopped",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProjectStatus {
+    pub name: String,
+    pub dir: PathBuf,
+    pub domain: String,
+    pub services: Vec<ServiceStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    pub name: String,
+    pub state: ServiceState,
+    pub pid: Option<u32>,
+    pub port: u16,
+    pub url: String,
+    /// `None` when the service has no health check.
+    pub healthy: Option<bool>,
+    pub restarts: u32,
+    /// Since the current process started.
+    pub uptime_secs: Option<u64>,
+    pub exit_code: Option<i32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLine {
+    pub service: String,
+    /// Microseconds since the Unix epoch, when the daemon read the line.
+    pub micros: u64,
+    /// `out` or `err`.
+    pub stream: String,
+    pub line: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("message larger than {MAX_FRAME} bytes refused")]
+    TooLarge,
+    #[error(
+        "protocol version {0} (this side speaks {PROTOCOL_VERSION}); restart the daemon with `locald server stop`"
+    )]
+    Version(u32),
+    #[error("malformed message: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
+    let mut line = serde_json::to_vec(&Frame { v: PROTOCOL_VERSION, msg }).expect("IPC types serialize");
+    line.push(b'\n');
+    line
+}
+
+/// Parses one line (without its newline), checking size and version.
+pub fn decode<T: DeserializeOwned>(line: &[u8]) -> Result<T, FrameError> {
+    if line.len() > MAX_FRAME {
+        return Err(FrameError::TooLarge);
+    }
+    #[derive(Deserialize)]
+    struct Version {
+        v: u32,
+    }
+    let Version { v } = serde_json::from_slice(line)?;
+    if v != PROTOCOL_VERSION {
+        return Err(FrameError::Version(v));
+    }
+    Ok(serde_json::from_slice::<Frame<T>>(line)?.msg)
+}
+
+pub fn write<T: Serialize>(writer: &mut impl Write, msg: &T) -> Result<(), FrameError> {
+    writer.write_all(&encode(msg))?;
+    writer.flush()?;
+    Ok(())
+}
+
+/// Reads one frame; `None` at a clean end of stream. Reads at most `MAX_FRAME + 1` bytes.
+pub fn read<T: DeserializeOwned>(reader: &mut impl BufRead) -> Result<Option<T>, FrameError> {
+    let mut line = Vec::new();
+    reader.take(MAX_FRAME as u64 + 1).read_until(b'\n', &mut line)?;
+    if line.is_empty() {
+        return Ok(None);
+    }
+    if line.last() != Some(&b'\n') {
+        return Err(if line.len() > MAX_FRAME {
+            FrameError::TooLarge
+        } else {
+            FrameError::Io(io::ErrorKind::UnexpectedEof.into())
+        });
+    }
+    line.pop();
+    decode(&line).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_version_check() {
+        let bytes = encode(&Request::Up { dir: "/p".into() });
+        let got: Option<Request> = read(&mut &bytes[..]).unwrap();
+        assert!(matches!(got, Some(Request::Up { dir }) if dir == std::path::Path::new("/p")));
+        let other = br#"{"v":99,"msg":{"type":"ping"}}"#;
+        assert!(matches!(decode::<Request>(other), Err(FrameError::Version(99))));
+    }
+
+    #[test]
+    fn oversized_line_is_refused_without_reading_it_all() {
+        let big = vec![b'x'; MAX_FRAME * 3];
+        let mut reader = &big[..];
+        assert!(matches!(read::<Request>(&mut reader), Err(FrameError::TooLarge)));
+        assert_eq!(reader.len(), big.len() - MAX_FRAME - 1, "read no further than the cap");
+    }
+}

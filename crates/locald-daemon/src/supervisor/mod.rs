@@ -1,0 +1,271 @@
+//! All projects of one user: starting them from their config, answering status, stopping
+//! them in reverse dependency order, and remembering which are up so that a daemon started
+//! after a crash clears the old processes and brings the same projects up again.
+
+pub mod cgroup;
+pub mod output;
+pub mod process;
+pub mod service;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{broadcast, oneshot};
+
+use locald_core::config::{self, Config, ConfigError, PortSource, ports};
+use locald_core::ipc::{ProjectStatus, ServiceState, ServiceStatus};
+
+use crate::logs::LogFile;
+use output::Sink;
+use service::{Control, Handle};
+
+pub struct Project {
+    pub config: Config,
+    pub services: Vec<Handle>,
+    pub log_dir: PathBuf,
+    pub live: broadcast::Sender<locald_core::ipc::LogLine>,
+    /// Of the config file as it was at start, to tell a user attaching that it changed.
+    digest: u64,
+}
+
+impl Project {
+    /// The config file differs from the one the project was started with.
+    pub fn config_changed(&self) -> bool {
+        digest(&self.config.project.source) != self.digest
+    }
+
+    pub fn handle(&self, name: &str) -> Option<&Handle> {
+        self.services.iter().find(|h| h.service.name == name)
+    }
+
+    pub fn status(&self) -> ProjectStatus {
+        ProjectStatus {
+            name: self.config.project.name.clone(),
+            dir: self.config.project.dir.clone(),
+            domain: self.config.project.domain.clone(),
+            services: self
+                .services
+                .iter()
+                .map(|h| {
+                    let s = h.status.borrow();
+                    ServiceStatus {
+                        name: h.service.name.clone(),
+                        state: s.state,
+                        pid: s.pid,
+                        port: h.service.port,
+                        url: h.service.url.clone(),
+                        healthy: s.healthy,
+                        restarts: s.restarts,
+                        uptime_secs: s.since.map(|t| t.elapsed().as_secs()),
+                        exit_code: s.exit.map(process::Exit::code),
+                    }
+                })
+                .collect(),
+        }
+    }
+}
+
+pub struct Supervisor {
+    state_dir: PathBuf,
+    /// Identifies this state dir in the environment of every process started from it.
+    owner: String,
+    projects: Mutex<BTreeMap<PathBuf, Arc<Project>>>,
+    cgroups: Option<Arc<cgroup::Cgroups>>,
+}
+
+/// Free ports that no other project of this daemon holds.
+struct DaemonPorts(Vec<u16>);
+
+impl PortSource for DaemonPorts {
+    fn assign(&mut self, project: &str, service: &str) -> Option<u16> {
+        let port = ports::find_free(project, service, &|p| self.0.contains(&p))?;
+        self.0.push(port);
+        Some(port)
+    }
+}
+
+impl Supervisor {
+    pub fn new(state_dir: PathBuf) -> Self {
+        let owner = format!("{:016x}", fnv(state_dir.as_os_str().as_encoded_bytes()));
+        let cgroups = cgroup::Cgroups::detect(&owner).map(Arc::new);
+        Self { state_dir, owner, projects: Mutex::new(BTreeMap::new()), cgroups }
+    }
+
+    fn projects_file(&self) -> PathBuf {
+        self.state_dir.join("projects.json")
+    }
+
+    pub fn log_dir(&self, project_dir: &Path) -> PathBuf {
+        self.state_dir.join("logs").join(format!("{:016x}", fnv(project_dir.as_os_str().as_encoded_bytes())))
+    }
+
+    /// After a crash of the previous daemon: kill what it left running, then bring its projects
+    /// up again. Returns the projects that could not be restored, with why.
+    pub fn recover(&self) -> Vec<(PathBuf, String)> {
+        if let Some(cgroups) = &self.cgroups {
+            cgroups.kill_leftovers();
+        }
+        let killed = process::kill_leftovers(&self.owner);
+        if killed > 0 {
+            eprintln!("locald: stopped {killed} process(es) left by a previous daemon");
+        }
+        let dirs: Vec<PathBuf> = std::fs::read(self.projects_file())
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default();
+        let mut failed = Vec::new();
+        for dir in dirs {
+            if let Err(e) = self.up(&dir) {
+                failed.push((dir, e.to_string()));
+            }
+        }
+        self.persist();
+        failed
+    }
+
+    fn persist(&self) {
+        let dirs: Vec<PathBuf> =
+            self.projects.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect();
+        let tmp = self.state_dir.join("projects.json.tmp");
+        let json = serde_json::to_vec(&dirs).expect("paths serialize");
+        if std::fs::write(&tmp, json).and_then(|()| std::fs::rename(&tmp, self.projects_file())).is_err() {
+            eprintln!("locald: cannot record the running projects in {}", self.state_dir.display());
+        }
+    }
+
+    pub fn get(&self, dir: &Path) -> Option<Arc<Project>> {
+        self.projects.lock().unwrap_or_else(|e| e.into_inner()).get(dir).cloned()
+    }
+
+    pub fn all(&self) -> Vec<Arc<Project>> {
+        self.projects.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
+    }
+
+    /// The resolved config of `dir` without starting anything (ports as they would be now).
+    pub fn load(&self, dir: &Path) -> Result<Config, ConfigError> {
+        config::load(dir, &mut DaemonPorts(self.ports_in_use()))
+    }
+
+    fn ports_in_use(&self) -> Vec<u16> {
+        self.all().iter().flat_map(|p| p.config.services.iter().map(|s| s.port)).collect()
+    }
+
+    /// Starts the project in `dir`, or returns the running one (`true` = it was running).
+    pub fn up(&self, dir: &Path) -> Result<(Arc<Project>, bool), UpError> {
+        let dir = dir.canonicalize().map_err(|e| UpError::Dir(dir.to_owned(), e))?;
+        // One lock from lookup to insert, and nothing in between awaits: two `up`s of the same
+        // project can never both start it.
+        let mut projects = self.projects.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(project) = projects.get(&dir) {
+            return Ok((project.clone(), true));
+        }
+        let taken = projects.values().flat_map(|p| p.config.services.iter().map(|s| s.port)).collect();
+        let config = config::load(&dir, &mut DaemonPorts(taken))?;
+        if let Some(image) = config.services.iter().find(|s| s.image.is_some()) {
+            return Err(UpError::Unsupported(format!(
+                "service {:?}: container images are not run by this daemon yet",
+                image.name
+            )));
+        }
+        let log_dir = self.log_dir(&dir);
+        let (live, _) = broadcast::channel(4096);
+        let mut sinks = Vec::new();
+        for service in &config.services {
+            let file =
+                LogFile::open(&log_dir, &service.name).map_err(|e| UpError::Logs(log_dir.clone(), e))?;
+            sinks.push(Sink {
+                file: Arc::new(Mutex::new(file)),
+                live: live.clone(),
+                service: service.name.clone(),
+            });
+        }
+        let mut handles: Vec<Handle> = Vec::new();
+        let mut by_name: HashMap<String, Handle> = HashMap::new();
+        for (service, sink) in config.services.iter().zip(sinks) {
+            // Start order puts dependencies first, so their handles exist.
+            let deps =
+                service.depends_on.iter().map(|d| (d.clone(), by_name[&d.name].status.clone())).collect();
+            let key = log_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let slot = self.cgroups.clone().map(|c| (c, format!("{key}.{}", service.name)));
+            let handle = service::start(service.clone(), deps, sink, self.owner.clone(), slot);
+            by_name.insert(service.name.clone(), handle.clone());
+            handles.push(handle);
+        }
+        let digest = digest(&config.project.source);
+        let project = Arc::new(Project { config, services: handles, log_dir, live, digest });
+        projects.insert(dir, project.clone());
+        drop(projects);
+        self.persist();
+        Ok((project, false))
+    }
+
+    /// Stops and forgets the project; false when it was not running.
+    pub async fn down(&self, dir: &Path) -> bool {
+        let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_owned());
+        let project = self.projects.lock().unwrap_or_else(|e| e.into_inner()).remove(&dir);
+        self.persist();
+        match project {
+            Some(project) => {
+                stop_all(project).await;
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub async fn shutdown(&self) {
+        let projects: Vec<Arc<Project>> =
+            std::mem::take(&mut *self.projects.lock().unwrap_or_else(|e| e.into_inner()))
+                .into_values()
+                .collect();
+        self.persist();
+        let stops: Vec<_> = projects.into_iter().map(|p| tokio::spawn(stop_all(p))).collect();
+        for stop in stops {
+            let _ = stop.await;
+        }
+        if let Some(cgroups) = &self.cgroups {
+            cgroups.remove();
+        }
+    }
+}
+
+/// Sends a control message and waits for it to be carried out.
+pub async fn control(handle: &Handle, make: fn(oneshot::Sender<()>) -> Control) -> bool {
+    let (ack, done) = oneshot::channel();
+    handle.control.send(make(ack)).is_ok() && done.await.is_ok()
+}
+
+/// Dependents first, so nothing loses a dependency while it still runs.
+async fn stop_all(project: Arc<Project>) {
+    for handle in project.services.iter().rev() {
+        let state = handle.status.borrow().state;
+        if !matches!(state, ServiceState::Stopped) {
+            control(handle, Control::Stop).await;
+        }
+    }
+}
+
+fn digest(path: &Path) -> u64 {
+    fnv(&std::fs::read(path).unwrap_or_default())
+}
+
+fn fnv(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in bytes {
+        hash = (hash ^ u64::from(*byte)).wrapping_mul(0x100_0000_01b3);
+    }
+    hash
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpError {
+    #[error("{0}: {1}")]
+    Dir(PathBuf, std::io::Error),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("cannot open logs in {0}: {1}")]
+    Logs(PathBuf, std::io::Error),
+}

@@ -1,0 +1,208 @@
+//! One service process: spawned as the leader of its own process group, watched through a
+//! pidfd, and reaped only after its whole group got SIGKILL. Holding the unreaped leader keeps
+//! its pid (= the group id) from being recycled, so a signal to the group can never reach an
+//! unrelated process.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::process::Stdio;
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, killpg};
+use nix::sys::wait::{WaitStatus, waitpid};
+use nix::unistd::Pid;
+use tokio::io::unix::AsyncFd;
+use tokio::net::unix::pipe;
+
+use locald_core::config::Service;
+
+use super::cgroup::ServiceCgroup;
+
+/// Every process the daemon starts carries this variable: `<owner>` names the state dir of
+/// the daemon that started it, so a later daemon on the same state can find leftovers of a
+/// killed predecessor (even ones that left the process group) and nothing else.
+pub const OWNER_VAR: &str = "LOCALD_OWNER";
+
+pub struct Running {
+    pub pid: u32,
+    pidfd: AsyncFd<OwnedFd>,
+    cgroup: Option<ServiceCgroup>,
+}
+
+/// The read ends of a service's stdout and stderr.
+pub struct Output {
+    pub stdout: pipe::Receiver,
+    pub stderr: pipe::Receiver,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Code(i32),
+    Signal(i32),
+}
+
+impl Exit {
+    pub fn success(self) -> bool {
+        self == Exit::Code(0)
+    }
+
+    pub fn describe(self) -> String {
+        match self {
+            Exit::Code(code) => format!("exited with status {code}"),
+            Exit::Signal(sig) => format!("killed by signal {sig}"),
+        }
+    }
+
+    pub fn code(self) -> i32 {
+        match self {
+            Exit::Code(code) => code,
+            Exit::Signal(sig) => 128 + sig,
+        }
+    }
+}
+
+pub fn spawn(service: &Service, owner: &str, cgroup: Option<ServiceCgroup>) -> io::Result<(Running, Output)> {
+    let command = service.command.as_ref().ok_or_else(|| io::Error::other("service has no command"))?;
+    let argv = command.argv();
+    let mut cmd = std::process::Command::new(&argv[0]);
+    cmd.args(&argv[1..])
+        .current_dir(&service.cwd)
+        .envs(service.env.iter().map(|(k, v)| (k, v)))
+        .env(OWNER_VAR, owner)
+        .env_remove(crate::server::READY_FD_VAR)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    if let Some(cgroup) = &cgroup {
+        let procs = cgroup.procs_fd();
+        // SAFETY: between fork and exec the closure only calls write(2), which is
+        // async-signal-safe, on an fd that stays open in the parent until spawn returns.
+        unsafe {
+            cmd.pre_exec(move || {
+                // "0" = the writing process: the child joins before it can fork anything.
+                if libc::write(procs, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    let mut child = cmd.spawn()?;
+    let pid = child.id();
+    let pidfd = pidfd_open(pid)?;
+    let stdout = pipe::Receiver::from_owned_fd(OwnedFd::from(child.stdout.take().expect("piped")))?;
+    let stderr = pipe::Receiver::from_owned_fd(OwnedFd::from(child.stderr.take().expect("piped")))?;
+    // The pid is reaped by `wait` below, not through `child`.
+    drop(child);
+    // SAFETY: an OwnedFd is open, always returns the same raw fd, and is closed only when the
+    // AsyncFd owning it is dropped.
+    let pidfd = unsafe { AsyncFd::register(pidfd) }.map_err(io::Error::from)?;
+    Ok((Running { pid, pidfd, cgroup }, Output { stdout, stderr }))
+}
+
+impl Running {
+    /// Waits until the leader exits, kills what is left of its group, then reaps it.
+    pub async fn wait(&self) -> Exit {
+        loop {
+            match self.pidfd.readable().await {
+                Ok(mut guard) => {
+                    guard.retain_ready();
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+        let _ = killpg(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
+        if let Some(cgroup) = &self.cgroup {
+            cgroup.kill();
+        }
+        let exit = loop {
+            match waitpid(Pid::from_raw(self.pid as i32), None) {
+                Ok(WaitStatus::Exited(_, code)) => break Exit::Code(code),
+                Ok(WaitStatus::Signaled(_, sig, _)) => break Exit::Signal(sig as i32),
+                Ok(_) => continue,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => break Exit::Signal(libc::SIGKILL),
+            }
+        };
+        if let Some(cgroup) = &self.cgroup {
+            cgroup.remove().await;
+        }
+        exit
+    }
+
+    /// Sends `signal` to the whole group. Valid until [`wait`](Self::wait) has returned.
+    pub fn signal_group(&self, signal: i32) {
+        if let Ok(signal) = Signal::try_from(signal) {
+            let _ = killpg(Pid::from_raw(self.pid as i32), signal);
+        }
+        if signal == libc::SIGKILL
+            && let Some(cgroup) = &self.cgroup
+        {
+            cgroup.kill();
+        }
+    }
+
+    /// Whether the service runs in its own cgroup (shown by `status`).
+    pub fn has_cgroup(&self) -> bool {
+        self.cgroup.is_some()
+    }
+}
+
+fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1; no memory is passed.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this fd to us; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// SIGKILLs every process of this user that carries `OWNER_VAR=<owner>`: leftovers of a daemon
+/// that was killed. Each target is pinned with a pidfd and checked again before the signal, so
+/// a pid recycled in between is left alone. Returns how many were killed.
+pub fn kill_leftovers(owner: &str) -> usize {
+    let marker = format!("{OWNER_VAR}={owner}");
+    let me = std::process::id();
+    let mut killed = 0;
+    let mut victims = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return 0 };
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        if pid == me || !carries(pid, &marker) {
+            continue;
+        }
+        let Ok(pidfd) = pidfd_open(pid) else { continue };
+        if !carries(pid, &marker) {
+            continue;
+        }
+        // SAFETY: pidfd_send_signal with a valid pidfd, a signal number, a null siginfo and no flags.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                pidfd.as_raw_fd(),
+                libc::SIGKILL,
+                std::ptr::null::<u8>(),
+                0,
+            )
+        };
+        if rc == 0 {
+            killed += 1;
+            victims.push(pidfd);
+        }
+    }
+    // Wait for them to be gone, so their ports are free again when the projects come back.
+    for pidfd in victims {
+        let mut fds = [nix::poll::PollFd::new(pidfd.as_fd(), nix::poll::PollFlags::POLLIN)];
+        let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(2000u16));
+    }
+    killed
+}
+
+fn carries(pid: u32, marker: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .is_ok_and(|env| env.split(|b| *b == 0).any(|var| var == marker.as_bytes()))
+}

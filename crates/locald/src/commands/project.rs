@@ -1,0 +1,33 @@
+//! `down`, `start`, `stop`, `restart`: one request, one answer.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use locald_core::ipc::Request;
+
+use super::client::{Client, project_dir};
+
+pub enum Action {
+    Start,
+    Stop,
+    Restart,
+}
+
+pub fn down(dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let dir = project_dir(dir)?;
+    Client::call(&Request::Down { dir: dir.clone() })?;
+    println!("stopped {}", dir.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn control(dir: &Path, service: String, action: Action) -> anyhow::Result<ExitCode> {
+    let dir = project_dir(Some(dir.to_owned()))?;
+    let (request, done) = match action {
+        Action::Start => (Request::Start { dir, service: service.clone() }, "started"),
+        Action::Stop => (Request::Stop { dir, service: service.clone() }, "stopped"),
+        Action::Restart => (Request::Restart { dir, service: service.clone() }, "restarted"),
+    };
+    Client::call(&request)?;
+    println!("{done} {service}");
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,61 @@
+//! `locald status`: every project's services as a table, or JSON.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use locald_core::ipc::{Request, Response, ServiceState};
+
+use super::client::Client;
+
+pub fn run(json: bool) -> anyhow::Result<ExitCode> {
+    let Response::Status { projects } = Client::call(&Request::Status)? else {
+        anyhow::bail!("unexpected answer from the daemon");
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&projects)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if projects.is_empty() {
+        println!("no projects running");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let tty = std::io::stdout().is_terminal();
+    println!(
+        "{:<14} {:<14} {:<12} {:>7} {:>5}  {:<36} {:<9} {:>8} {:>7}",
+        "PROJECT", "SERVICE", "STATE", "PID", "PORT", "URL", "HEALTH", "RESTARTS", "UPTIME"
+    );
+    for project in &projects {
+        for s in &project.services {
+            let health = match s.healthy {
+                None => "-",
+                Some(true) => "healthy",
+                Some(false) => "unhealthy",
+            };
+            let pid = s.pid.map_or("-".into(), |p| p.to_string());
+            let uptime = s.uptime_secs.map_or("-".into(), |u| {
+                humantime::format_duration(std::time::Duration::from_secs(u)).to_string()
+            });
+            // Pad before colouring: escape codes would upset the column widths.
+            let state = paint(tty, s.state, &format!("{:<12}", s.state.as_str()));
+            println!(
+                "{:<14} {:<14} {state} {pid:>7} {:>5}  {:<36} {health:<9} {:>8} {uptime:>7}",
+                project.name, s.name, s.port, s.url, s.restarts
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Colours a state on a terminal; plain text otherwise.
+pub fn paint(tty: bool, state: ServiceState, text: &str) -> String {
+    if !tty {
+        return text.to_owned();
+    }
+    let code = match state {
+        ServiceState::Healthy | ServiceState::Running | ServiceState::Completed => "32",
+        ServiceState::Failed | ServiceState::Unhealthy => "31",
+        ServiceState::BackingOff | ServiceState::Starting | ServiceState::Waiting => "33",
+        ServiceState::Stopped => "90",
+    };
+    format!("\x1b[{code}m{text}\x1b[0m")
+}

@@ -1,0 +1,87 @@
+//! `locald up`: progress per service (one line each, redrawn in place on a terminal, appended
+//! otherwise), then the URLs; on failure, the failing service's last log lines and a non-zero
+//! exit.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use locald_core::ipc::{Request, Response, ServiceState};
+
+use super::client::{Client, project_dir};
+use super::status::paint;
+
+pub fn run(dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let dir = project_dir(dir)?;
+    let mut board = Board { tty: std::io::stdout().is_terminal(), rows: Vec::new(), drawn: 0 };
+    let mut client = Client::connect()?;
+    client.send(&Request::Up { dir })?;
+    loop {
+        match client.next()? {
+            Response::Progress { service, state, detail } => board.update(service, state, detail),
+            Response::UpDone { project, attached, config_changed } => {
+                if attached {
+                    println!("{} was already up", project.name);
+                }
+                if config_changed {
+                    println!(
+                        "note: {} changed since {} started; `locald down` then `locald up` applies it",
+                        locald_core::config::FILE_NAME,
+                        project.name
+                    );
+                }
+                println!("{} is ready:", project.name);
+                for s in &project.services {
+                    println!("  {:<16} {:<40} (direct: http://127.0.0.1:{})", s.name, s.url, s.port);
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            Response::UpFailed { service, message, last_lines } => {
+                eprintln!("locald: service {service} failed: {message}");
+                if !last_lines.is_empty() {
+                    eprintln!("last lines of {service}:");
+                    for line in last_lines {
+                        eprintln!("  {line}");
+                    }
+                }
+                return Ok(ExitCode::FAILURE);
+            }
+            Response::Error { message } => anyhow::bail!("{message}"),
+            other => anyhow::bail!("unexpected answer from the daemon: {other:?}"),
+        }
+    }
+}
+
+/// One row per service. On a terminal the rows are redrawn in place; otherwise every change
+/// is a new line, which is what logs and CI want.
+struct Board {
+    tty: bool,
+    rows: Vec<(String, String)>,
+    drawn: usize,
+}
+
+impl Board {
+    fn update(&mut self, service: String, state: ServiceState, detail: Option<String>) {
+        let mut text = paint(self.tty, state, state.as_str());
+        if let Some(detail) = detail.filter(|_| state != ServiceState::Running) {
+            text.push_str(&format!(" ({detail})"));
+        }
+        if !self.tty {
+            println!("{service:<16} {text}");
+            return;
+        }
+        match self.rows.iter_mut().find(|(name, _)| *name == service) {
+            Some(row) => row.1 = text,
+            None => self.rows.push((service, text)),
+        }
+        let mut out = std::io::stdout().lock();
+        if self.drawn > 0 {
+            let _ = write!(out, "\x1b[{}A", self.drawn);
+        }
+        for (name, text) in &self.rows {
+            let _ = writeln!(out, "\x1b[2K{name:<16} {text}");
+        }
+        let _ = out.flush();
+        self.drawn = self.rows.len();
+    }
+}

@@ -1,0 +1,252 @@
+//! Every project command against a real daemon: up (and attaching), status, logs, stop, start,
+//! restart, down, several projects at once, server start/stop.
+
+use std::os::unix::fs::PermissionsExt;
+
+use locald_tests::daemon::{Daemon, pids_with_arg, sleep_token, wait_pids};
+use locald_tests::text;
+
+/// A service listening on its assigned port (python's http.server) with a tcp health check,
+/// and a plain worker that depends on it.
+fn web_and_worker(token: &str) -> String {
+    format!(
+        r#"
+[services.web]
+command = "exec python3 -m http.server --bind 127.0.0.1 $PORT"
+health_check = {{ tcp = true, interval = "100ms", retries = 50 }}
+stop_timeout = "2s"
+
+[services.worker]
+command = ["sh", "-c", "echo worker sees $WEB; exec sleep {token}"]
+env = {{ WEB = "${{services.web.url}}" }}
+depends_on = ["web"]
+stop_timeout = "2s"
+"#
+    )
+}
+
+#[test]
+fn up_status_logs_stop_start_restart_down() {
+    let daemon = Daemon::new();
+    let token = sleep_token();
+    let dir = daemon.project("shop", &web_and_worker(&token));
+    let dir_arg = dir.to_str().unwrap();
+
+    let up = daemon.ok(&["up", dir_arg]);
+    assert!(up.contains("shop is ready"), "{up}");
+    let web = daemon.service("shop", "web");
+    assert_eq!(web["state"], "healthy");
+    assert_eq!(web["healthy"], true);
+    let port = web["port"].as_u64().unwrap() as u16;
+    // The health check passed, so the assigned port really serves.
+    std::net::TcpStream::connect(("127.0.0.1", port)).expect("web listens on its assigned port");
+    let worker = daemon.service("shop", "worker");
+    assert_eq!(worker["state"], "running");
+    assert_eq!(worker["url"], "http://worker.shop.localhost");
+    assert_eq!(wait_pids(&token, 1), vec![worker["pid"].as_i64().unwrap() as i32]);
+
+    // Interpolated URL reached the worker; logs are prefixed by service.
+    let logs = daemon.ok(&["logs", "-C", dir_arg, "worker"]);
+    assert!(logs.contains(&format!("worker | worker sees http://127.0.0.1:{port}")), "{logs}");
+    let tail = daemon.ok(&["logs", "-C", dir_arg, "--tail", "1", "worker"]);
+    assert_eq!(tail.lines().count(), 1, "{tail}");
+    let future = daemon.ok(&["logs", "-C", dir_arg, "--since", "2999-01-01T00:00:00Z"]);
+    assert_eq!(future, "");
+    let recent = daemon.ok(&["logs", "-C", dir_arg, "--since", "10m", "worker"]);
+    assert!(recent.contains("worker sees"), "{recent}");
+    let out = daemon.run(&["logs", "-C", dir_arg, "--since", "yesterday-ish"]);
+    assert!(!out.status.success() && text(&out).lines().count() == 1, "{}", text(&out));
+    let stamped = daemon.ok(&["logs", "-C", dir_arg, "-t", "--tail", "1", "worker"]);
+    assert!(stamped.starts_with("20") && stamped.contains('T'), "{stamped}");
+
+    // A second `up` attaches instead of starting a second instance.
+    let again = daemon.ok(&["up", dir_arg]);
+    assert!(again.contains("already up"), "{again}");
+    assert_eq!(pids_with_arg(&token).len(), 1, "up twice must not duplicate");
+
+    daemon.ok(&["stop", "-C", dir_arg, "worker"]);
+    assert_eq!(daemon.service("shop", "worker")["state"], "stopped");
+    assert!(pids_with_arg(&token).is_empty(), "stop leaves no process");
+
+    daemon.ok(&["start", "-C", dir_arg, "worker"]);
+    let started = locald_tests::wait_for(std::time::Duration::from_secs(10), || {
+        (daemon.service("shop", "worker")["state"] == "running").then_some(())
+    });
+    assert!(started.is_some(), "worker did not start again");
+    let first = wait_pids(&token, 1);
+
+    daemon.ok(&["restart", "-C", dir_arg, "worker"]);
+    let restarted = locald_tests::wait_for(std::time::Duration::from_secs(10), || {
+        let pids = pids_with_arg(&token);
+        (pids.len() == 1 && pids != first).then_some(())
+    });
+    assert!(restarted.is_some(), "restart gives exactly one new process");
+    assert_eq!(daemon.service("shop", "worker")["restarts"], 1);
+
+    let out = daemon.run(&["stop", "-C", dir_arg, "nope"]);
+    assert!(!out.status.success() && text(&out).contains("no service \"nope\""), "{}", text(&out));
+
+    daemon.ok(&["down", dir_arg]);
+    assert_eq!(daemon.status(), serde_json::json!([]));
+    assert!(pids_with_arg(&token).is_empty(), "down leaves no process");
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "web is gone");
+    // Logs outlive the project.
+    assert!(daemon.ok(&["logs", "-C", dir_arg, "worker"]).contains("worker sees"));
+}
+
+#[test]
+fn two_projects_run_side_by_side_with_their_own_ports_and_domains() {
+    let daemon = Daemon::new();
+    let (t1, t2) = (sleep_token(), sleep_token());
+    let a = daemon.project("alpha", &web_and_worker(&t1));
+    let b = daemon.project("beta", &web_and_worker(&t2));
+    daemon.ok(&["up", a.to_str().unwrap()]);
+    daemon.ok(&["up", b.to_str().unwrap()]);
+    let (wa, wb) = (daemon.service("alpha", "web"), daemon.service("beta", "web"));
+    assert_ne!(wa["port"], wb["port"]);
+    assert_eq!(wa["url"], "http://alpha.localhost");
+    assert_eq!(wb["url"], "http://beta.localhost");
+    let table = daemon.ok(&["status"]);
+    assert!(table.contains("alpha") && table.contains("beta"), "{table}");
+    daemon.ok(&["down", a.to_str().unwrap()]);
+    assert!(pids_with_arg(&t1).is_empty());
+    assert_eq!(wait_pids(&t2, 1).len(), 1, "the other project keeps running");
+}
+
+#[test]
+fn failing_service_fails_up_with_its_last_lines() {
+    let daemon = Daemon::new();
+    let dir = daemon.project(
+        "broken",
+        "[services.web]\ncommand = \"echo cannot bind: port in use >&2; exit 3\"\nrestart = \"no\"\n\
+         health_check = { tcp = true, interval = \"100ms\" }\n",
+    );
+    let out = daemon.run(&["up", dir.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("service web failed: exited with status 3"), "{stderr}");
+    assert!(stderr.contains("cannot bind: port in use"), "{stderr}");
+}
+
+#[test]
+fn procfile_project_runs() {
+    let daemon = Daemon::new();
+    let dir = daemon.root.join("projects/procs");
+    std::fs::create_dir_all(&dir).unwrap();
+    let token = sleep_token();
+    std::fs::write(dir.join("Procfile"), format!("worker: echo hello $GREETING; exec sleep {token}\n"))
+        .unwrap();
+    std::fs::write(dir.join(".env"), "GREETING=from-dotenv\n").unwrap();
+    daemon.ok(&["up", dir.to_str().unwrap()]);
+    wait_pids(&token, 1);
+    let ok = locald_tests::wait_for(std::time::Duration::from_secs(5), || {
+        daemon.ok(&["logs", "-C", dir.to_str().unwrap()]).contains("hello from-dotenv").then_some(())
+    });
+    assert!(ok.is_some());
+}
+
+#[test]
+fn socket_is_private_and_a_second_daemon_refuses() {
+    let daemon = Daemon::new();
+    daemon.ok(&["status"]);
+    let socket = daemon.socket();
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let dir_mode = std::fs::metadata(socket.parent().unwrap()).unwrap().permissions().mode() & 0o777;
+    assert_eq!(dir_mode, 0o700);
+    let out = daemon.run(&["server", "start"]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("already running"), "{}", text(&out));
+    assert!(daemon.ok(&["server", "stop"]).contains("daemon stopped"));
+    assert!(!socket.exists(), "a stopped daemon removes its socket");
+    assert!(daemon.ok(&["server", "stop"]).contains("no daemon running"));
+}
+
+#[test]
+fn oversized_request_is_refused_before_parsing() {
+    use std::io::{BufRead, Write};
+    let daemon = Daemon::new();
+    daemon.ok(&["status"]);
+    let mut stream = std::os::unix::net::UnixStream::connect(daemon.socket()).unwrap();
+    // More than the cap, no newline: the daemon must answer without waiting for the end.
+    let junk = vec![b'x'; (1 << 20) + 10];
+    let _ = stream.write_all(&junk);
+    let mut answer = String::new();
+    std::io::BufReader::new(stream).read_line(&mut answer).unwrap();
+    assert!(answer.contains("larger than"), "{answer}");
+}
+
+#[test]
+fn logs_follow_streams_new_lines_as_they_come() {
+    use std::io::BufRead;
+    let daemon = Daemon::new();
+    let dir = daemon.project(
+        "ticker",
+        "[services.tick]\ncommand = \"i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.05; done\"\nstop_timeout = \"1s\"\n",
+    );
+    daemon.ok(&["up", dir.to_str().unwrap()]);
+    // --tail 0: nothing from the files, so every line read below was streamed live.
+    let mut follower = daemon
+        .cmd()
+        .args(["logs", "-f", "--tail", "0", "-C", dir.to_str().unwrap(), "tick"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(follower.stdout.take().unwrap()).lines();
+    let mut ticks = Vec::new();
+    while ticks.len() < 3 {
+        let line = lines.next().expect("follower ended early").unwrap();
+        if let Some(n) = line.strip_prefix("tick | tick ") {
+            ticks.push(n.parse::<u64>().unwrap());
+        }
+    }
+    assert!(ticks.windows(2).all(|w| w[1] == w[0] + 1), "followed lines in order, none skipped: {ticks:?}");
+    follower.kill().unwrap();
+    follower.wait().unwrap();
+    // A follower that went away does not disturb the daemon.
+    assert_eq!(daemon.service("ticker", "tick")["state"], "running");
+}
+
+#[test]
+fn concurrent_ups_start_one_instance_and_up_restarts_what_was_stopped() {
+    let daemon = Daemon::new();
+    let token = sleep_token();
+    let dir = daemon.project("once", &format!("[services.app]\ncommand = [\"sleep\", \"{token}\"]\n"));
+    daemon.ok(&["status"]);
+    let ups: Vec<_> =
+        (0..4).map(|_| daemon.cmd().args(["up", dir.to_str().unwrap()]).spawn().unwrap()).collect();
+    for mut up in ups {
+        assert!(up.wait().unwrap().success());
+    }
+    assert_eq!(wait_pids(&token, 1).len(), 1, "four concurrent ups, one instance");
+
+    daemon.ok(&["stop", "-C", dir.to_str().unwrap(), "app"]);
+    assert!(pids_with_arg(&token).is_empty());
+    let toml = std::fs::read_to_string(dir.join("locald.toml")).unwrap();
+    std::fs::write(dir.join("locald.toml"), format!("{toml}stop_timeout = \"2s\"\n")).unwrap();
+    let out = daemon.ok(&["up", dir.to_str().unwrap()]);
+    assert!(out.contains("already up"), "{out}");
+    assert!(out.contains("note: locald.toml changed since once started"), "{out}");
+    assert_eq!(daemon.service("once", "app")["state"], "running");
+    assert_eq!(wait_pids(&token, 1).len(), 1);
+}
+
+#[test]
+fn a_failed_one_shot_dependency_fails_its_dependents_and_up() {
+    let daemon = Daemon::new();
+    let dir = daemon.project(
+        "migrate",
+        "[services.migrate]\ncommand = \"echo migration 7 failed; exit 1\"\nrestart = \"no\"\n\
+         [services.app]\ncommand = [\"sleep\", \"30\"]\ndepends_on = { migrate = \"completed_successfully\" }\n",
+    );
+    let out = daemon.run(&["up", dir.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("service migrate failed: exited with status 1"), "{stderr}");
+    assert!(stderr.contains("migration 7 failed"), "{stderr}");
+    let failed = locald_tests::wait_for(std::time::Duration::from_secs(5), || {
+        (daemon.service("migrate", "app")["state"] == "failed").then_some(())
+    });
+    assert!(failed.is_some(), "app must not start without its migration");
+    assert!(daemon.service("migrate", "app")["pid"].is_null());
+}
