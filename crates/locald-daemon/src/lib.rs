@@ -4,6 +4,7 @@
 pub mod container;
 pub mod doctor;
 pub mod health;
+pub mod hosts;
 pub mod logs;
 pub mod server;
 pub mod shim;

@@ -24,13 +24,18 @@ pub(super) async fn handle(
             out.send(Response::Pong { version: env!("CARGO_PKG_VERSION").into(), pid: std::process::id() })
                 .await
         }
-        Request::Up { dir } => up(supervisor, &dir, out).await,
+        Request::Up { dir } => {
+            let result = up(supervisor, &dir, out).await;
+            sync_hosts(supervisor).await;
+            result
+        }
         Request::Down { dir } => {
             let response = if supervisor.down(&dir).await {
                 Response::Ok
             } else {
                 Response::Error { message: format!("no project running in {}", dir.display()) }
             };
+            sync_hosts(supervisor).await;
             out.send(response).await
         }
         Request::Status => {
@@ -62,12 +67,26 @@ pub(super) async fn handle(
         }
         Request::Shutdown => {
             supervisor.shutdown().await;
+            sync_hosts(supervisor).await;
             // Gone before the answer: once `server stop` returns, nobody can reach this daemon.
             let _ = std::fs::remove_file(&shutdown.socket);
             shutdown.notify.notify_one();
             out.send(Response::Ok).await?;
             Ok(())
         }
+    }
+}
+
+/// `/etc/hosts` lists the names of the projects that are up now (none: the block goes away).
+async fn sync_hosts(supervisor: &Supervisor) {
+    let domains: Vec<String> = supervisor
+        .all()
+        .iter()
+        .flat_map(|p| p.config.services.iter().map(|s| s.domain.clone()).collect::<Vec<_>>())
+        .collect();
+    let result = tokio::task::spawn_blocking(move || crate::hosts::sync(&domains)).await;
+    if let Ok(Err(message)) = result {
+        eprintln!("locald: {message}");
     }
 }
 
