@@ -9,3 +9,4 @@ pub mod logs;
 pub mod server;
 pub mod shim;
 pub mod supervisor;
+pub mod tls;
