@@ -7,7 +7,8 @@ use anyhow::bail;
 use crate::util;
 
 /// Packages the privileged suite uses: a C compiler for the LD_PRELOAD probe, useradd for the
-/// throwaway users, mkfs.ext4 for the loop-mount images, a static busybox for container rootfs, openssl to check the CA.
+/// throwaway users, mkfs.ext4 for the loop-mount images, a static busybox for container rootfs,
+/// openssl to check the CA.
 pub const TEST_PACKAGES: &[&str] =
     &["gcc", "libc6-dev", "passwd", "util-linux", "e2fsprogs", "busybox-static", "openssl"];
 
