@@ -140,6 +140,9 @@ pub struct ProjectStatus {
     pub dir: PathBuf,
     pub domain: String,
     pub services: Vec<ServiceStatus>,
+    /// Loop mounts made with `locald mount`; filled in by the CLI from the mount table.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<crate::mounts::MountStatus>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -3,4 +3,5 @@
 pub mod config;
 pub mod diagnostics;
 pub mod ipc;
+pub mod mounts;
 pub mod paths;

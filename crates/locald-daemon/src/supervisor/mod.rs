@@ -44,6 +44,7 @@ impl Project {
             name: self.config.project.name.clone(),
             dir: self.config.project.dir.clone(),
             domain: self.config.project.domain.clone(),
+            mounts: Vec::new(),
             services: self
                 .services
                 .iter()

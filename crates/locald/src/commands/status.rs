@@ -8,9 +8,12 @@ use locald_core::ipc::{Request, Response, ServiceState};
 use super::client::Client;
 
 pub fn run(json: bool) -> anyhow::Result<ExitCode> {
-    let Response::Status { projects } = Client::call(&Request::Status)? else {
+    let Response::Status { mut projects } = Client::call(&Request::Status)? else {
         anyhow::bail!("unexpected answer from the daemon");
     };
+    for project in &mut projects {
+        project.mounts = locald_core::mounts::list(&project.dir);
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&projects)?);
         return Ok(ExitCode::SUCCESS);
@@ -40,6 +43,16 @@ pub fn run(json: bool) -> anyhow::Result<ExitCode> {
             println!(
                 "{:<14} {:<14} {state} {pid:>7} {:>5}  {:<36} {health:<9} {:>8} {uptime:>7}",
                 project.name, s.name, s.port, s.url, s.restarts
+            );
+        }
+    }
+    for project in projects.iter().filter(|p| !p.mounts.is_empty()) {
+        for m in &project.mounts {
+            let image = m.image.as_ref().map_or("?".into(), |i| i.display().to_string());
+            let mode = if m.read_only { "ro" } else { "rw" };
+            println!(
+                "{:<14} mount {:<8} {} ({mode}) at .locald/mounts/{}",
+                project.name, m.name, image, m.name
             );
         }
     }
