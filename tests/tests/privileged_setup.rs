@@ -157,8 +157,10 @@ fn doctor_reports_the_shim_with_stable_ids() {
         p.as_user(&p.bin("locald")).args(["doctor", "--json"]).env("LOCALD_SHIM", p.shim()).output().unwrap();
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("doctor --json prints JSON");
     let findings = report["findings"].as_array().unwrap();
-    let shim = findings.iter().find(|f| f["id"] == "shim").unwrap_or_else(|| panic!("{report}"));
-    assert_eq!(shim["severity"], "ok");
+    for id in ["shim.present", "shim.owner", "shim.mode", "shim.version"] {
+        let finding = findings.iter().find(|f| f["id"] == id).unwrap_or_else(|| panic!("no {id}: {report}"));
+        assert_eq!(finding["severity"], "ok", "{report}");
+    }
     for id in ["cgroup.mode", "dns.localhost", "port.80", "port.443"] {
         assert!(findings.iter().any(|f| f["id"] == id), "missing {id}: {report}");
     }
@@ -176,4 +178,18 @@ fn doctor_reports_the_shim_with_stable_ids() {
         String::from_utf8_lossy(&out.stdout).lines().find(|l| l.contains("shim.version")).map(str::to_owned);
     let line = line.unwrap_or_else(|| panic!("{}", text(&out)));
     assert!(line.starts_with("error") && line.contains("sudo locald admin setup"), "{line}");
+
+    // A copy that lost its setuid bit: present and root-owned, but the mode line says why not.
+    let plain = p.scratch_dir("doctor-plain").join("locald-shim");
+    install(&p.shim(), &plain, 0o755);
+    let out =
+        p.as_user(&p.bin("locald")).args(["doctor", "--json"]).env("LOCALD_SHIM", &plain).output().unwrap();
+    assert!(!out.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let severity = |id: &str| {
+        report["findings"].as_array().unwrap().iter().find(|f| f["id"] == id).unwrap()["severity"].clone()
+    };
+    assert_eq!(severity("shim.owner"), "ok", "{report}");
+    assert_eq!(severity("shim.mode"), "error", "{report}");
+    assert!(report.to_string().contains("is not setuid"), "{report}");
 }

@@ -4,13 +4,15 @@ use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::Path;
 use std::time::Duration;
 
+use std::os::unix::fs::MetadataExt;
+
 use locald_core::diagnostics::{Finding, Report};
 
-use crate::shim::{Shim, ShimClientError};
+use crate::shim::{self as discovery, Shim, ShimClientError};
 
 pub fn run() -> Report {
     let mut findings = Vec::new();
-    findings.push(shim());
+    findings.extend(shim());
     findings.extend(cgroups());
     findings.push(localhost_resolution());
     findings.push(port_free("port.80", SocketAddr::from(([127, 0, 0, 1], 80))));
@@ -18,33 +20,46 @@ pub fn run() -> Report {
     Report { findings }
 }
 
-fn shim() -> Finding {
-    const ID: &str = "shim";
-    match Shim::discover() {
-        Ok(shim) => Finding::ok(
-            ID,
+/// One finding per property of the shim: present, owner, mode (setuid, not writable, closed
+/// directory chain), version. Without a shim locald still works, on unprivileged ports.
+fn shim() -> Vec<Finding> {
+    const SETUP: &str = "sudo locald admin setup";
+    let env_override = std::env::var_os(discovery::ENV_OVERRIDE).filter(|v| !v.is_empty());
+    let candidates = discovery::candidates(env_override);
+    let Some(path) = candidates.iter().find(|p| p.exists()) else {
+        let places: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
+        return vec![Finding::warn(
+            "shim.present",
+            format!("no locald-shim at {}; locald will serve on unprivileged ports", places.join(" or ")),
+            SETUP,
+        )];
+    };
+    let mut findings = vec![Finding::ok("shim.present", path.display().to_string())];
+    let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
+    let meta = std::fs::metadata(&real);
+    findings.push(match &meta {
+        Ok(m) if m.uid() == 0 => Finding::ok("shim.owner", "owned by root"),
+        Ok(m) => Finding::error("shim.owner", format!("owned by uid {}, not root", m.uid()), SETUP),
+        Err(e) => Finding::error("shim.owner", format!("cannot inspect: {e}"), SETUP),
+    });
+    findings.push(match discovery::check_trusted(path) {
+        Ok(_) => Finding::ok(
+            "shim.mode",
             format!(
-                "{} is root-owned, setuid and speaks protocol {}",
-                shim.path().display(),
-                locald_shim::PROTOCOL_VERSION
+                "setuid, mode {:o}, in a root-only directory chain",
+                meta.map(|m| m.mode() & 0o7777).unwrap_or(0)
             ),
         ),
-        // Without a shim locald still works, on unprivileged ports.
-        Err(err @ ShimClientError::NotFound { .. }) => Finding::warn(
-            "shim.missing",
-            format!("{err}; locald will serve on unprivileged ports"),
-            "sudo locald admin setup",
-        ),
+        Err(reason) => Finding::error("shim.mode", reason.to_string(), SETUP),
+    });
+    findings.push(match Shim::discover() {
+        Ok(_) => Finding::ok("shim.version", locald_shim::version_line()),
         Err(err @ ShimClientError::VersionMismatch { .. }) => {
-            Finding::error("shim.version", err.to_string(), "sudo locald admin setup")
+            Finding::error("shim.version", err.to_string(), SETUP)
         }
-        Err(err @ ShimClientError::BadOverride { .. }) => Finding::error(
-            "shim.insecure",
-            err.to_string(),
-            "unset LOCALD_SHIM or point it at an installed shim",
-        ),
-        Err(err) => Finding::error("shim.broken", err.to_string(), "sudo locald admin setup"),
-    }
+        Err(err) => Finding::error("shim.version", format!("no handshake: {err}"), SETUP),
+    });
+    findings
 }
 
 /// How the host's cgroups are mounted, and whether this user may create cgroups of its own.
@@ -109,7 +124,6 @@ pub fn cgroup_mode(root: &Path) -> CgroupMode {
 
 /// The user's own cgroup when it is a directory they own (systemd delegation) with controllers.
 fn delegated_cgroup() -> Option<String> {
-    use std::os::unix::fs::MetadataExt;
     let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
     let path = own.lines().find_map(|l| l.strip_prefix("0::"))?;
     let dir = Path::new("/sys/fs/cgroup").join(path.trim_start_matches('/'));
