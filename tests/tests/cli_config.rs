@@ -77,3 +77,17 @@ fn completions_and_version() {
     let out = daemon.run(&["completions", "nosuchshell"]);
     assert!(!out.status.success());
 }
+
+#[test]
+fn a_port_already_in_use_fails_up_naming_the_holder() {
+    let daemon = Daemon::new();
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = holder.local_addr().unwrap().port();
+    let dir = daemon.project("busy", &format!("[services.web]\ncommand = \"sleep 60\"\nport = {port}\n"));
+    let out = daemon.run(&["up", dir.to_str().unwrap()]);
+    assert!(!out.status.success(), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains(&format!("wants port {port}, which is already in use")), "{stderr}");
+    assert_eq!(daemon.status(), serde_json::json!([]), "nothing was started");
+}

@@ -163,6 +163,7 @@ impl Supervisor {
         }
         let taken = projects.values().flat_map(|p| p.config.services.iter().map(|s| s.port)).collect();
         let config = config::load(&dir, &mut DaemonPorts(taken))?;
+        check_ports_free(&config)?;
         if let Some(image) = config.services.iter().find(|s| s.image.is_some()) {
             return Err(UpError::Unsupported(format!(
                 "service {:?}: container images are not run by this daemon yet",
@@ -269,4 +270,24 @@ pub enum UpError {
     Unsupported(String),
     #[error("cannot open logs in {0}: {1}")]
     Logs(PathBuf, std::io::Error),
+    #[error("{0}")]
+    PortInUse(String),
+}
+
+/// A port written in `locald.toml` that something else already holds fails `up` before anything
+/// starts, naming the holder (through the shim's `debug port` when it is installed). Assigned
+/// ports were free when they were picked.
+fn check_ports_free(config: &Config) -> Result<(), UpError> {
+    for service in &config.services {
+        if !ports::is_free(service.port) {
+            return Err(UpError::PortInUse(format!(
+                "{}: service {:?} wants port {}, which is already in use by {} — stop it or choose another port",
+                config.project.source.display(),
+                service.name,
+                service.port,
+                crate::doctor::port_owner(service.port)
+            )));
+        }
+    }
+    Ok(())
 }
