@@ -327,3 +327,19 @@ fn a_file_on_fd_3_is_not_mistaken_for_a_dead_daemon() {
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "survived");
 }
+
+/// `resources.unified` would have the shim write any cgroup file as root: `cgroup.procs = 1`
+/// would move the host's init into the container's cgroup, where a stop kills it.
+#[test]
+fn a_unified_cgroup_write_of_a_host_pid_is_refused() {
+    let Some(p) = privileged() else { return };
+    let init_cgroup = fs::read_to_string("/proc/1/cgroup").unwrap();
+    let (_, out) = run_edited(p, "ct-unified", "unified", "true", |spec| {
+        let mut json = serde_json::to_value(&*spec).unwrap();
+        json["linux"]["resources"] = serde_json::json!({"unified": {"cgroup.procs": "1"}});
+        *spec = serde_json::from_value(json).unwrap();
+    });
+    assert_eq!(out.status.code(), Some(77), "{}", text(&out));
+    assert!(text(&out).contains("linux.resources.unified"), "{}", text(&out));
+    assert_eq!(fs::read_to_string("/proc/1/cgroup").unwrap(), init_cgroup, "pid 1 was moved");
+}

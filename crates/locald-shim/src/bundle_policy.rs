@@ -71,9 +71,85 @@ fn refuse(why: impl Into<String>) -> Result<(), ShimError> {
     Err(ShimError::refused(format!("bundle refused: {}", why.into())))
 }
 
+/// Fields a bundle may set at all; everything else (netDevices that would move a host interface
+/// into the container, `resources.unified` that would write arbitrary cgroup files such as
+/// `cgroup.procs` as root, memoryPolicy, platform sections, and whatever later spec versions add)
+/// is refused without needing a rule of its own.
+const ALLOWED: &[(&str, &[&str])] = &[
+    (
+        "",
+        &[
+            "ociVersion",
+            "process",
+            "root",
+            "hostname",
+            "domainname",
+            "mounts",
+            "linux",
+            "annotations",
+            "hooks",
+        ],
+    ),
+    (
+        "process",
+        &[
+            "terminal",
+            "consoleSize",
+            "user",
+            "args",
+            "env",
+            "cwd",
+            "capabilities",
+            "rlimits",
+            "noNewPrivileges",
+            "oomScoreAdj",
+        ],
+    ),
+    (
+        "linux",
+        &[
+            "namespaces",
+            "uidMappings",
+            "gidMappings",
+            "cgroupsPath",
+            "resources",
+            "sysctl",
+            "maskedPaths",
+            "readonlyPaths",
+            "rootfsPropagation",
+            "devices",
+        ],
+    ),
+    ("linux.resources", &["devices", "memory", "cpu", "pids", "hugepageLimits", "blockIO"]),
+];
+
+fn only_allowed_fields(spec: &Spec) -> Result<(), ShimError> {
+    let json = serde_json::to_value(spec).map_err(|e| ShimError::usage(format!("config.json: {e}")))?;
+    for (section, keys) in ALLOWED {
+        let mut value = &json;
+        for part in section.split('.').filter(|p| !p.is_empty()) {
+            value = &value[part];
+        }
+        if let Some(object) = value.as_object()
+            && let Some(key) = object.keys().find(|k| !keys.contains(&k.as_str()))
+        {
+            let path = if section.is_empty() { key.clone() } else { format!("{section}.{key}") };
+            return refuse(format!("{path} is not allowed"));
+        }
+    }
+    // Shared propagation would let mounts flow between the container and the host.
+    if let Some(propagation) = json["linux"]["rootfsPropagation"].as_str()
+        && !matches!(propagation, "private" | "rprivate" | "slave" | "rslave")
+    {
+        return refuse(format!("rootfsPropagation {propagation} is not allowed"));
+    }
+    Ok(())
+}
+
 /// Checks `spec` for a container `id` run by `uid:gid`.
 pub fn check(spec: &Spec, uid: u32, gid: u32, id: &str) -> Result<(), ShimError> {
     container_id(id)?;
+    only_allowed_fields(spec)?;
     let Some(linux) = spec.linux() else { return refuse("no linux section") };
 
     // Namespaces: new user, mount, pid, ipc and uts; none joined by path.

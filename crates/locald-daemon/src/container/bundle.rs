@@ -269,6 +269,26 @@ mod tests {
         s.set_root(Some(RootBuilder::default().path("/").build().unwrap()));
         assert!(refused(&s).contains("root.path"));
 
+        // Fields with no rule of their own are refused by the allow-list.
+        let json = serde_json::to_value(&good).unwrap();
+        for (path, value) in [
+            ("/linux/netDevices", serde_json::json!({"eth0": {"name": "eth0"}})),
+            ("/linux/resources/unified", serde_json::json!({"cgroup.procs": "1"})),
+            ("/linux/rootfsPropagation", serde_json::json!("shared")),
+            (
+                "/vm",
+                serde_json::json!({"hypervisor": {"path": "/bin/sh"}, "kernel": {"path": "/boot/vmlinuz"}}),
+            ),
+            ("/process/ioPriority", serde_json::json!({"class": "IOPRIO_CLASS_RT", "priority": 0})),
+        ] {
+            let mut edited = json.clone();
+            let (parent, key) = path.rsplit_once('/').unwrap();
+            edited.pointer_mut(if parent.is_empty() { "" } else { parent }).unwrap()[key] = value;
+            let spec: Spec = serde_json::from_value(edited).unwrap_or_else(|e| panic!("{path}: {e}"));
+            let message = check(&spec, 1000, 1000, "web-1").expect_err(path).message;
+            assert!(message.contains(key) || message.contains("not allowed"), "{path}: {message}");
+        }
+
         assert!(check(&good, 1000, 1000, "../x").is_err());
         assert!(check(&good, 1000, 1000, "a/b").is_err());
         assert!(check(&good, 1000, 1000, &"x".repeat(65)).is_err());
