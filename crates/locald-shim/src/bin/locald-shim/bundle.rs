@@ -30,6 +30,7 @@ use crate::userpath::{AsCaller, is_regular, open_as_caller, own, require_owned_d
 
 const STATE_ROOT: &str = "/run/locald";
 const MAX_CONFIG_BYTES: u64 = 1 << 20;
+const MAX_REQUEST_BYTES: u64 = 64;
 
 pub fn run(root: Root, request: &BundleRunRequest) -> Result<i32, ShimError> {
     let caller = root.caller();
@@ -254,11 +255,14 @@ fn wait_for(pid: nix::unistd::Pid) -> i32 {
 /// Lines on the control fd name signals for the whole container; EOF means the daemon is gone,
 /// and nothing may outlive it unnoticed, so the container is killed.
 fn relay_stop_requests(control: fs::File, container_dir: PathBuf) {
-    let mut lines = BufReader::new(control).lines();
+    let mut reader = BufReader::new(control);
     loop {
-        let name = match lines.next() {
-            Some(Ok(line)) => line.trim().to_owned(),
-            _ => "SIGKILL".to_owned(),
+        // A request is a signal name; a line longer than that is cut, so a caller cannot make
+        // this root process buffer without bound.
+        let mut line = Vec::new();
+        let name = match (&mut reader).take(MAX_REQUEST_BYTES).read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => "SIGKILL".to_owned(),
+            Ok(_) => String::from_utf8_lossy(&line).trim().to_owned(),
         };
         let Ok(signal) = Signal::try_from(name.as_str()) else { continue };
         let is_kill = matches!(name.as_str(), "SIGKILL" | "KILL" | "9");
