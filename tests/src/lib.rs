@@ -180,10 +180,10 @@ pub fn loopback_up() -> std::io::Result<()> {
         let mut request: libc::ifreq = std::mem::zeroed();
         request.ifr_name[0] = b'l' as libc::c_char;
         request.ifr_name[1] = b'o' as libc::c_char;
-        let mut result = libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut request);
+        let mut result = libc::ioctl(fd, libc::SIOCGIFFLAGS as _, &mut request);
         if result == 0 {
             request.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-            result = libc::ioctl(fd, libc::SIOCSIFFLAGS, &request);
+            result = libc::ioctl(fd, libc::SIOCSIFFLAGS as _, &request);
         }
         let err = std::io::Error::last_os_error();
         libc::close(fd);

@@ -7,7 +7,7 @@
 //! shim-caller [--netns] --uid U --gid G empty-argv         (execs the shim with argc 0)
 //! shim-caller [--netns] --uid U --gid G remove PATH        (the daemon's force_remove_dir_all)
 //!
-//! shim-caller write-bundle DIR UID GID ID ARGS...           (config.json from the daemon's generator)
+//! shim-caller write-bundle DIR UID GID ID [--memory B] [--pids N] ARGS...  (the daemon's generator)
 //!
 //! It prints `key=value` lines for the test to assert on.
 
@@ -150,13 +150,22 @@ fn bundle_control(args: &[String]) {
     println!("shim_exit={}", status.code().unwrap_or(-1));
 }
 
-/// write-bundle DIR UID GID ID ARGS...
+/// write-bundle DIR UID GID ID [--memory BYTES] [--pids N] ARGS...
 fn write_bundle(args: &[String]) -> ExitCode {
+    let mut rest = args[4..].to_vec();
+    let mut limit = |flag: &str| {
+        let at = rest.iter().position(|a| a == flag)?;
+        rest.remove(at);
+        Some(rest.remove(at).parse::<i64>().expect("a number"))
+    };
+    let (memory_bytes, pids) = (limit("--memory"), limit("--pids"));
     let config = locald_daemon::container::bundle::ContainerConfig {
         id: args[3].clone(),
         uid: args[1].parse().expect("uid"),
         gid: args[2].parse().expect("gid"),
-        args: args[4..].to_vec(),
+        args: rest,
+        memory_bytes,
+        pids,
         ..Default::default()
     };
     locald_daemon::container::bundle::write(std::path::Path::new(&args[0]), &config).expect("write bundle");

@@ -66,7 +66,7 @@ impl LoopDevice {
         let mut last = Errno::EBUSY;
         for _ in 0..ATTEMPTS {
             // SAFETY: LOOP_CTL_GET_FREE takes no argument and returns a device number.
-            let number = unsafe { libc::ioctl(control.as_raw_fd(), LOOP_CTL_GET_FREE) };
+            let number = unsafe { libc::ioctl(control.as_raw_fd(), LOOP_CTL_GET_FREE as _) };
             if number < 0 {
                 return Err(ShimError::os("LOOP_CTL_GET_FREE", Errno::last()));
             }
@@ -85,7 +85,7 @@ impl LoopDevice {
     /// Detaches now (on a failure path): the mount never happened, so nothing else holds it.
     pub fn detach(self) {
         // SAFETY: LOOP_CLR_FD takes no argument; the fd is an open loop device.
-        unsafe { libc::ioctl(self.fd.as_raw_fd(), LOOP_CLR_FD) };
+        unsafe { libc::ioctl(self.fd.as_raw_fd(), LOOP_CLR_FD as _) };
     }
 }
 
@@ -95,7 +95,7 @@ fn configure(device: &OwnedFd, image: &OwnedFd, flags: u32) -> Result<(), Errno>
     config.fd = image.as_raw_fd() as u32;
     config.info.lo_flags = flags;
     // SAFETY: LOOP_CONFIGURE reads a `struct loop_config` that lives across the call.
-    let ret = unsafe { libc::ioctl(device.as_raw_fd(), LOOP_CONFIGURE, &config) };
+    let ret = unsafe { libc::ioctl(device.as_raw_fd(), LOOP_CONFIGURE as _, &config) };
     if ret == 0 {
         return Ok(());
     }
@@ -103,14 +103,14 @@ fn configure(device: &OwnedFd, image: &OwnedFd, flags: u32) -> Result<(), Errno>
         // Kernels before 5.8: the two-step interface.
         Errno::EINVAL | Errno::ENOTTY => {
             // SAFETY: LOOP_SET_FD takes the backing fd as its integer argument.
-            if unsafe { libc::ioctl(device.as_raw_fd(), LOOP_SET_FD, image.as_raw_fd()) } != 0 {
+            if unsafe { libc::ioctl(device.as_raw_fd(), LOOP_SET_FD as _, image.as_raw_fd()) } != 0 {
                 return Err(Errno::last());
             }
             // SAFETY: LOOP_SET_STATUS64 reads a `struct loop_info64` that lives across the call.
-            if unsafe { libc::ioctl(device.as_raw_fd(), LOOP_SET_STATUS64, &config.info) } != 0 {
+            if unsafe { libc::ioctl(device.as_raw_fd(), LOOP_SET_STATUS64 as _, &config.info) } != 0 {
                 let err = Errno::last();
                 // SAFETY: as in detach.
-                unsafe { libc::ioctl(device.as_raw_fd(), LOOP_CLR_FD) };
+                unsafe { libc::ioctl(device.as_raw_fd(), LOOP_CLR_FD as _) };
                 return Err(err);
             }
             Ok(())

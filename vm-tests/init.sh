@@ -1,0 +1,58 @@
+#!/bin/busybox sh
+# PID 1 of the test VM: prepare a minimal Linux with cgroup v2 (all controllers delegated to
+# the subtree), an unprivileged user and the setuid shim, run every scenario, print one result
+# line each, power off. The harness (cargo xtask vm) reads only the LOCALD-VM-* lines.
+/bin/busybox --install -s /bin
+export PATH=/bin:/sbin:/opt/locald
+# The initramfs root cannot be pivot_root'ed away from, which container runtimes do: move
+# everything onto a tmpfs and continue there.
+if [ ! -e /.on-tmpfs ]; then
+    mkdir -p /newroot
+    mount -t tmpfs -o size=768m,mode=755 tmpfs /newroot
+    for d in bin sbin etc opt scenarios lib home root init; do cp -a "/$d" /newroot/; done
+    mkdir -p /newroot/proc /newroot/sys /newroot/dev /newroot/tmp /newroot/run
+    touch /newroot/.on-tmpfs
+    exec switch_root /newroot /init
+fi
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+mkdir -p /dev/pts /tmp /run /root
+mount -t tmpfs -o mode=1777 tmpfs /tmp
+mount -t tmpfs tmpfs /run
+if grep -q locald.probe=1 /proc/cmdline; then
+    echo "LOCALD-VM-PROBE-OK"
+    poweroff -f
+fi
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
+for c in $(cat /sys/fs/cgroup/cgroup.controllers); do
+    echo "+$c" > /sys/fs/cgroup/cgroup.subtree_control
+done
+ip link set lo up
+while read -r module; do insmod "/lib/modules/$module"; done < /lib/modules/order
+
+printf 'root:x:0:0::/root:/bin/sh\nlocald:x:1000:1000::/home/locald:/bin/sh\n' > /etc/passwd
+printf 'root:x:0:\nlocald:x:1000:\n' > /etc/group
+mkdir -p /home/locald && chown 1000:1000 /home/locald
+mkdir -p /usr/local/libexec/locald
+cp /opt/locald/locald-shim /usr/local/libexec/locald/locald-shim
+chown 0:0 /usr/local/libexec/locald/locald-shim
+chmod 4755 /usr/local/libexec/locald/locald-shim
+
+echo "LOCALD-VM-KERNEL $(uname -r)"
+echo "LOCALD-VM-CGROUP-CONTROLLERS $(cat /sys/fs/cgroup/cgroup.controllers)"
+export LOCALD_SHIM=/usr/local/libexec/locald/locald-shim LOCALD_TEST_UID=1000 LOCALD_TEST_GID=1000
+for scenario in /scenarios/*.sh; do
+    name=$(basename "$scenario" .sh)
+    run_as=$(sed -n 's/^# run-as: //p' "$scenario" | head -n 1)
+    echo "LOCALD-VM-BEGIN $name"
+    if [ "$run_as" = user ]; then
+        timeout 120 su -s /bin/sh locald -c "cd /home/locald && env PATH=$PATH LOCALD_SHIM=$LOCALD_SHIM sh -eu $scenario"
+    else
+        (cd /root && timeout 120 sh -eu "$scenario")
+    fi
+    rc=$?
+    if [ "$rc" = 0 ]; then echo "LOCALD-VM-RESULT $name PASS"; else echo "LOCALD-VM-RESULT $name FAIL $rc"; fi
+done
+echo "LOCALD-VM-DONE"
+poweroff -f

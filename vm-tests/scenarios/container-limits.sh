@@ -1,0 +1,21 @@
+# run-as: user
+# A busybox container through the shim lands in locald/<uid>/<id> on cgroup v2 with the memory
+# and pids limits of its bundle; a fork bomb inside is held by pids.max, and everything is
+# reaped when the container ends.
+mkdir -p bundle/rootfs/bin bundle/rootfs/proc bundle/rootfs/dev bundle/rootfs/sys bundle/rootfs/tmp
+cp /bin/busybox bundle/rootfs/bin/busybox
+for a in sh cat echo sleep; do ln -s busybox "bundle/rootfs/bin/$a"; done
+uid=$(id -u); gid=$(id -g)
+script='sleep 2; bomb() { bomb | bomb & }; bomb 2>/dev/null; sleep 1; echo survived'
+shim-caller write-bundle "$PWD/bundle" "$uid" "$gid" limits --memory 67108864 --pids 32 /bin/sh -c "$script"
+"$LOCALD_SHIM" bundle run --bundle "$PWD/bundle" --id limits > out.txt 2>&1 &
+shim=$!
+cg="/sys/fs/cgroup/locald/$uid/limits"
+n=0
+while [ ! -e "$cg/memory.max" ]; do n=$((n + 1)); [ $n -lt 200 ] || exit 1; sleep 0.05; done
+test "$(cat "$cg/memory.max")" = 67108864
+test "$(cat "$cg/pids.max")" = 32
+wait "$shim" || true
+cat out.txt
+grep -q survived out.txt
+test ! -e "$cg"
