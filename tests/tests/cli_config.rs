@@ -91,3 +91,32 @@ fn a_port_already_in_use_fails_up_naming_the_holder() {
     assert!(stderr.contains(&format!("wants port {port}, which is already in use")), "{stderr}");
     assert_eq!(daemon.status(), serde_json::json!([]), "nothing was started");
 }
+
+/// Image services fail `up` before anything starts, with one line naming the file, the service
+/// and what to do.
+#[rstest::rstest]
+#[case::registry(
+    "image = \"postgres:16\"\n",
+    "only local images are supported yet — export it with `docker save postgres:16"
+)]
+#[case::missing("image = \"./nope.tar\"\n", "nope.tar does not exist")]
+#[case::directory_without_command("image = \"./rootfs\"\n", "has no command of its own")]
+#[case::no_shim("image = \"./rootfs\"\ncommand = \"true\"\n", "needs the setuid locald-shim")]
+fn image_services_that_cannot_run_are_refused_up_front(#[case] service: &str, #[case] expected: &str) {
+    let daemon = Daemon::new();
+    let dir =
+        daemon.project("ct", &format!("[services.db]\n{service}\n[services.web]\ncommand = \"sleep 60\"\n"));
+    std::fs::create_dir_all(dir.join("rootfs/bin")).unwrap();
+    let out = daemon
+        .cmd()
+        .env("LOCALD_SHIM", "/nonexistent/locald-shim")
+        .args(["up", dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "one line expected:\n{stderr}");
+    assert!(stderr.contains("service \"db\""), "the service is named: {stderr}");
+    assert!(stderr.contains(expected), "expected {expected:?} in {stderr:?}");
+    assert_eq!(daemon.status(), serde_json::json!([]), "nothing may have started");
+}

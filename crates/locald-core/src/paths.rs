@@ -47,6 +47,18 @@ pub fn state_dir() -> Result<PathBuf, PathError> {
     Ok(dir)
 }
 
+/// `$XDG_CACHE_HOME/locald` (default `~/.cache/locald`): unpacked container images.
+pub fn cache_dir() -> Result<PathBuf, PathError> {
+    let base = match std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+        Some(base) => PathBuf::from(base),
+        None => PathBuf::from(std::env::var_os("HOME").ok_or(PathError::NoHome)?).join(".cache"),
+    };
+    let dir = base.join("locald");
+    fs::create_dir_all(&base).map_err(|source| PathError::Io { path: base.clone(), source })?;
+    private_dir(&dir)?;
+    Ok(dir)
+}
+
 /// Creates `dir` with mode 0700 or accepts an existing one only if it is a real directory owned
 /// by the current user and closed to others.
 pub fn private_dir(dir: &Path) -> Result<(), PathError> {

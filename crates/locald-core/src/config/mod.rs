@@ -40,8 +40,9 @@ pub struct Project {
 pub struct Service {
     pub name: String,
     pub command: Option<Command>,
-    /// A container image; run by the container support, not by the process supervisor.
-    pub image: Option<String>,
+    /// Set for services that run in a container; `command` is then run inside it (or, when
+    /// absent, the image's own entrypoint).
+    pub container: Option<Container>,
     pub cwd: PathBuf,
     /// Fully interpolated, in the order they are set (env_file, env, then PORT).
     pub env: Vec<(String, String)>,
@@ -55,6 +56,27 @@ pub struct Service {
     pub stop_signal: i32,
     #[serde(with = "duration_text")]
     pub stop_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Container {
+    /// As written: a path relative to the project (directory, OCI layout or archive).
+    pub image: String,
+    pub volumes: Vec<Volume>,
+    /// The working directory inside the container (`cwd` of an image service).
+    pub workdir: Option<String>,
+    pub memory_bytes: Option<u64>,
+    pub pids: Option<i64>,
+}
+
+/// A host directory bind-mounted into a container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Volume {
+    /// Absolute: project-relative paths are resolved against the project directory.
+    pub host: PathBuf,
+    /// Absolute, without `.` or `..`.
+    pub container: String,
+    pub read_only: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -46,6 +46,12 @@ pub struct RawService {
     pub max_backoff: Option<Dur>,
     pub stop_signal: Option<Signal>,
     pub stop_timeout: Option<Dur>,
+    /// Image services only: `"./data:/data"` or `"./conf:/etc/app:ro"`.
+    pub volumes: Option<Vec<Spanned<String>>>,
+    /// Image services only: bytes, or `"256M"` / `"1.5GiB"`.
+    pub memory: Option<Spanned<Size>>,
+    /// Image services only: the most tasks the container may hold.
+    pub pids: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -173,6 +179,57 @@ impl<'de> Deserialize<'de> for Dur {
                 u64::try_from(v)
                     .map(|s| Dur(Duration::from_secs(s)))
                     .map_err(|_| E::custom("a duration cannot be negative"))
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
+}
+
+/// A size in bytes written as a number or `"512K"`, `"256M"`, `"1.5G"` (powers of 1024; `KiB`,
+/// `MB`… are read the same way, since nobody means 10^6 when limiting a container's memory).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Size(pub u64);
+
+impl Size {
+    pub fn parse(text: &str) -> Result<Size, String> {
+        let trimmed = text.trim();
+        let split = trimmed.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(trimmed.len());
+        let (number, unit) = trimmed.split_at(split);
+        let unit = unit.trim().to_ascii_lowercase();
+        let factor: u64 = match unit.trim_end_matches("ib").trim_end_matches('b') {
+            "" => 1,
+            "k" => 1 << 10,
+            "m" => 1 << 20,
+            "g" => 1 << 30,
+            "t" => 1 << 40,
+            _ => return Err(format!("invalid size {text:?}: expected a number with K, M, G or T")),
+        };
+        let value: f64 = number.parse().map_err(|_| format!("invalid size {text:?}: no number"))?;
+        let bytes = value * factor as f64;
+        if !(1.0..=(i64::MAX as f64)).contains(&bytes) {
+            return Err(format!("invalid size {text:?}: out of range"));
+        }
+        Ok(Size(bytes as u64))
+    }
+}
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Size;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a size such as \"256M\" or a number of bytes")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Size, E> {
+                Size::parse(v).map_err(E::custom)
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Size, E> {
+                u64::try_from(v)
+                    .ok()
+                    .filter(|b| *b > 0)
+                    .map(Size)
+                    .ok_or_else(|| E::custom("a size must be positive"))
             }
         }
         deserializer.deserialize_any(V)

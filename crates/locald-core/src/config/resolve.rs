@@ -2,15 +2,15 @@
 //! assigned, environments built, `${services.<name>.port|url|domain}` substituted.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use toml::Spanned;
 
 use super::raw::{RawCheck, RawCommand, RawFile, RawService, RestartPolicy};
 use super::{
-    Check, Command, Condition, Config, ConfigError, Dependency, Probe, Project, Restart, Service, dotenv,
-    ports,
+    Check, Command, Condition, Config, ConfigError, Container, Dependency, Probe, Project, Restart, Service,
+    Volume, dotenv, ports,
 };
 
 /// Where unassigned ports come from; the daemon also avoids ports of its other projects.
@@ -114,18 +114,21 @@ pub fn resolve_toml(
         let spanned = services[name];
         let s = spanned.get_ref();
         let port = assigned[name];
-        let command = match (&s.command, &s.image) {
-            (Some(_), Some(image)) => {
-                return Err(ctx.err(image.span().start, "set either command or image, not both"));
+        let command = s.command.as_ref().map(|c| interpolate_command(&ctx, c, &lookup)).transpose()?;
+        let container = match &s.image {
+            Some(image) => Some(container(&ctx, dir, s, image)?),
+            None if command.is_none() => {
+                return Err(
+                    ctx.err(spanned.span().start, format!("service {name:?} needs a command or an image"))
+                );
             }
-            (None, None) => {
-                return Err(ctx.err(spanned.span().start, format!("service {name:?} needs a command")));
+            None => {
+                refuse_container_keys(&ctx, s)?;
+                None
             }
-            (Some(c), None) => Some(interpolate_command(&ctx, c, &lookup)?),
-            (None, Some(_)) => None,
         };
         let cwd = match &s.cwd {
-            Some(cwd) => {
+            Some(cwd) if container.is_none() => {
                 let path = dir.join(cwd.get_ref());
                 if !path.is_dir() {
                     return Err(
@@ -134,7 +137,8 @@ pub fn resolve_toml(
                 }
                 path
             }
-            None => dir.to_owned(),
+            // An image service's cwd is a path inside the container (see `container`).
+            _ => dir.to_owned(),
         };
         let mut env = Vec::new();
         if let Some(env_file) = &s.env_file {
@@ -183,7 +187,7 @@ pub fn resolve_toml(
         out.push(Service {
             name: name.to_owned(),
             command,
-            image: s.image.as_ref().map(|i| i.get_ref().clone()),
+            container,
             cwd,
             env,
             port,
@@ -247,7 +251,7 @@ pub fn resolve_procfile(
         services.push(Service {
             name: service.to_owned(),
             command: Some(Command::Shell(command.to_owned())),
-            image: None,
+            container: None,
             cwd: dir.to_owned(),
             env,
             port,
@@ -337,6 +341,98 @@ fn start_order<'a>(
         }
     }
     Ok(order)
+}
+
+/// The container part of an image service: volumes parsed and resolved against the project,
+/// limits checked, `cwd` taken as the working directory inside the container.
+fn container(
+    ctx: &Ctx,
+    dir: &Path,
+    s: &RawService,
+    image: &Spanned<String>,
+) -> Result<Container, ConfigError> {
+    if image.get_ref().trim().is_empty() {
+        return Err(ctx.err(image.span().start, "image is empty"));
+    }
+    let volumes = s
+        .volumes
+        .iter()
+        .flatten()
+        .map(|v| volume(dir, v.get_ref()).map_err(|m| ctx.err(v.span().start, m)))
+        .collect::<Result<Vec<_>, _>>()?;
+    for (i, v) in volumes.iter().enumerate() {
+        if volumes[..i].iter().any(|w| w.container == v.container) {
+            let at = s.volumes.as_ref().map_or(0, |list| list[i].span().start);
+            return Err(ctx.err(at, format!("two volumes are mounted at {}", v.container)));
+        }
+    }
+    let workdir = match &s.cwd {
+        Some(cwd) => {
+            container_path(cwd.get_ref())
+                .map_err(|m| ctx.err(cwd.span().start, format!("cwd of an image service {m}")))?;
+            Some(cwd.get_ref().clone())
+        }
+        None => None,
+    };
+    let pids = match &s.pids {
+        Some(p) if *p.get_ref() < 1 => return Err(ctx.err(p.span().start, "pids must be at least 1")),
+        Some(p) => Some(*p.get_ref()),
+        None => None,
+    };
+    Ok(Container {
+        image: image.get_ref().clone(),
+        volumes,
+        workdir,
+        memory_bytes: s.memory.as_ref().map(|m| m.get_ref().0),
+        pids,
+    })
+}
+
+/// `host:container[:ro|:rw]`; the host side is relative to the project (or absolute).
+fn volume(dir: &Path, text: &str) -> Result<Volume, String> {
+    let parts: Vec<&str> = text.split(':').collect();
+    let (host, container, read_only) = match parts.as_slice() {
+        [host, container] => (*host, *container, false),
+        [host, container, "ro"] => (*host, *container, true),
+        [host, container, "rw"] => (*host, *container, false),
+        [_, _, other] => {
+            return Err(format!("volume {text:?}: unknown option {other:?} (expected ro or rw)"));
+        }
+        _ => return Err(format!("volume {text:?} must be \"<host path>:<container path>[:ro]\"")),
+    };
+    if host.is_empty() {
+        return Err(format!("volume {text:?} has no host path"));
+    }
+    container_path(container).map_err(|m| format!("volume {text:?}: container path {m}"))?;
+    let host = Path::new(host);
+    let host = if host.is_absolute() { host.to_owned() } else { dir.join(host) };
+    let host: PathBuf = host.components().collect();
+    if host.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+        return Err(format!("volume {text:?}: the host path may not contain '..'"));
+    }
+    Ok(Volume { host, container: container.to_owned(), read_only })
+}
+
+fn container_path(path: &str) -> Result<(), String> {
+    if !path.starts_with('/') {
+        return Err(format!("{path:?} must be absolute"));
+    }
+    if path.split('/').any(|c| c == "." || c == "..") {
+        return Err(format!("{path:?} may not contain '.' or '..'"));
+    }
+    Ok(())
+}
+
+fn refuse_container_keys(ctx: &Ctx, s: &RawService) -> Result<(), ConfigError> {
+    let first = [
+        s.volumes.as_ref().and_then(|v| v.first()).map(|v| ("volumes", v.span().start)),
+        s.memory.as_ref().map(|m| ("memory", m.span().start)),
+        s.pids.as_ref().map(|p| ("pids", p.span().start)),
+    ];
+    match first.into_iter().flatten().next() {
+        Some((key, at)) => Err(ctx.err(at, format!("{key} applies only to services with an image"))),
+        None => Ok(()),
+    }
 }
 
 type Lookup<'a> = dyn Fn(&str, &str) -> Result<String, String> + 'a;

@@ -27,7 +27,7 @@ pub struct ContainerConfig {
     pub uid: u32,
     pub gid: u32,
     pub args: Vec<String>,
-    /// `KEY=VALUE` entries, after PATH.
+    /// `KEY=VALUE` entries; a default PATH is added when none is among them.
     pub env: Vec<String>,
     pub cwd: Option<PathBuf>,
     pub volumes: Vec<Volume>,
@@ -45,7 +45,11 @@ pub enum BundleError {
 
 pub fn spec(config: &ContainerConfig) -> Result<Spec, BundleError> {
     let mut spec = Spec::rootless(config.uid, config.gid);
-    let mut env = vec![DEFAULT_PATH.to_owned()];
+    // A PATH from the image or the service replaces the default rather than shadowing it.
+    let mut env = Vec::new();
+    if !config.env.iter().any(|e| e.starts_with("PATH=")) {
+        env.push(DEFAULT_PATH.to_owned());
+    }
     env.extend(config.env.iter().cloned());
     let mut process = spec.process().clone().unwrap_or_default();
     let template = ProcessBuilder::default()

@@ -10,7 +10,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use locald_shim::protocol::{
-    CleanupRequest, DebugPortRequest, MountLoopRequest, SyncHostsRequest, UnmountLoopRequest,
+    BundleRunRequest, CleanupRequest, DebugPortRequest, MountLoopRequest, SyncHostsRequest,
+    UnmountLoopRequest,
 };
 use locald_shim::{BindRequest, CONTROL_FD, ExitClass, PROTOCOL_VERSION, Request, parse_version_line};
 use nix::cmsg_space;
@@ -181,6 +182,17 @@ impl Shim {
     pub fn debug_port(&self, port: u16) -> Result<Vec<PortOwner>, ShimClientError> {
         let stdout = self.run(&Request::DebugPort(DebugPortRequest { port }))?;
         Ok(stdout.lines().filter_map(PortOwner::parse).collect())
+    }
+
+    /// The command that runs the bundle at `bundle` as container `id`. `control` becomes the
+    /// shim's fd 3: stop requests (signal names, one per line) go in, `started`/`exited` lines
+    /// come out, and its EOF — the daemon is gone — kills the container. The caller spawns it and
+    /// keeps `control` open until the spawn returned.
+    pub fn bundle_run(&self, bundle: &Path, id: &str, control: RawFd) -> Command {
+        let request = Request::BundleRun(BundleRunRequest { bundle: bundle.to_owned(), id: id.to_owned() });
+        let mut command = base_command(&self.path, &request);
+        pass_as_control_fd(&mut command, control);
+        command
     }
 
     /// Runs a request that answers on stdout and exits.

@@ -16,7 +16,9 @@ use tokio::sync::{broadcast, oneshot};
 use locald_core::config::{self, Config, ConfigError, PortSource, ports};
 use locald_core::ipc::{ProjectStatus, ServiceState, ServiceStatus};
 
+use crate::container::prepare;
 use crate::logs::LogFile;
+use crate::shim::Shim;
 use output::Sink;
 use service::{Control, Handle};
 
@@ -164,12 +166,7 @@ impl Supervisor {
         let taken = projects.values().flat_map(|p| p.config.services.iter().map(|s| s.port)).collect();
         let config = config::load(&dir, &mut DaemonPorts(taken))?;
         check_ports_free(&config)?;
-        if let Some(image) = config.services.iter().find(|s| s.image.is_some()) {
-            return Err(UpError::Unsupported(format!(
-                "service {:?}: container images are not run by this daemon yet",
-                image.name
-            )));
-        }
+        let runtime = container_runtime(&config)?;
         let log_dir = self.log_dir(&dir);
         let (live, _) = broadcast::channel(4096);
         let mut sinks = Vec::new();
@@ -190,7 +187,17 @@ impl Supervisor {
                 service.depends_on.iter().map(|d| (d.clone(), by_name[&d.name].status.clone())).collect();
             let key = log_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             let slot = self.cgroups.clone().map(|c| (c, format!("{key}.{}", service.name)));
-            let handle = service::start(service.clone(), deps, sink, self.owner.clone(), slot);
+            let container = match (&runtime, &service.container) {
+                (Some(runtime), Some(_)) => Some(service::ContainerSlot {
+                    runtime: runtime.clone(),
+                    project: dir.clone(),
+                    id: prepare::container_id(&key, &service.name),
+                }),
+                _ => None,
+            };
+            // A container gets its cgroup from the shim (under locald/<uid>/), not from us.
+            let slot = if container.is_some() { None } else { slot };
+            let handle = service::start(service.clone(), deps, sink, self.owner.clone(), slot, container);
             by_name.insert(service.name.clone(), handle.clone());
             handles.push(handle);
         }
@@ -272,6 +279,43 @@ pub enum UpError {
     Logs(PathBuf, std::io::Error),
     #[error("{0}")]
     PortInUse(String),
+    #[error("{0}")]
+    Container(String),
+}
+
+/// What containers of this project need, checked before anything starts: local images that
+/// exist, a platform that runs them, and a trustworthy shim. `None` when there are no image
+/// services.
+fn container_runtime(config: &Config) -> Result<Option<Arc<prepare::Runtime>>, UpError> {
+    let source = config.project.source.display();
+    let mut first = None;
+    for service in &config.services {
+        let Some(container) = &service.container else { continue };
+        prepare::check(&config.project.dir, service, container)
+            .map_err(|e| UpError::Container(format!("{source}: service {:?}: {e}", service.name)))?;
+        first.get_or_insert(service.name.as_str());
+    }
+    let Some(name) = first else { return Ok(None) };
+    if !cfg!(target_os = "linux") {
+        return Err(UpError::Unsupported(format!(
+            "{source}: service {name:?} runs in a container, which needs Linux — on macOS run locald in the \
+             Lima VM: `limactl start lima/locald.yaml`, then `limactl shell locald locald up`"
+        )));
+    }
+    let shim = Shim::discover().map_err(|e| {
+        UpError::Container(format!(
+            "{source}: service {name:?} runs in a container, which needs the setuid locald-shim: {e}"
+        ))
+    })?;
+    let cache = locald_core::paths::cache_dir()
+        .map_err(|e| UpError::Container(format!("no cache directory for images: {e}")))?
+        .join("images");
+    Ok(Some(Arc::new(prepare::Runtime {
+        shim,
+        cache,
+        uid: nix::unistd::getuid().as_raw(),
+        gid: nix::unistd::getgid().as_raw(),
+    })))
 }
 
 /// A port written in `locald.toml` that something else already holds fails `up` before anything

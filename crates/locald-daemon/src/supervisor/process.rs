@@ -3,9 +3,11 @@
 //! its pid (= the group id) from being recycled, so a signal to the group can never reach an
 //! unrelated process.
 
-use std::io;
+use std::io::{self, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -18,6 +20,7 @@ use tokio::net::unix::pipe;
 use locald_core::config::Service;
 
 use super::cgroup::ServiceCgroup;
+use crate::shim::Shim;
 
 /// Every process the daemon starts carries this variable: `<owner>` names the state dir of
 /// the daemon that started it, so a later daemon on the same state can find leftovers of a
@@ -28,6 +31,11 @@ pub struct Running {
     pub pid: u32,
     pidfd: AsyncFd<OwnedFd>,
     cgroup: Option<ServiceCgroup>,
+    /// For a container: the shim's control channel. The shim is setuid and the container's
+    /// parent; a signal to its group would kill it before it could pass anything on, so stop
+    /// requests go through here. Dropping it (daemon gone) makes the shim kill the container.
+    control: Option<UnixStream>,
+    pub container: Option<String>,
 }
 
 /// The read ends of a service's stdout and stderr.
@@ -99,7 +107,27 @@ pub fn spawn(service: &Service, owner: &str, cgroup: Option<ServiceCgroup>) -> i
     // SAFETY: an OwnedFd is open, always returns the same raw fd, and is closed only when the
     // AsyncFd owning it is dropped.
     let pidfd = unsafe { AsyncFd::register(pidfd) }.map_err(io::Error::from)?;
-    Ok((Running { pid, pidfd, cgroup }, Output { stdout, stderr }))
+    Ok((Running { pid, pidfd, cgroup, control: None, container: None }, Output { stdout, stderr }))
+}
+
+/// Starts `locald-shim bundle run` for a prepared bundle; the shim's stdout and stderr are the
+/// container's.
+pub fn spawn_container(shim: &Shim, bundle: &Path, id: &str) -> io::Result<(Running, Output)> {
+    let (ours, theirs) = UnixStream::pair()?;
+    let mut cmd = shim.bundle_run(bundle, id, theirs.as_raw_fd());
+    // Its own group: a terminal's Ctrl-C to the daemon must not reach the shim directly.
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
+    let mut child = cmd.spawn()?;
+    drop(theirs);
+    let pid = child.id();
+    let pidfd = pidfd_open(pid)?;
+    let stdout = pipe::Receiver::from_owned_fd(OwnedFd::from(child.stdout.take().expect("piped")))?;
+    let stderr = pipe::Receiver::from_owned_fd(OwnedFd::from(child.stderr.take().expect("piped")))?;
+    drop(child);
+    // SAFETY: as in `spawn`: the OwnedFd is open and owned by the AsyncFd from here on.
+    let pidfd = unsafe { AsyncFd::register(pidfd) }.map_err(io::Error::from)?;
+    let running = Running { pid, pidfd, cgroup: None, control: Some(ours), container: Some(id.to_owned()) };
+    Ok((running, Output { stdout, stderr }))
 }
 
 impl Running {
@@ -133,8 +161,14 @@ impl Running {
         exit
     }
 
-    /// Sends `signal` to the whole group. Valid until [`wait`](Self::wait) has returned.
+    /// Sends `signal` to the whole group (for a container: asks the shim to signal it). Valid
+    /// until [`wait`](Self::wait) has returned.
     pub fn signal_group(&self, signal: i32) {
+        if let Some(control) = &self.control {
+            let name = Signal::try_from(signal).map_or("SIGKILL", |s| s.as_str());
+            let _ = (&*control).write_all(format!("{name}\n").as_bytes());
+            return;
+        }
         if let Ok(signal) = Signal::try_from(signal) {
             let _ = killpg(Pid::from_raw(self.pid as i32), signal);
         }
@@ -142,6 +176,14 @@ impl Running {
             && let Some(cgroup) = &self.cgroup
         {
             cgroup.kill();
+        }
+    }
+
+    /// The last resort when a shim does not act on a stop request: kill the shim itself (the
+    /// container goes with it when the shim's cleanup cannot run, which is why this comes last).
+    pub fn kill_shim(&self) {
+        if self.control.is_some() {
+            let _ = killpg(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
         }
     }
 

@@ -2,8 +2,12 @@
 //! with backoff, obey start/stop/restart. One tokio task per service; its state is published
 //! on a watch channel that `up`, `status` and dependents read.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// How long a SIGKILL relayed through the shim may take before the shim itself is killed.
+const SHIM_GRACE: Duration = Duration::from_secs(10);
 
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -13,6 +17,7 @@ use locald_core::ipc::ServiceState;
 use super::cgroup::Cgroups;
 use super::output::{Sink, pump};
 use super::process::{self, Exit, Output, Running};
+use crate::container::prepare::{self, Runtime};
 use crate::health::{self, Tracker, Verdict};
 
 #[derive(Debug, Clone)]
@@ -65,19 +70,37 @@ pub struct Handle {
 /// Where a service's cgroups are made (when the user has a delegated subtree), and its name.
 pub type CgroupSlot = Option<(Arc<Cgroups>, String)>;
 
+/// For an image service: how its container is made and run.
+#[derive(Clone)]
+pub struct ContainerSlot {
+    pub runtime: Arc<Runtime>,
+    pub project: PathBuf,
+    pub id: String,
+}
+
 pub fn start(
     service: Service,
     deps: Vec<(Dependency, watch::Receiver<Snapshot>)>,
     sink: Sink,
     owner: String,
     cgroup: CgroupSlot,
+    container: Option<ContainerSlot>,
 ) -> Handle {
     let (status_tx, status) = watch::channel(Snapshot::new());
     let (control, control_rx) = mpsc::unbounded_channel();
     let service = Arc::new(service);
     tokio::spawn(
-        Task { service: service.clone(), deps, sink, owner, cgroup, status: status_tx, control: control_rx }
-            .run(),
+        Task {
+            service: service.clone(),
+            deps,
+            sink,
+            owner,
+            cgroup,
+            container,
+            status: status_tx,
+            control: control_rx,
+        }
+        .run(),
     );
     Handle { service, status, control }
 }
@@ -88,6 +111,7 @@ struct Task {
     sink: Sink,
     owner: String,
     cgroup: CgroupSlot,
+    container: Option<ContainerSlot>,
     status: watch::Sender<Snapshot>,
     control: mpsc::UnboundedReceiver<Control>,
 }
@@ -131,7 +155,11 @@ impl Task {
                     None
                 }
             });
-            let end = match process::spawn(&self.service, &self.owner, cgroup) {
+            let spawned = match &self.container {
+                Some(slot) => self.spawn_container(slot.clone()).await,
+                None => process::spawn(&self.service, &self.owner, cgroup),
+            };
+            let end = match spawned {
                 Ok((running, output)) => self.supervise(running, output).await,
                 Err(e) => {
                     self.sink.note(format!("cannot start: {e}"));
@@ -271,9 +299,32 @@ impl Task {
         true
     }
 
+    /// Prepares the bundle (unpacking the image if the cache does not have it) off the async
+    /// threads, then starts the shim on it.
+    async fn spawn_container(&self, slot: ContainerSlot) -> std::io::Result<(Running, Output)> {
+        let service = self.service.clone();
+        let runtime = slot.runtime.clone();
+        let (project, id) = (slot.project.clone(), slot.id.clone());
+        let prepared =
+            tokio::task::spawn_blocking(move || prepare::prepare(&runtime, &project, &service, &id)).await;
+        let (bundle, notes) = match prepared {
+            Ok(Ok(done)) => done,
+            Ok(Err(e)) => return Err(std::io::Error::other(e.to_string())),
+            Err(e) => return Err(std::io::Error::other(format!("bundle preparation failed: {e}"))),
+        };
+        for note in notes {
+            self.sink.note(note);
+        }
+        process::spawn_container(&slot.runtime.shim, &bundle, &slot.id)
+    }
+
     async fn supervise(&mut self, running: Running, output: Output) -> End {
         let pid = running.pid;
-        let confined = if running.has_cgroup() { " in its own cgroup" } else { "" };
+        let confined = match &running.container {
+            Some(id) => format!(" (locald-shim running container {id})"),
+            None if running.has_cgroup() => " in its own cgroup".into(),
+            None => String::new(),
+        };
         self.sink.note(format!("started pid {pid}{confined}"));
         let readers = [
             tokio::spawn(pump(output.stdout, self.sink.clone(), "out")),
@@ -361,7 +412,14 @@ impl Task {
                     humantime::format_duration(self.service.stop_timeout)
                 ));
                 running.signal_group(libc::SIGKILL);
-                running.wait().await
+                match tokio::time::timeout(SHIM_GRACE, running.wait()).await {
+                    Ok(exit) => exit,
+                    Err(_) => {
+                        self.sink.note("the shim did not stop its container; killing the shim".into());
+                        running.kill_shim();
+                        running.wait().await
+                    }
+                }
             }
         }
     }

@@ -216,7 +216,97 @@ fn env_file_comes_before_env_and_port_last() {
 }
 
 #[test]
-fn image_and_command_together_are_refused() {
-    let e = error("[services.db]\ncommand = \"x\"\nimage = \"postgres\"\n");
-    assert_eq!(e, "locald.toml:3:9: set either command or image, not both");
+fn an_image_service_takes_command_volumes_and_limits() {
+    let config = parse(
+        "[services.db]\nimage = \"./images/pg.tar\"\ncommand = [\"postgres\", \"-p\", \"${services.db.port}\"]\n\
+         volumes = [\"./data:/var/lib/pg\", \"conf:/etc/pg:ro\", \"/srv/shared:/shared:rw\"]\n\
+         memory = \"256M\"\npids = 64\ncwd = \"/var/lib/pg\"\nport = 5432\n",
+    )
+    .unwrap();
+    let db = &config.services[0];
+    assert_eq!(db.command, Some(Command::Argv(vec!["postgres".into(), "-p".into(), "5432".into()])));
+    let container = db.container.as_ref().expect("an image service runs in a container");
+    let dir = std::env::temp_dir();
+    assert_eq!(container.image, "./images/pg.tar");
+    assert_eq!(
+        container.volumes,
+        [
+            Volume { host: dir.join("data"), container: "/var/lib/pg".into(), read_only: false },
+            Volume { host: dir.join("conf"), container: "/etc/pg".into(), read_only: true },
+            Volume { host: "/srv/shared".into(), container: "/shared".into(), read_only: false },
+        ]
+    );
+    assert_eq!(container.memory_bytes, Some(256 << 20));
+    assert_eq!(container.pids, Some(64));
+    assert_eq!(container.workdir.as_deref(), Some("/var/lib/pg"));
+    // The host-side cwd stays the project (health check commands run there).
+    assert_eq!(db.cwd, dir);
+}
+
+#[test]
+fn an_image_service_without_command_uses_the_images_own() {
+    let config = parse("[services.cache]\nimage = \"./redis\"\nmemory = 1048576\n").unwrap();
+    assert_eq!(config.services[0].command, None);
+    assert_eq!(config.services[0].container.as_ref().unwrap().memory_bytes, Some(1 << 20));
+}
+
+#[test]
+fn sizes_accept_the_usual_spellings() {
+    use crate::config::raw::Size;
+    for (text, bytes) in [
+        ("512", 512),
+        ("64k", 64 << 10),
+        ("256M", 256 << 20),
+        ("256MiB", 256 << 20),
+        ("1.5G", 3 << 29),
+        ("2GB", 2 << 30),
+    ] {
+        assert_eq!(Size::parse(text), Ok(Size(bytes)), "{text}");
+    }
+    for text in ["", "M", "12X", "-1G", "0", "1e9"] {
+        assert!(Size::parse(text).is_err(), "{text:?} must be refused");
+    }
+}
+
+#[test]
+fn container_keys_are_checked_where_they_are_written() {
+    assert_eq!(error("[services.db]\n"), "locald.toml:1:1: service \"db\" needs a command or an image");
+    assert_eq!(
+        error("[services.db]\ncommand = \"x\"\nvolumes = [\"./d:/d\"]\n"),
+        "locald.toml:3:12: volumes applies only to services with an image"
+    );
+    assert_eq!(
+        error("[services.db]\ncommand = \"x\"\nmemory = \"1G\"\n"),
+        "locald.toml:3:10: memory applies only to services with an image"
+    );
+    assert_eq!(
+        error("[services.db]\nimage = \"./i\"\nvolumes = [\"./d\"]\n"),
+        "locald.toml:3:12: volume \"./d\" must be \"<host path>:<container path>[:ro]\""
+    );
+    assert_eq!(
+        error("[services.db]\nimage = \"./i\"\nvolumes = [\"./d:/d\", \"./d:rel\"]\n"),
+        "locald.toml:3:22: volume \"./d:rel\": container path \"rel\" must be absolute"
+    );
+    assert_eq!(
+        error("[services.db]\nimage = \"./i\"\nvolumes = [\"./d:/d:rx\"]\n"),
+        "locald.toml:3:12: volume \"./d:/d:rx\": unknown option \"rx\" (expected ro or rw)"
+    );
+    assert_eq!(
+        error("[services.db]\nimage = \"./i\"\nvolumes = [\"../x:/d\"]\n"),
+        "locald.toml:3:12: volume \"../x:/d\": the host path may not contain '..'"
+    );
+    assert_eq!(
+        error("[services.db]\nimage = \"./i\"\nvolumes = [\"./a:/d\", \"./b:/d\"]\n"),
+        "locald.toml:3:22: two volumes are mounted at /d"
+    );
+    assert_eq!(
+        error("[services.db]\nimage = \"./i\"\npids = 0\n"),
+        "locald.toml:3:8: pids must be at least 1"
+    );
+    assert_eq!(
+        error("[services.db]\nimage = \"./i\"\ncwd = \"app\"\n"),
+        "locald.toml:3:7: cwd of an image service \"app\" must be absolute"
+    );
+    let e = error("[services.db]\nimage = \"./i\"\nmemory = \"lots\"\n");
+    assert!(e.starts_with("locald.toml:3:10: invalid size \"lots\""), "{e}");
 }

@@ -50,7 +50,47 @@ pub struct Prepared {
     /// Identifies the content: equal ids, equal rootfs.
     pub id: String,
     pub skipped: Skipped,
+    pub defaults: Defaults,
 }
+
+/// What the image's configuration says a container runs when `locald.toml` does not.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Defaults {
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    /// `KEY=VALUE`.
+    pub env: Vec<String>,
+    pub workdir: Option<String>,
+}
+
+impl Defaults {
+    /// From an OCI or Docker image configuration (both keep these under `config` with the same
+    /// capitalised names); anything missing or malformed is simply absent.
+    fn from_config_json(bytes: &[u8]) -> Defaults {
+        let value: serde_json::Value = serde_json::from_slice(bytes).unwrap_or_default();
+        let config = &value["config"];
+        let strings = |key: &str| -> Vec<String> {
+            config[key]
+                .as_array()
+                .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+                .unwrap_or_default()
+        };
+        Defaults {
+            entrypoint: strings("Entrypoint"),
+            cmd: strings("Cmd"),
+            env: strings("Env"),
+            workdir: config["WorkingDir"].as_str().filter(|w| !w.is_empty()).map(str::to_owned),
+        }
+    }
+
+    /// ENTRYPOINT followed by CMD, as docker runs them.
+    pub fn argv(&self) -> Vec<String> {
+        self.entrypoint.iter().chain(&self.cmd).cloned().collect()
+    }
+}
+
+/// Where a cached image keeps its [`Defaults`], beside `rootfs/`.
+const DEFAULTS_FILE: &str = "defaults.json";
 
 /// Classifies `image` (relative to `project`).
 pub fn detect(project: &Path, image: &str) -> Result<ImageSource, ImageError> {
@@ -90,10 +130,11 @@ pub fn prepare(source: &ImageSource, cache: &Path) -> Result<Prepared, ImageErro
             rootfs: path.clone(),
             id: format!("dir:{}", path.display()),
             skipped: Skipped::default(),
+            defaults: Defaults::default(),
         }),
         ImageSource::OciLayout(path) => unpack_cached(path, cache, &oci_layers(path)?),
         ImageSource::Archive(path) => {
-            let staging = cache.join(format!(".staging-{}", std::process::id()));
+            let staging = cache.join(format!(".staging-{}", unique()));
             let _ = fs::remove_dir_all(&staging);
             extract_archive(path, &staging)?;
             let layers = if staging.join("index.json").is_file() {
@@ -108,10 +149,18 @@ pub fn prepare(source: &ImageSource, cache: &Path) -> Result<Prepared, ImageErro
     }
 }
 
+/// A name part no other unpacking uses at the same time: other daemons differ by pid, the
+/// services of one daemon (which prepare in parallel) by the counter.
+fn unique() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    format!("{}-{}", std::process::id(), NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+}
+
 /// The blobs of one image, in application order, with what identifies the whole.
 struct Layers {
     id: String,
     blobs: Vec<Blob>,
+    defaults: Defaults,
 }
 
 struct Blob {
@@ -169,13 +218,16 @@ fn oci_layers(layout: &Path) -> Result<Layers, ImageError> {
             Ok(Blob { path: blob_path(layout, l.digest().as_ref())?, digest: Some(l.digest().to_string()) })
         })
         .collect::<Result<_, ImageError>>()?;
-    Ok(Layers { id: descriptor.digest().to_string(), blobs })
+    let config = fs::read(blob_path(layout, manifest.config().digest().as_ref())?).unwrap_or_default();
+    Ok(Layers { id: descriptor.digest().to_string(), blobs, defaults: Defaults::from_config_json(&config) })
 }
 
 #[derive(serde::Deserialize)]
 struct DockerManifestEntry {
     #[serde(rename = "Layers")]
     layers: Vec<String>,
+    #[serde(rename = "Config")]
+    config: Option<String>,
 }
 
 fn docker_layers(dir: &Path) -> Result<Layers, ImageError> {
@@ -197,7 +249,17 @@ fn docker_layers(dir: &Path) -> Result<Layers, ImageError> {
             Ok(Blob { path: dir.join(relative), digest: None })
         })
         .collect::<Result<_, _>>()?;
-    Ok(Layers { id: format!("sha256:{}", hex::encode(Sha256::digest(&bytes))), blobs })
+    let config = entry
+        .config
+        .as_deref()
+        .filter(|c| Path::new(c).components().all(|c| matches!(c, std::path::Component::Normal(_))))
+        .and_then(|c| fs::read(dir.join(c)).ok())
+        .unwrap_or_default();
+    Ok(Layers {
+        id: format!("sha256:{}", hex::encode(Sha256::digest(&bytes))),
+        blobs,
+        defaults: Defaults::from_config_json(&config),
+    })
 }
 
 /// The outer archive holds only plain files and directories; anything else is refused.
@@ -257,18 +319,28 @@ fn unpack_cached(source: &Path, cache: &Path, layers: &Layers) -> Result<Prepare
     let key = layers.id.replace(':', "-");
     let done = cache.join(&key);
     if done.join("rootfs").is_dir() {
+        let defaults = fs::read(done.join(DEFAULTS_FILE))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_else(|| layers.defaults.clone());
         return Ok(Prepared {
             rootfs: done.join("rootfs"),
             id: layers.id.clone(),
             skipped: Skipped::default(),
+            defaults,
         });
     }
     fs::create_dir_all(cache).map_err(io)?;
     // Unpack beside the final name and rename: concurrent `up`s never see a half-made rootfs.
-    let temp = cache.join(format!(".tmp-{key}-{}", std::process::id()));
+    let temp = cache.join(format!(".tmp-{key}-{}", unique()));
     let _ = fs::remove_dir_all(&temp);
     fs::create_dir_all(temp.join("rootfs")).map_err(io)?;
     let result = unpack_layers(source, &temp.join("rootfs"), layers);
+    let result = result.and_then(|skipped| {
+        let json = serde_json::to_vec(&layers.defaults).expect("defaults serialize");
+        fs::write(temp.join(DEFAULTS_FILE), json).map_err(io)?;
+        Ok(skipped)
+    });
     let skipped = match result {
         Ok(skipped) => skipped,
         Err(e) => {
@@ -284,7 +356,12 @@ fn unpack_cached(source: &Path, cache: &Path, layers: &Layers) -> Result<Prepare
         }
         Err(e) => return Err(io(e)),
     }
-    Ok(Prepared { rootfs: done.join("rootfs"), id: layers.id.clone(), skipped })
+    Ok(Prepared {
+        rootfs: done.join("rootfs"),
+        id: layers.id.clone(),
+        skipped,
+        defaults: layers.defaults.clone(),
+    })
 }
 
 fn unpack_layers(source: &Path, rootfs: &Path, layers: &Layers) -> Result<Skipped, ImageError> {

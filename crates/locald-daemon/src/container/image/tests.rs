@@ -192,7 +192,8 @@ fn oci_layout(dir: &Path, layers: &[Vec<u8>]) {
         fs::write(blobs.join(&digest[7..]), bytes).unwrap();
         digest
     };
-    let config = put(b"{}");
+    let config =
+        put(br#"{"config":{"Entrypoint":["/bin/app"],"Cmd":["--serve"],"Env":["A=1"],"WorkingDir":"/srv"}}"#);
     let layer_descriptors: Vec<serde_json::Value> = layers
         .iter()
         .map(|l| serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": put(l), "size": l.len()}))
@@ -231,6 +232,12 @@ fn an_oci_layout_unpacks_into_the_cache_once() {
     let second = prepare(&source, cache.path()).unwrap();
     assert_eq!(second.rootfs, first.rootfs);
     assert!(second.rootfs.join("marker").exists());
+    // The image's own command comes along, from the cache the second time.
+    for prepared in [&first, &second] {
+        assert_eq!(prepared.defaults.argv(), ["/bin/app", "--serve"]);
+        assert_eq!(prepared.defaults.env, ["A=1"]);
+        assert_eq!(prepared.defaults.workdir.as_deref(), Some("/srv"));
+    }
 }
 
 #[test]
@@ -257,7 +264,7 @@ fn a_docker_save_archive_unpacks() {
     let mut outer = tar::Builder::new(Vec::new());
     for (name, data) in [
         ("manifest.json", &manifest[..]),
-        ("c.json", b"{}"),
+        ("c.json", &br#"{"config":{"Cmd":["sh","-c","run"]}}"#[..]),
         ("l1/layer.tar", &layer1),
         ("l2/layer.tar", &layer2),
     ] {
@@ -270,6 +277,7 @@ fn a_docker_save_archive_unpacks() {
     fs::write(project.path().join("image.tar"), outer.into_inner().unwrap()).unwrap();
     let prepared = prepare(&detect(project.path(), "image.tar").unwrap(), cache.path()).unwrap();
     assert_eq!(tree(&prepared.rootfs), ["etc/", "etc/os-release"]);
+    assert_eq!(prepared.defaults.argv(), ["sh", "-c", "run"]);
     assert!(
         !cache.path().read_dir().unwrap().any(|e| e
             .unwrap()
@@ -286,4 +294,36 @@ fn registry_references_get_a_clear_message() {
     assert!(err.to_string().contains("only local images are supported"), "{err}");
     assert!(err.to_string().contains("docker save postgres:16"), "{err}");
     assert!(matches!(detect(project.path(), "./missing-dir").unwrap_err(), ImageError::Missing(_)));
+}
+
+#[test]
+fn services_of_one_daemon_preparing_the_same_archive_at_once_get_whole_rootfs() {
+    let project = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let big = "x".repeat(4 << 20);
+    let layer = tar_bytes(&[Entry::Dir("bin/", 0o755), Entry::File("bin/app", &big)]);
+    let manifest = br#"[{"Config":"c.json","Layers":["l/layer.tar"]}]"#;
+    let mut outer = tar::Builder::new(Vec::new());
+    for (name, data) in [("manifest.json", &manifest[..]), ("c.json", &b"{}"[..]), ("l/layer.tar", &layer)] {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        outer.append_data(&mut header, name, data).unwrap();
+    }
+    fs::write(project.path().join("image.tar"), outer.into_inner().unwrap()).unwrap();
+    let source = detect(project.path(), "image.tar").unwrap();
+    // Same process, same moment: what two image services of one project do on `up`.
+    let results: Vec<Prepared> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4).map(|_| s.spawn(|| prepare(&source, cache.path()).unwrap())).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for prepared in &results {
+        assert_eq!(fs::read_to_string(prepared.rootfs.join("bin/app")).unwrap().len(), big.len());
+    }
+    let left: Vec<String> = fs::read_dir(cache.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left.len(), 1, "only the finished image stays in the cache: {left:?}");
 }

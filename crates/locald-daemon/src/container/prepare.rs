@@ -1,0 +1,218 @@
+//! From an image service of `locald.toml` to a bundle the shim will run: the image unpacked
+//! (or found in the cache), its rootfs copied to `<project>/.locald/containers/<service>/`, and a
+//! `config.json` generated for the caller's uid.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use locald_core::config::{Container, Service};
+
+use super::bundle::{self, BundleError, ContainerConfig, Volume};
+use super::copy::copy_tree;
+use super::image::{self, Defaults, ImageError, ImageSource};
+use crate::shim::Shim;
+
+/// Records which image the rootfs beside it was copied from.
+const IMAGE_MARKER: &str = "image-id";
+/// The shim accepts ids of at most this length.
+const MAX_ID: usize = 64;
+
+/// What every container of one daemon shares.
+#[derive(Debug)]
+pub struct Runtime {
+    pub shim: Shim,
+    /// `$XDG_CACHE_HOME/locald/images`.
+    pub cache: PathBuf,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error(
+        "image {0} has no command of its own (a plain directory, or an image without Entrypoint/Cmd): set `command`"
+    )]
+    NoCommand(String),
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    #[error("{what} {path}: {source}")]
+    Io { what: &'static str, path: PathBuf, source: io::Error },
+}
+
+fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> PrepareError {
+    let path = path.to_owned();
+    move |source| PrepareError::Io { what, path, source }
+}
+
+/// The container id of `service` in the project whose daemon key is `project_key`: unique per
+/// project directory, recognisable in `ps` and in `/run/locald/<uid>/`.
+pub fn container_id(project_key: &str, service: &str) -> String {
+    let service: String = service
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '-' })
+        .collect();
+    let room = MAX_ID - 1 - project_key.len().min(MAX_ID / 2);
+    let key = &project_key[..project_key.len().min(MAX_ID / 2)];
+    if service.len() <= room {
+        format!("{service}-{key}")
+    } else {
+        // Two long names sharing a prefix still differ by their hash.
+        let hash = service.bytes().fold(0xcbf2_9ce4_u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
+        format!("{}-{hash:08x}-{key}", &service[..room - 9])
+    }
+}
+
+/// `<project>/.locald/containers/<service>`.
+pub fn bundle_dir(project: &Path, service: &str) -> PathBuf {
+    project.join(".locald").join("containers").join(service)
+}
+
+/// Checks what can be checked before anything starts: the image exists and is local, and a
+/// command is known for images that bring none.
+pub fn check(project: &Path, service: &Service, container: &Container) -> Result<ImageSource, PrepareError> {
+    let source = image::detect(project, &container.image)?;
+    if matches!(source, ImageSource::Directory(_)) && service.command.is_none() {
+        return Err(PrepareError::NoCommand(container.image.clone()));
+    }
+    Ok(source)
+}
+
+/// Makes the bundle of `service` ready to run as container `id`; blocking (it may unpack an
+/// image). Returns the bundle directory and lines worth a note in the service's log.
+pub fn prepare(
+    runtime: &Runtime,
+    project: &Path,
+    service: &Service,
+    id: &str,
+) -> Result<(PathBuf, Vec<String>), PrepareError> {
+    let container = service.container.as_ref().expect("only image services have bundles");
+    let mut notes = Vec::new();
+    let source = check(project, service, container)?;
+    let prepared = image::prepare(&source, &runtime.cache)?;
+    if !prepared.skipped.devices.is_empty() {
+        notes
+            .push(format!("image: {} device node(s) left out of the rootfs", prepared.skipped.devices.len()));
+    }
+    let args = match &service.command {
+        Some(command) => command.argv(),
+        None => prepared.defaults.argv(),
+    };
+    if args.is_empty() {
+        return Err(PrepareError::NoCommand(container.image.clone()));
+    }
+
+    let dot_locald = project.join(".locald");
+    fs::create_dir_all(&dot_locald).map_err(io_err("create", &dot_locald))?;
+    // Rootfs copies are not something to commit by accident.
+    let ignore = dot_locald.join(".gitignore");
+    if !ignore.exists() {
+        fs::write(&ignore, "*\n").map_err(io_err("write", &ignore))?;
+    }
+    let dir = bundle_dir(project, &service.name);
+    let marker = dir.join(IMAGE_MARKER);
+    // A directory image may change under the same name: it is copied afresh on every start.
+    let reusable = !matches!(source, ImageSource::Directory(_))
+        && fs::read_to_string(&marker).is_ok_and(|id| id == prepared.id)
+        && dir.join("rootfs").is_dir();
+    if !reusable {
+        remove_bundle(runtime, &dir)?;
+        fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+        copy_tree(&prepared.rootfs, &dir.join("rootfs"))
+            .map_err(io_err("copy the image's rootfs to", &dir))?;
+        fs::write(&marker, &prepared.id).map_err(io_err("write", &marker))?;
+    } else {
+        notes.push("reusing the container's rootfs from its last run".into());
+    }
+
+    for volume in &container.volumes {
+        // Like compose: a missing host directory is created (as the user, not as root).
+        if fs::symlink_metadata(&volume.host).is_err() {
+            fs::create_dir_all(&volume.host).map_err(io_err("create volume", &volume.host))?;
+        }
+    }
+    let config = ContainerConfig {
+        id: id.to_owned(),
+        uid: runtime.uid,
+        gid: runtime.gid,
+        args,
+        env: environment(&prepared.defaults, &service.env),
+        cwd: container.workdir.clone().or_else(|| prepared.defaults.workdir.clone()).map(PathBuf::from),
+        volumes: container
+            .volumes
+            .iter()
+            .map(|v| Volume {
+                host: v.host.clone(),
+                container: v.container.clone().into(),
+                read_only: v.read_only,
+            })
+            .collect(),
+        memory_bytes: container.memory_bytes.map(|b| i64::try_from(b).unwrap_or(i64::MAX)),
+        pids: container.pids,
+    };
+    bundle::write(&dir, &config)?;
+    Ok((dir, notes))
+}
+
+/// The image's variables, then the service's (which win for the same name, PORT included).
+fn environment(defaults: &Defaults, service: &[(String, String)]) -> Vec<String> {
+    let mut env: Vec<String> = defaults
+        .env
+        .iter()
+        .filter(|entry| {
+            let key = entry.split_once('=').map_or(entry.as_str(), |(k, _)| k);
+            !service.iter().any(|(k, _)| k == key)
+        })
+        .cloned()
+        .collect();
+    env.extend(service.iter().map(|(k, v)| format!("{k}={v}")));
+    env
+}
+
+/// Removes an old bundle; files a container left root-owned go through the shim's cleanup.
+fn remove_bundle(runtime: &Runtime, dir: &Path) -> Result<(), PrepareError> {
+    match fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            runtime.shim.cleanup(dir).map_err(|e| PrepareError::Io {
+                what: "remove the old bundle",
+                path: dir.to_owned(),
+                source: io::Error::other(e),
+            })
+        }
+        Err(source) => Err(PrepareError::Io { what: "remove the old bundle", path: dir.to_owned(), source }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_unique_per_project_and_fit_the_shims_limit() {
+        let key = "0123456789abcdef";
+        assert_eq!(container_id(key, "web"), "web-0123456789abcdef");
+        let long_a = format!("{}a", "s".repeat(62));
+        let long_b = format!("{}b", "s".repeat(62));
+        let (a, b) = (container_id(key, &long_a), container_id(key, &long_b));
+        assert_ne!(a, b, "services sharing a long prefix get different ids");
+        for id in [&a, &b] {
+            assert!(id.len() <= MAX_ID, "{id}");
+            locald_shim::bundle_policy::container_id(id).expect("the shim accepts the id");
+        }
+        assert_ne!(container_id("1111111111111111", "web"), container_id("2222222222222222", "web"));
+    }
+
+    #[test]
+    fn service_variables_override_the_images() {
+        let defaults = Defaults {
+            env: vec!["PATH=/opt/bin".into(), "PORT=80".into(), "LANG=C".into()],
+            ..Defaults::default()
+        };
+        let service = vec![("PORT".to_owned(), "41000".to_owned()), ("MODE".to_owned(), "dev".to_owned())];
+        assert_eq!(environment(&defaults, &service), ["PATH=/opt/bin", "LANG=C", "PORT=41000", "MODE=dev"]);
+    }
+}
