@@ -230,9 +230,13 @@ restart = "no"
     project.chown();
 
     project.ok(&["up"]);
-    let status: serde_json::Value = serde_json::from_str(&project.ok(&["status", "--json"])).unwrap();
+    // `up` returns once job has started; its completion is only in the status.
+    let status = wait_for(Duration::from_secs(10), || {
+        let status: serde_json::Value = serde_json::from_str(&project.ok(&["status", "--json"])).unwrap();
+        (service(&status, "job")["state"] == "completed").then_some(status)
+    })
+    .unwrap_or_else(|| panic!("job did not complete:\n{}", project.logs()));
     assert_eq!(service(&status, "web")["state"], "healthy", "{status}");
-    assert_eq!(service(&status, "job")["state"], "completed", "{status}\n{}", project.logs());
 
     // The service answers on its port with the file from the read-only volume.
     let port = service(&status, "web")["port"].as_u64().unwrap();
@@ -331,4 +335,32 @@ fn a_killed_daemon_takes_its_containers_with_it() {
         pids_with_arg(&token),
         container_dirs(p.user.uid, &id)
     );
+}
+
+#[test]
+fn root_owned_leftovers_in_an_old_bundle_are_removed_through_the_shim() {
+    let Some(p) = privileged() else { return };
+    let project = UserProject::new(
+        p,
+        "svc-leftovers",
+        "[services.once]\nimage = \"./rootfs\"\ncommand = \"echo ran > /data/ran\"\nvolumes = [\"./data:/data\"]\nrestart = \"no\"\n",
+    );
+    busybox_dir(&project.dir.join("rootfs"));
+    // What a crashed runtime can leave: a root-owned directory the user cannot empty.
+    let stale = project.dir.join(".locald/containers/once/rootfs/var/lib/stale");
+    fs::create_dir_all(&stale).unwrap();
+    project.chown();
+    fs::write(stale.join("root-file"), "").unwrap();
+    std::os::unix::fs::chown(&stale, Some(0), Some(0)).unwrap();
+    std::os::unix::fs::chown(stale.join("root-file"), Some(0), Some(0)).unwrap();
+
+    project.ok(&["up"]);
+    assert!(!stale.exists(), "the old bundle was replaced");
+    let completed = wait_for(Duration::from_secs(10), || {
+        let status: serde_json::Value = serde_json::from_str(&project.ok(&["status", "--json"])).unwrap();
+        (service(&status, "once")["state"] == "completed").then_some(())
+    });
+    assert!(completed.is_some(), "{}", project.logs());
+    assert_eq!(fs::read_to_string(project.dir.join("data/ran")).unwrap().trim(), "ran");
+    project.ok(&["down"]);
 }
