@@ -174,7 +174,7 @@ fn a_hanging_service_fails_liveness_even_while_its_health_check_passes() {
         "hang",
         "[services.app]\ncommand = [\"python3\", \"hang.py\"]\nstop_timeout = \"1s\"\n\
          health_check = { tcp = true, interval = \"50ms\", retries = 100 }\n\
-         liveness = { http = \"/\", interval = \"200ms\", timeout = \"300ms\", retries = 2 }\n",
+         liveness = { http = \"/\", interval = \"200ms\", timeout = \"300ms\", retries = 2, start_period = \"5s\" }\n",
     );
     std::fs::write(
         dir.join("hang.py"),
@@ -183,8 +183,10 @@ fn a_hanging_service_fails_liveness_even_while_its_health_check_passes() {
          while True:\n    kept.append(s.accept()[0])\n",
     )
     .unwrap();
+    // start_period: a slow python start on a loaded machine must not count against liveness
+    // before the health check could pass, or `up` itself fails.
     daemon.ok(&["up", dir.to_str().unwrap()]);
-    let restarted = wait_for(Duration::from_secs(15), || {
+    let restarted = wait_for(Duration::from_secs(30), || {
         (daemon.service("hang", "app")["restarts"].as_u64().unwrap_or(0) >= 1).then_some(())
     });
     assert!(restarted.is_some(), "liveness never failed: {}", daemon.service("hang", "app"));

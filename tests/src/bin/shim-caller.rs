@@ -122,7 +122,10 @@ fn bundle_control(args: &[String]) {
     let theirs_fd = theirs.as_raw_fd();
     let mut command = Command::new(&shim);
     command.args(["bundle", "run", "--bundle", &args[0], "--id", &args[1]]).env_clear();
-    command.stdout(Stdio::null()).stderr(Stdio::inherit());
+    // A stop request is sent once the container said it is ready (its trap is installed: the
+    // init of a pid namespace ignores a signal it has no handler for).
+    let stop = args[2] != "EOF";
+    command.stdout(if stop { Stdio::piped() } else { Stdio::null() }).stderr(Stdio::inherit());
     // SAFETY: only dup2 between fork and exec, which is async-signal-safe.
     unsafe {
         command.pre_exec(move || {
@@ -135,16 +138,21 @@ fn bundle_control(args: &[String]) {
     let mut child = command.spawn().expect("spawn shim");
     drop(theirs);
     let stream = std::os::unix::net::UnixStream::from(ours);
+    // A shim that never answers fails the test instead of hanging it.
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
     let mut lines = std::io::BufReader::new(stream.try_clone().unwrap()).lines();
     let started = lines.next().expect("a started line").expect("read");
     println!("{}", started.replace(' ', "="));
-    if args[2] == "EOF" {
-        drop(lines);
-        drop(stream);
-    } else {
+    if stop {
+        let stdout = child.stdout.take().expect("piped");
+        let ready = std::io::BufReader::new(stdout).lines().next().expect("a line from the container");
+        assert_eq!(ready.expect("read"), "ready");
         (&stream).write_all(format!("{}\n", args[2]).as_bytes()).unwrap();
         let exited = lines.next().expect("an exited line").expect("read");
         println!("{}", exited.replace(' ', "="));
+    } else {
+        drop(lines);
+        drop(stream);
     }
     let status = child.wait().expect("wait shim");
     println!("shim_exit={}", status.code().unwrap_or(-1));

@@ -14,7 +14,6 @@ use std::path::{Path, PathBuf};
 
 use libcontainer::container::Container;
 use libcontainer::container::builder::ContainerBuilder;
-use libcontainer::signal::Signal;
 use libcontainer::syscall::syscall::SyscallType;
 use locald_shim::bundle_policy::{self, bind_sources};
 use locald_shim::protocol::BundleRunRequest;
@@ -60,7 +59,7 @@ pub fn run(root: Root, request: &BundleRunRequest) -> Result<i32, ShimError> {
     write_spec_copy(&copy, &spec)?;
 
     let control = control_channel();
-    let result = run_container(&state, &copy, &request.id, control);
+    let result = run_container(&state, &copy, &request.id, caller.uid.as_raw(), control);
     let _ = fs::remove_dir_all(&copy);
     result
 }
@@ -175,7 +174,7 @@ fn clear_cgroup(dir: &Path) {
         }
     }
     // Killed tasks leave the cgroup asynchronously; rmdir succeeds once they are gone.
-    for _ in 0..200 {
+    for _ in 0..600 {
         if fs::remove_dir(dir).is_ok() || !dir.exists() {
             return;
         }
@@ -204,7 +203,13 @@ fn control_channel() -> Option<fs::File> {
     Some(fs::File::from(unsafe { OwnedFd::from_raw_fd(CONTROL_FD) }))
 }
 
-fn run_container(state: &Path, bundle: &Path, id: &str, control: Option<fs::File>) -> Result<i32, ShimError> {
+fn run_container(
+    state: &Path,
+    bundle: &Path,
+    id: &str,
+    uid: u32,
+    control: Option<fs::File>,
+) -> Result<i32, ShimError> {
     fn lc(what: &'static str) -> impl Fn(libcontainer::error::LibcontainerError) -> ShimError {
         move |e| ShimError::os(what, e)
     }
@@ -225,18 +230,37 @@ fn run_container(state: &Path, bundle: &Path, id: &str, control: Option<fs::File
         return Err(ShimError::os("start container", "no pid"));
     };
     if let Some(mut control) = control {
+        // Pinned before anything can reap it (only this thread's wait_for does).
+        let init = match Init::open(pid) {
+            Ok(init) => init,
+            Err(e) => {
+                let _ = container.delete(true);
+                return Err(e);
+            }
+        };
         let _ = writeln!(control, "started {pid}");
-        let container_dir = state.join(id);
         let reader = control.try_clone().map_err(|e| ShimError::os("dup control fd", e))?;
-        std::thread::spawn(move || relay_stop_requests(reader, container_dir));
+        std::thread::spawn(move || relay_stop_requests(reader, init));
         let status = wait_for(pid);
+        tear_down(&mut container, state, uid, id);
         let _ = writeln!(control, "exited {status}");
-        let _ = container.delete(true);
         return Ok(status);
     }
     let status = wait_for(pid);
-    let _ = container.delete(true);
+    tear_down(&mut container, state, uid, id);
     Ok(status)
+}
+
+/// After the init exited: its other processes may still be dying (a loaded machine, a v1
+/// hierarchy without `cgroup.kill`), and libcontainer's delete gives up on a cgroup that is not
+/// empty yet — leaving state and cgroups behind. Our own sweep kills, waits and removes them,
+/// then the state directory goes whatever libcontainer managed.
+fn tear_down(container: &mut Container, state: &Path, uid: u32, id: &str) {
+    if container.delete(true).is_err() {
+        clear_stale_cgroups(uid, id);
+        let _ = container.delete(true);
+    }
+    let _ = fs::remove_dir_all(state.join(id));
 }
 
 /// Exit code of the container's init: its status, or 128 + the signal that killed it.
@@ -252,9 +276,55 @@ fn wait_for(pid: nix::unistd::Pid) -> i32 {
     }
 }
 
-/// Lines on the control fd name signals for the whole container; EOF means the daemon is gone,
-/// and nothing may outlive it unnoticed, so the container is killed.
-fn relay_stop_requests(control: fs::File, container_dir: PathBuf) {
+/// `SIGTERM`, `TERM` or `15`.
+fn parse_signal(name: &str) -> Option<nix::sys::signal::Signal> {
+    use std::str::FromStr;
+    if let Ok(number) = name.parse::<i32>() {
+        return nix::sys::signal::Signal::try_from(number).ok();
+    }
+    let upper = name.to_ascii_uppercase();
+    let full = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
+    nix::sys::signal::Signal::from_str(&full).ok()
+}
+
+/// The container's init held by a pidfd: a signal through it can never reach a process that
+/// got the pid after init was reaped.
+struct Init(OwnedFd);
+
+impl Init {
+    fn open(pid: nix::unistd::Pid) -> Result<Self, ShimError> {
+        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1; no memory is passed.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+        if fd < 0 {
+            return Err(ShimError::os("pidfd_open of the container's init", std::io::Error::last_os_error()));
+        }
+        // SAFETY: the kernel just returned this fd; nothing else owns it.
+        Ok(Init(unsafe { OwnedFd::from_raw_fd(fd as i32) }))
+    }
+
+    fn signal(&self, signal: nix::sys::signal::Signal) {
+        // SAFETY: pidfd_send_signal with an open pidfd, a signal number, no siginfo and no flags.
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.0.as_raw_fd(),
+                signal as i32,
+                std::ptr::null::<u8>(),
+                0,
+            )
+        };
+    }
+}
+
+/// Lines on the control fd name signals for the container's init (as `docker stop` does: the
+/// service's main process decides how to end its children). SIGKILL of init ends the container's
+/// whole pid namespace; whatever else is left in its cgroup is swept by [`tear_down`]. EOF means
+/// the daemon is gone, and nothing may outlive it unnoticed, so the container is killed.
+///
+/// libcontainer's own `kill` is not used here: it freezes the cgroup around the signal and records
+/// the container as stopped after any signal, and on a v1 hierarchy a request could be dropped
+/// without the signal being sent.
+fn relay_stop_requests(control: fs::File, init: Init) {
     let mut reader = BufReader::new(control);
     loop {
         // A request is a signal name; a line longer than that is cut, so a caller cannot make
@@ -264,12 +334,9 @@ fn relay_stop_requests(control: fs::File, container_dir: PathBuf) {
             Ok(0) | Err(_) => "SIGKILL".to_owned(),
             Ok(_) => String::from_utf8_lossy(&line).trim().to_owned(),
         };
-        let Ok(signal) = Signal::try_from(name.as_str()) else { continue };
-        let is_kill = matches!(name.as_str(), "SIGKILL" | "KILL" | "9");
-        if let Ok(mut container) = Container::load(container_dir.clone()) {
-            let _ = container.kill(signal, true);
-        }
-        if is_kill {
+        let Some(signal) = parse_signal(&name) else { continue };
+        init.signal(signal);
+        if signal == nix::sys::signal::Signal::SIGKILL {
             return;
         }
     }
