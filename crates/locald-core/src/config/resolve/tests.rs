@@ -220,3 +220,12 @@ fn image_and_command_together_are_refused() {
     let e = error("[services.db]\ncommand = \"x\"\nimage = \"postgres\"\n");
     assert_eq!(e, "locald.toml:3:9: set either command or image, not both");
 }
+
+#[test]
+fn the_default_suffix_is_a_local_one_or_localhost() {
+    assert_eq!(suffix_from(None), "localhost");
+    assert_eq!(suffix_from(Some("test")), "test");
+    assert_eq!(suffix_from(Some("home.arpa")), "home.arpa");
+    assert_eq!(suffix_from(Some("com")), "localhost");
+    assert_eq!(suffix_from(Some("")), "localhost");
+}
