@@ -25,6 +25,7 @@ if grep -q locald.probe=1 /proc/cmdline; then
     poweroff -f
 fi
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
+# shellcheck disable=SC2013 # cgroup.controllers is one line of space-separated names
 for c in $(cat /sys/fs/cgroup/cgroup.controllers); do
     echo "+$c" > /sys/fs/cgroup/cgroup.subtree_control
 done

@@ -9,7 +9,7 @@ mke2fs -q -F -d project/content project/disk.img 4096 2>/dev/null || {
     mke2fs -q -F project/disk.img
 }
 touch project/locald.toml
-cd project
+cd project || exit
 locald mount disk.img --name data --fstype ext2
 options=$(awk '$2 ~ /\.locald\/mounts\/data$/ {print $4}' /proc/mounts)
 echo "mount options: $options"

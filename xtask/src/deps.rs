@@ -8,9 +8,19 @@ use crate::util;
 
 /// Packages the privileged suite uses: a C compiler for the LD_PRELOAD probe, useradd for the
 /// throwaway users, mkfs.ext4 for the loop-mount images, a static busybox for container rootfs,
-/// openssl to check the CA.
-pub const TEST_PACKAGES: &[&str] =
-    &["gcc", "libc6-dev", "passwd", "util-linux", "e2fsprogs", "busybox-static", "openssl"];
+/// openssl to check the CA; for the packaging suite (tests/tests/packaging.rs) Nix to parse the
+/// `.nix` files and read the flake's lock offline, and shellcheck for every shell script.
+pub const TEST_PACKAGES: &[&str] = &[
+    "gcc",
+    "libc6-dev",
+    "passwd",
+    "util-linux",
+    "e2fsprogs",
+    "busybox-static",
+    "openssl",
+    "nix-bin",
+    "shellcheck",
+];
 
 pub fn ensure(packages: &[&str]) -> anyhow::Result<()> {
     let missing: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();

@@ -62,7 +62,7 @@ pub fn resolve_toml(
             check_domain(domain.get_ref()).map_err(|m| ctx.err(domain.span().start, m))?;
             domain.get_ref().clone()
         }
-        None => format!("{project_name}.localhost"),
+        None => format!("{project_name}.{}", default_suffix()),
     };
     if raw.services.is_empty() {
         return Err(ConfigError::whole_file(file, "no [services.<name>] defined"));
@@ -215,7 +215,7 @@ pub fn resolve_procfile(
     ports: &mut dyn PortSource,
 ) -> Result<Config, ConfigError> {
     let name = name_from_dir(dir);
-    let domain = format!("{name}.localhost");
+    let domain = format!("{name}.{}", default_suffix());
     let dotenv_path = dir.join(".env");
     let dotenv = match std::fs::read_to_string(&dotenv_path) {
         Ok(text) => dotenv::parse(&text).map_err(|(line, m)| ConfigError {
@@ -554,6 +554,21 @@ fn check_domain(domain: &str) -> Result<(), String> {
     } else {
         Err(format!("domain {domain:?} is not a valid lowercase host name"))
     }
+}
+
+/// Set by the NixOS module (`services.locald.domainSuffix`): the suffix of default project names.
+pub const DOMAIN_SUFFIX_VAR: &str = "LOCALD_DOMAIN_SUFFIX";
+/// Suffixes reserved for local use (RFC 6761, RFC 8375, ICANN's .internal): the shim's list.
+const LOCAL_SUFFIXES: &[&str] = &["localhost", "test", "internal", "home.arpa"];
+
+/// `<project>.<suffix>` unless `locald.toml` names a domain: `$LOCALD_DOMAIN_SUFFIX` when it is one
+/// of the local suffixes, else `localhost`.
+fn default_suffix() -> &'static str {
+    suffix_from(std::env::var(DOMAIN_SUFFIX_VAR).ok().as_deref())
+}
+
+fn suffix_from(value: Option<&str>) -> &'static str {
+    LOCAL_SUFFIXES.iter().copied().find(|s| Some(*s) == value).unwrap_or("localhost")
 }
 
 /// A project name from its directory: lowercase, anything else becomes '-'.

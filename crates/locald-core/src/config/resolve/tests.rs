@@ -310,3 +310,12 @@ fn container_keys_are_checked_where_they_are_written() {
     let e = error("[services.db]\nimage = \"./i\"\nmemory = \"lots\"\n");
     assert!(e.starts_with("locald.toml:3:10: invalid size \"lots\""), "{e}");
 }
+
+#[test]
+fn the_default_suffix_is_a_local_one_or_localhost() {
+    assert_eq!(suffix_from(None), "localhost");
+    assert_eq!(suffix_from(Some("test")), "test");
+    assert_eq!(suffix_from(Some("home.arpa")), "home.arpa");
+    assert_eq!(suffix_from(Some("com")), "localhost");
+    assert_eq!(suffix_from(Some("")), "localhost");
+}
