@@ -17,7 +17,7 @@ pids = 16
 stop_timeout = "1s"
 health_check = { tcp = true }
 TOML
-cd proj
+cd proj || exit
 locald up
 uid=$(id -u)
 cg=$(ls -d "/sys/fs/cgroup/locald/$uid"/app-*)
