@@ -11,7 +11,7 @@ pub enum PathError {
     Io { path: PathBuf, source: io::Error },
     #[error("{0}: must be a directory owned by you with mode 0700 (not a symlink); remove it or fix it")]
     Unsafe(PathBuf),
-    #[error("neither XDG_STATE_HOME nor HOME is set")]
+    #[error("HOME is not set (nor the XDG_*_HOME variable that would replace it)")]
     NoHome,
 }
 
@@ -37,21 +37,19 @@ pub fn socket_path() -> Result<PathBuf, PathError> {
 
 /// `$XDG_STATE_HOME/locald` (default `~/.local/state/locald`): logs and supervisor state.
 pub fn state_dir() -> Result<PathBuf, PathError> {
-    let base = match std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
-        Some(base) => PathBuf::from(base),
-        None => PathBuf::from(std::env::var_os("HOME").ok_or(PathError::NoHome)?).join(".local/state"),
-    };
-    let dir = base.join("locald");
-    fs::create_dir_all(&base).map_err(|source| PathError::Io { path: base.clone(), source })?;
-    private_dir(&dir)?;
-    Ok(dir)
+    xdg_dir("XDG_STATE_HOME", ".local/state")
 }
 
 /// `$XDG_CACHE_HOME/locald` (default `~/.cache/locald`): unpacked container images.
 pub fn cache_dir() -> Result<PathBuf, PathError> {
-    let base = match std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+    xdg_dir("XDG_CACHE_HOME", ".cache")
+}
+
+/// `$<var>/locald`, or `~/<default>/locald`; created private to the user.
+fn xdg_dir(var: &str, default: &str) -> Result<PathBuf, PathError> {
+    let base = match std::env::var_os(var).filter(|v| !v.is_empty()) {
         Some(base) => PathBuf::from(base),
-        None => PathBuf::from(std::env::var_os("HOME").ok_or(PathError::NoHome)?).join(".cache"),
+        None => PathBuf::from(std::env::var_os("HOME").ok_or(PathError::NoHome)?).join(default),
     };
     let dir = base.join("locald");
     fs::create_dir_all(&base).map_err(|source| PathError::Io { path: base.clone(), source })?;

@@ -97,17 +97,22 @@ pub fn spawn(service: &Service, owner: &str, cgroup: Option<ServiceCgroup>) -> i
             });
         }
     }
-    let mut child = cmd.spawn()?;
+    let (pid, pidfd, output) = watch(cmd.spawn()?)?;
+    Ok((Running { pid, pidfd, cgroup, control: None, container: None }, output))
+}
+
+/// Takes over a just-spawned child: its pid pinned by a pidfd (reaped by [`Running::wait`], not
+/// through `child`) and its output pipes.
+fn watch(mut child: std::process::Child) -> io::Result<(u32, AsyncFd<OwnedFd>, Output)> {
     let pid = child.id();
     let pidfd = pidfd_open(pid)?;
     let stdout = pipe::Receiver::from_owned_fd(OwnedFd::from(child.stdout.take().expect("piped")))?;
     let stderr = pipe::Receiver::from_owned_fd(OwnedFd::from(child.stderr.take().expect("piped")))?;
-    // The pid is reaped by `wait` below, not through `child`.
     drop(child);
     // SAFETY: an OwnedFd is open, always returns the same raw fd, and is closed only when the
     // AsyncFd owning it is dropped.
     let pidfd = unsafe { AsyncFd::register(pidfd) }.map_err(io::Error::from)?;
-    Ok((Running { pid, pidfd, cgroup, control: None, container: None }, Output { stdout, stderr }))
+    Ok((pid, pidfd, Output { stdout, stderr }))
 }
 
 /// Starts `locald-shim bundle run` for a prepared bundle; the shim's stdout and stderr are the
@@ -117,17 +122,11 @@ pub fn spawn_container(shim: &Shim, bundle: &Path, id: &str) -> io::Result<(Runn
     let mut cmd = shim.bundle_run(bundle, id, theirs.as_raw_fd());
     // Its own group: a terminal's Ctrl-C to the daemon must not reach the shim directly.
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
-    let mut child = cmd.spawn()?;
+    let child = cmd.spawn()?;
     drop(theirs);
-    let pid = child.id();
-    let pidfd = pidfd_open(pid)?;
-    let stdout = pipe::Receiver::from_owned_fd(OwnedFd::from(child.stdout.take().expect("piped")))?;
-    let stderr = pipe::Receiver::from_owned_fd(OwnedFd::from(child.stderr.take().expect("piped")))?;
-    drop(child);
-    // SAFETY: as in `spawn`: the OwnedFd is open and owned by the AsyncFd from here on.
-    let pidfd = unsafe { AsyncFd::register(pidfd) }.map_err(io::Error::from)?;
+    let (pid, pidfd, output) = watch(child)?;
     let running = Running { pid, pidfd, cgroup: None, control: Some(ours), container: Some(id.to_owned()) };
-    Ok((running, Output { stdout, stderr }))
+    Ok((running, output))
 }
 
 impl Running {

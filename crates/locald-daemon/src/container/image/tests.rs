@@ -254,6 +254,19 @@ fn a_tampered_layer_is_rejected_and_nothing_is_cached() {
     assert_eq!(fs::read_dir(cache.path()).unwrap().count(), 0, "a half-made rootfs was left in the cache");
 }
 
+/// A `docker save`-style tarball of plain files at `path`.
+fn docker_archive(path: &Path, files: &[(&str, &[u8])]) {
+    let mut outer = tar::Builder::new(Vec::new());
+    for (name, data) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        outer.append_data(&mut header, name, *data).unwrap();
+    }
+    fs::write(path, outer.into_inner().unwrap()).unwrap();
+}
+
 #[test]
 fn a_docker_save_archive_unpacks() {
     let project = tempfile::tempdir().unwrap();
@@ -261,20 +274,15 @@ fn a_docker_save_archive_unpacks() {
     let layer1 = tar_bytes(&[Entry::File("etc/os-release", "ID=test"), Entry::File("etc/old", "x")]);
     let layer2 = tar_bytes(&[Entry::File("etc/.wh.old", "")]);
     let manifest = br#"[{"Config":"c.json","RepoTags":["t:1"],"Layers":["l1/layer.tar","l2/layer.tar"]}]"#;
-    let mut outer = tar::Builder::new(Vec::new());
-    for (name, data) in [
-        ("manifest.json", &manifest[..]),
-        ("c.json", &br#"{"config":{"Cmd":["sh","-c","run"]}}"#[..]),
-        ("l1/layer.tar", &layer1),
-        ("l2/layer.tar", &layer2),
-    ] {
-        let mut header = tar::Header::new_gnu();
-        header.set_size(data.len() as u64);
-        header.set_mode(0o644);
-        header.set_cksum();
-        outer.append_data(&mut header, name, data).unwrap();
-    }
-    fs::write(project.path().join("image.tar"), outer.into_inner().unwrap()).unwrap();
+    docker_archive(
+        &project.path().join("image.tar"),
+        &[
+            ("manifest.json", &manifest[..]),
+            ("c.json", &br#"{"config":{"Cmd":["sh","-c","run"]}}"#[..]),
+            ("l1/layer.tar", &layer1),
+            ("l2/layer.tar", &layer2),
+        ],
+    );
     let prepared = prepare(&detect(project.path(), "image.tar").unwrap(), cache.path()).unwrap();
     assert_eq!(tree(&prepared.rootfs), ["etc/", "etc/os-release"]);
     assert_eq!(prepared.defaults.argv(), ["sh", "-c", "run"]);
@@ -303,15 +311,10 @@ fn services_of_one_daemon_preparing_the_same_archive_at_once_get_whole_rootfs() 
     let big = "x".repeat(4 << 20);
     let layer = tar_bytes(&[Entry::Dir("bin/", 0o755), Entry::File("bin/app", &big)]);
     let manifest = br#"[{"Config":"c.json","Layers":["l/layer.tar"]}]"#;
-    let mut outer = tar::Builder::new(Vec::new());
-    for (name, data) in [("manifest.json", &manifest[..]), ("c.json", &b"{}"[..]), ("l/layer.tar", &layer)] {
-        let mut header = tar::Header::new_gnu();
-        header.set_size(data.len() as u64);
-        header.set_mode(0o644);
-        header.set_cksum();
-        outer.append_data(&mut header, name, data).unwrap();
-    }
-    fs::write(project.path().join("image.tar"), outer.into_inner().unwrap()).unwrap();
+    docker_archive(
+        &project.path().join("image.tar"),
+        &[("manifest.json", &manifest[..]), ("c.json", &b"{}"[..]), ("l/layer.tar", &layer)],
+    );
     let source = detect(project.path(), "image.tar").unwrap();
     // Same process, same moment: what two image services of one project do on `up`.
     let results: Vec<Prepared> = std::thread::scope(|s| {
