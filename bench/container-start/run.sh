@@ -16,11 +16,12 @@ id "$user" >/dev/null 2>&1 || useradd --system --no-create-home --user-group --s
 uid=$(id -u "$user"); gid=$(id -g "$user")
 
 cargo build --quiet --release --workspace --bins
+target=${CARGO_TARGET_DIR:-target}
 rm -rf "$work"; mkdir -p "$work/bin" "$work/bundle/rootfs/bin"
-install -o root -g root -m 4755 target/release/locald-shim "$work/bin/locald-shim"
+install -o root -g root -m 4755 "$target/release/locald-shim" "$work/bin/locald-shim"
 cp /bin/busybox "$work/bundle/rootfs/bin/"; ln -s busybox "$work/bundle/rootfs/bin/true"
 mkdir -p "$work/bundle/rootfs/"{proc,dev,sys,tmp}
-target/release/shim-caller write-bundle "$work/bundle" "$uid" "$gid" bench /bin/true
+"$target/release/shim-caller" write-bundle "$work/bundle" "$uid" "$gid" bench /bin/true
 chown -R "$uid:$gid" "$work/bundle"
 # Same bundle for the peers, but their own cgroup: runtimes must not share (or freeze) each
 # other's cgroups.
