@@ -160,6 +160,11 @@ fn clear_stale_cgroups(uid: u32, id: &str) -> bool {
 
 /// True when `dir` is gone.
 fn clear_cgroup(dir: &Path) -> bool {
+    // The usual case after a run: no task and no child left, so rmdir alone succeeds (it fails
+    // with EBUSY otherwise, and then the cgroup is emptied below).
+    if fs::remove_dir(dir).is_ok() {
+        return true;
+    }
     // Children first: a cgroup with children cannot be removed.
     if let Ok(entries) = fs::read_dir(dir) {
         for entry in entries.flatten() {
