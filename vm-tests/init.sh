@@ -3,13 +3,16 @@
 # the subtree), an unprivileged user and the setuid shim, run every scenario, print one result
 # line each, power off. The harness (cargo xtask vm) reads only the LOCALD-VM-* lines.
 /bin/busybox --install -s /bin
-export PATH=/bin:/sbin:/opt/locald
+export PATH=/bin:/sbin:/opt/locald:/usr/sbin:/usr/bin
 # The initramfs root cannot be pivot_root'ed away from, which container runtimes do: move
 # everything onto a tmpfs and continue there.
 if [ ! -e /.on-tmpfs ]; then
     mkdir -p /newroot
     mount -t tmpfs -o size=768m,mode=755 tmpfs /newroot
-    for d in bin sbin etc opt scenarios lib home root init; do cp -a "/$d" /newroot/; done
+    # usr and lib64: host programs (runc, crun) with their libraries, when the harness added them.
+    for d in bin sbin etc opt scenarios lib lib64 usr home root init; do
+        if [ -e "/$d" ]; then cp -a "/$d" /newroot/; fi
+    done
     mkdir -p /newroot/proc /newroot/sys /newroot/dev /newroot/tmp /newroot/run
     touch /newroot/.on-tmpfs
     exec switch_root /newroot /init

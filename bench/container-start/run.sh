@@ -16,11 +16,12 @@ id "$user" >/dev/null 2>&1 || useradd --system --no-create-home --user-group --s
 uid=$(id -u "$user"); gid=$(id -g "$user")
 
 cargo build --quiet --release --workspace --bins
+target=${CARGO_TARGET_DIR:-target}
 rm -rf "$work"; mkdir -p "$work/bin" "$work/bundle/rootfs/bin"
-install -o root -g root -m 4755 target/release/locald-shim "$work/bin/locald-shim"
+install -o root -g root -m 4755 "$target/release/locald-shim" "$work/bin/locald-shim"
 cp /bin/busybox "$work/bundle/rootfs/bin/"; ln -s busybox "$work/bundle/rootfs/bin/true"
 mkdir -p "$work/bundle/rootfs/"{proc,dev,sys,tmp}
-target/release/shim-caller write-bundle "$work/bundle" "$uid" "$gid" bench /bin/true
+"$target/release/shim-caller" write-bundle "$work/bundle" "$uid" "$gid" bench /bin/true
 chown -R "$uid:$gid" "$work/bundle"
 # Same bundle for the peers, but their own cgroup: runtimes must not share (or freeze) each
 # other's cgroups.
@@ -50,8 +51,10 @@ python3 - "$work/results.json" <<'PY'
 import json, sys
 results = {r["command"]: r for r in json.load(open(sys.argv[1]))["results"]}
 shim = results.get("locald-shim")
-print(f"{'runtime':<12} {'mean ms':>9} {'stddev':>8} {'shim / runtime':>15}")
+# Means and medians: on a shared machine one stalled run moves the mean, rarely the median.
+print(f"{'runtime':<12} {'mean ms':>9} {'stddev':>8} {'median ms':>10} {'shim / runtime':>15} {'(medians)':>10}")
 for name, r in results.items():
     ratio = f"{shim['mean'] / r['mean']:.2f}x" if shim else "n/a"
-    print(f"{name:<12} {r['mean']*1e3:>9.2f} {r['stddev']*1e3:>8.2f} {ratio:>15}")
+    ratio_median = f"{shim['median'] / r['median']:.2f}x" if shim else "n/a"
+    print(f"{name:<12} {r['mean']*1e3:>9.2f} {r['stddev']*1e3:>8.2f} {r['median']*1e3:>10.2f} {ratio:>15} {ratio_median:>10}")
 PY

@@ -1,6 +1,9 @@
 //! The guest's whole filesystem: busybox, the init script, the static binaries, the scenarios
-//! and the kernel modules they need, packed as a gzipped newc cpio owned by root.
+//! and the kernel modules they need, packed as a gzipped newc cpio owned by root. Host programs
+//! the guest runs as they are (the container benchmark's peers) come with the shared libraries
+//! and ELF interpreter `ldd` names, each at its host path.
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -12,6 +15,8 @@ use super::kernel::{self, Kernel};
 use crate::util;
 
 const BINARIES: &[&str] = &["locald", "locald-shim", "shim-caller"];
+/// Debian's runc and crun (packages of the same names), for `bench-container-start`.
+pub const HOST_PROGRAMS: &[&str] = &["/usr/sbin/runc", "/usr/bin/crun"];
 
 pub fn build(
     work: &Path,
@@ -44,6 +49,9 @@ pub fn build(
     for name in BINARIES {
         copy(&bins.join(name), &staging.join("opt/locald").join(name), 0o755)?;
     }
+    for program in HOST_PROGRAMS {
+        add_host_program(&staging, Path::new(program))?;
+    }
     for scenario in scenarios {
         copy(
             scenario,
@@ -71,8 +79,74 @@ pub fn build(
     Ok(image)
 }
 
+/// `program` and everything its dynamic loader will map, at the same absolute paths in `staging`
+/// (the guest has no ld.so.cache; glibc's built-in search path finds the libraries there).
+fn add_host_program(staging: &Path, program: &Path) -> anyhow::Result<()> {
+    let listing = util::output(Command::new("ldd").arg(program)).with_context(|| {
+        format!("{} is needed in the VM (its Debian package is missing?)", program.display())
+    })?;
+    let mut files = ldd_paths(&listing).with_context(|| format!("ldd {}", program.display()))?;
+    files.insert(program.to_owned());
+    for file in files {
+        let inside = staging.join(file.strip_prefix("/").context("ldd printed a relative path")?);
+        fs::create_dir_all(inside.parent().context("no parent")?)?;
+        // The source's mode: the interpreter must stay executable. fs::copy follows symlinks
+        // (`/lib` is one on merged-/usr hosts), so the guest gets a plain file at each path.
+        let mode = fs::metadata(&file).with_context(|| format!("{}", file.display()))?.permissions().mode();
+        copy(&file, &inside, mode & 0o7777 & !0o6000)?;
+    }
+    Ok(())
+}
+
+/// The absolute paths in `ldd` output: `libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)` and
+/// the interpreter line `/lib64/ld-linux-x86-64.so.2 (0x…)`; the vDSO has no file. A library
+/// ldd could not find is an error: the program would not start in the guest.
+pub fn ldd_paths(listing: &str) -> anyhow::Result<BTreeSet<PathBuf>> {
+    let mut paths = BTreeSet::new();
+    for line in listing.lines().map(str::trim) {
+        let path = match line.split_once("=>") {
+            Some((name, target)) if target.trim() == "not found" => {
+                anyhow::bail!("{} not found", name.trim())
+            }
+            Some((_, target)) => target.trim(),
+            None => line,
+        };
+        if let Some(path) = path.split_whitespace().next().filter(|p| p.starts_with('/')) {
+            paths.insert(PathBuf::from(path));
+        }
+    }
+    Ok(paths)
+}
+
 fn copy(from: &Path, to: &Path, mode: u32) -> anyhow::Result<()> {
     fs::copy(from, to).with_context(|| format!("copy {} -> {}", from.display(), to.display()))?;
     fs::set_permissions(to, fs::Permissions::from_mode(mode))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ldd_output_yields_the_libraries_and_the_interpreter() {
+        let listing = "\tlinux-vdso.so.1 (0x00007ffd4f5f2000)
+\tlibseccomp.so.2 => /lib/x86_64-linux-gnu/libseccomp.so.2 (0x00007f0a1c2a1000)
+\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f0a1c0bf000)
+\t/lib64/ld-linux-x86-64.so.2 (0x00007f0a1c2d8000)
+";
+        let paths: Vec<PathBuf> = ldd_paths(listing).unwrap().into_iter().collect();
+        assert_eq!(
+            paths,
+            [
+                "/lib/x86_64-linux-gnu/libc.so.6",
+                "/lib/x86_64-linux-gnu/libseccomp.so.2",
+                "/lib64/ld-linux-x86-64.so.2"
+            ]
+            .map(PathBuf::from)
+        );
+        assert!(ldd_paths("\tnot a dynamic executable\n").unwrap().is_empty());
+        assert!(ldd_paths("\tstatically linked\n").unwrap().is_empty());
+        assert!(ldd_paths("\tlibmissing.so.1 => not found\n").is_err(), "a missing library fails the build");
+    }
 }

@@ -20,13 +20,16 @@ const MUSL: &str = "x86_64-unknown-linux-musl";
 const CANARY: &str = "zz-harness-canary-must-fail";
 
 pub fn run(selected: &[String]) -> anyhow::Result<()> {
-    deps::ensure(&["qemu-system-x86", "busybox-static", "cpio", "musl-tools", "kmod"])?;
+    // crun and runc are the peers of the bench-container-start scenario (copied in with their
+    // libraries by the initramfs builder).
+    deps::ensure(&["qemu-system-x86", "busybox-static", "cpio", "musl-tools", "kmod", "crun", "runc"])?;
     ensure_musl_target()?;
     let root = util::workspace_root();
-    let work = root.join("target/vm");
+    let target = util::target_dir();
+    let work = target.join("vm");
     std::fs::create_dir_all(&work)?;
 
-    let kernel = kernel::obtain(&root.join("target/vm-cache"))?;
+    let kernel = kernel::obtain(&target.join("vm-cache"))?;
     util::cargo(&[
         "build",
         "--quiet",
@@ -41,7 +44,7 @@ pub fn run(selected: &[String]) -> anyhow::Result<()> {
         "locald-tests",
         "--bins",
     ])?;
-    let bins = root.join("target").join(MUSL).join("release");
+    let bins = target.join(MUSL).join("release");
 
     let mut scenarios = scenario_files(&root.join("vm-tests/scenarios"), selected)?;
     let canary = work.join(format!("{CANARY}.sh"));
@@ -81,7 +84,16 @@ fn scenario_files(dir: &std::path::Path, selected: &[String]) -> anyhow::Result<
         .collect();
     all.sort();
     if selected.is_empty() {
-        return Ok(all);
+        // Opt-in scenarios (benchmarks) run only when named.
+        let mut default = Vec::new();
+        for path in all {
+            let text =
+                std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+            if !is_opt_in(&text) {
+                default.push(path);
+            }
+        }
+        return Ok(default);
     }
     let mut chosen = Vec::new();
     for name in selected {
@@ -91,4 +103,21 @@ fn scenario_files(dir: &std::path::Path, selected: &[String]) -> anyhow::Result<
         }
     }
     Ok(chosen)
+}
+
+/// The header line `# opt-in: yes` among a scenario's leading comments.
+fn is_opt_in(script: &str) -> bool {
+    script.lines().take_while(|l| l.starts_with('#')).any(|l| l.trim_end() == "# opt-in: yes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_header_line_makes_a_scenario_opt_in() {
+        assert!(is_opt_in("# run-as: root\n# opt-in: yes\n# A benchmark.\necho hi\n"));
+        assert!(!is_opt_in("# run-as: root\n# A test.\necho hi\n"));
+        assert!(!is_opt_in("# run-as: root\necho '# opt-in: yes'\n# opt-in: yes\n"));
+    }
 }

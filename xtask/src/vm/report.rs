@@ -10,7 +10,7 @@ pub enum Outcome {
     Fail(String),
 }
 
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default, PartialEq)]
 pub struct Results {
     pub scenarios: BTreeMap<String, Outcome>,
     pub done: bool,
@@ -18,6 +18,15 @@ pub struct Results {
     pub timeout: bool,
     pub kernel: Option<String>,
     pub controllers: Option<String>,
+    /// `LOCALD-VM-BENCH <name> <mean ms> <runs>` lines, in order.
+    pub bench: Vec<Bench>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bench {
+    pub name: String,
+    pub mean_ms: f64,
+    pub runs: u32,
 }
 
 pub fn name(path: &Path) -> String {
@@ -49,6 +58,13 @@ pub fn parse(output: &str) -> Results {
             results.kernel = Some(version.to_owned());
         } else if let Some(list) = line.strip_prefix("LOCALD-VM-CGROUP-CONTROLLERS ") {
             results.controllers = Some(list.to_owned());
+        } else if let Some(rest) = line.strip_prefix("LOCALD-VM-BENCH ") {
+            let words: Vec<&str> = rest.split_whitespace().collect();
+            if let [name, mean, runs] = words[..]
+                && let (Ok(mean_ms), Ok(runs)) = (mean.parse(), runs.parse())
+            {
+                results.bench.push(Bench { name: name.to_owned(), mean_ms, runs });
+            }
         }
     }
     results
@@ -67,6 +83,24 @@ pub fn summary(results: &Results, expected: &[String]) -> String {
             None => "MISSING".to_owned(),
         };
         out.push_str(&format!("  {name:<36} {verdict}\n"));
+    }
+    out.push_str(&bench_table(&results.bench));
+    out
+}
+
+/// The benchmark lines as a table, with locald-shim's mean over each runtime's (below 1.00x the
+/// shim is faster), as `bench/container-start/run.sh` prints it on the host.
+fn bench_table(bench: &[Bench]) -> String {
+    if bench.is_empty() {
+        return String::new();
+    }
+    let shim = bench.iter().find(|b| b.name == "locald-shim").map(|b| b.mean_ms);
+    let mut out = String::from("benchmark (guest timing, comparable only within this boot):\n");
+    out.push_str(&format!("  {:<12} {:>9} {:>5} {:>15}\n", "runtime", "mean ms", "runs", "shim / runtime"));
+    for b in bench {
+        let ratio =
+            shim.filter(|_| b.mean_ms > 0.0).map_or("n/a".to_owned(), |s| format!("{:.2}x", s / b.mean_ms));
+        out.push_str(&format!("  {:<12} {:>9.1} {:>5} {:>15}\n", b.name, b.mean_ms, b.runs, ratio));
     }
     out
 }
@@ -116,6 +150,20 @@ mod tests {
         assert_eq!(results.controllers.as_deref(), Some("cpu memory pids"));
         assert_eq!(results.kernel.as_deref(), Some("6.1.0"), "a marker after console noise still counts");
         assert!(summary(&results, &expected()).contains("a                                    PASS"));
+    }
+
+    #[test]
+    fn bench_lines_are_collected_and_tabled_with_ratios() {
+        let output = format!(
+            "{GOOD}LOCALD-VM-BENCH locald-shim 50.0 20\r\nnoise LOCALD-VM-BENCH runc 100.0 20\nLOCALD-VM-BENCH crun 40.0 20\nLOCALD-VM-BENCH broken x\n"
+        );
+        let results = parse(&output);
+        let names: Vec<&str> = results.bench.iter().map(|b| b.name.as_str()).collect();
+        assert_eq!(names, ["locald-shim", "runc", "crun"], "a malformed line is skipped");
+        let table = summary(&results, &expected());
+        assert!(table.contains("runc             100.0    20           0.50x"), "{table}");
+        assert!(table.contains("crun              40.0    20           1.25x"), "{table}");
+        assert!(!summary(&parse(GOOD), &expected()).contains("benchmark"), "no table without bench lines");
     }
 
     #[test]
