@@ -11,7 +11,7 @@ pub enum PathError {
     Io { path: PathBuf, source: io::Error },
     #[error("{0}: must be a directory owned by you with mode 0700 (not a symlink); remove it or fix it")]
     Unsafe(PathBuf),
-    #[error("neither XDG_STATE_HOME nor HOME is set")]
+    #[error("HOME is not set (nor XDG_STATE_HOME / XDG_DATA_HOME)")]
     NoHome,
 }
 
@@ -40,6 +40,18 @@ pub fn state_dir() -> Result<PathBuf, PathError> {
     let base = match std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
         Some(base) => PathBuf::from(base),
         None => PathBuf::from(std::env::var_os("HOME").ok_or(PathError::NoHome)?).join(".local/state"),
+    };
+    let dir = base.join("locald");
+    fs::create_dir_all(&base).map_err(|source| PathError::Io { path: base.clone(), source })?;
+    private_dir(&dir)?;
+    Ok(dir)
+}
+
+/// `$XDG_DATA_HOME/locald` (default `~/.local/share/locald`): the local CA lives in `ca/` here.
+pub fn data_dir() -> Result<PathBuf, PathError> {
+    let base = match std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        Some(base) => PathBuf::from(base),
+        None => PathBuf::from(std::env::var_os("HOME").ok_or(PathError::NoHome)?).join(".local/share"),
     };
     let dir = base.join("locald");
     fs::create_dir_all(&base).map_err(|source| PathError::Io { path: base.clone(), source })?;
