@@ -8,9 +8,23 @@ use crate::util;
 
 /// Packages the privileged suite uses: a C compiler for the LD_PRELOAD probe, useradd for the
 /// throwaway users, mkfs.ext4 for the loop-mount images, a static busybox for container rootfs,
-/// openssl to check the CA.
-pub const TEST_PACKAGES: &[&str] =
-    &["gcc", "libc6-dev", "passwd", "util-linux", "e2fsprogs", "busybox-static", "openssl"];
+/// openssl to check the CA; for the proxy suites python3 (the test backend), curl, certutil
+/// (libnss3-tools) and chromium (the browser test); nginx and wrk for `bench/proxy`.
+pub const TEST_PACKAGES: &[&str] = &[
+    "gcc",
+    "libc6-dev",
+    "passwd",
+    "util-linux",
+    "e2fsprogs",
+    "busybox-static",
+    "openssl",
+    "python3",
+    "curl",
+    "libnss3-tools",
+    "chromium",
+    "nginx",
+    "wrk",
+];
 
 pub fn ensure(packages: &[&str]) -> anyhow::Result<()> {
     let missing: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();
