@@ -38,6 +38,18 @@ impl Scene {
         Self { p, dir, project }
     }
 
+    /// A scene whose project is a copy of `examples/<example>`.
+    pub fn example(p: &'static Privileged, name: &str, example: &str) -> Self {
+        let scene = Self::new(p, name, "");
+        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples").join(example);
+        for entry in std::fs::read_dir(&source).unwrap().flatten() {
+            let target = scene.project.join(entry.file_name());
+            std::fs::copy(entry.path(), &target).unwrap();
+            chown(&target, Some(p.user.uid), Some(p.user.gid)).unwrap();
+        }
+        scene
+    }
+
     pub fn home(&self) -> PathBuf {
         self.dir.join("home")
     }

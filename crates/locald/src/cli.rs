@@ -151,8 +151,11 @@ pub struct TrustArgs {
     #[arg(long)]
     pub ca: Option<PathBuf>,
     /// Only the system store, not the NSS databases.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "user_only")]
     pub system_only: bool,
+    /// Only your NSS databases, not the system store (no sudo).
+    #[arg(long)]
+    pub user_only: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -42,8 +42,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Config { command: ConfigCommand::Show { dir } } => config_show::run(dir),
         Command::Ca => trust::ca(),
-        Command::Trust { args } => trust::run(trust::Action::Trust, args.ca, args.system_only),
-        Command::Untrust { args } => trust::run(trust::Action::Untrust, args.ca, args.system_only),
+        Command::Trust { args } => trust::run(trust::Action::Trust, &args),
+        Command::Untrust { args } => trust::run(trust::Action::Untrust, &args),
         Command::Completions { shell } => completions::run(shell),
         Command::Server { command: ServerCommand::Start } => server::start(),
         Command::Server { command: ServerCommand::Stop } => server::stop(),

@@ -7,6 +7,8 @@ use std::process::{Command, ExitCode};
 use anyhow::{Context, bail};
 use locald_daemon::tls::{self, ca::CA_CERT, trust};
 
+use crate::cli::TrustArgs;
+
 /// Prints the CA certificate's path, making the CA on first use.
 pub fn ca() -> anyhow::Result<ExitCode> {
     let ca = tls::user_ca()?;
@@ -59,11 +61,14 @@ pub enum Action {
     Untrust,
 }
 
-pub fn run(action: Action, ca: Option<PathBuf>, system_only: bool) -> anyhow::Result<ExitCode> {
-    let t = target(ca)?;
+pub fn run(action: Action, args: &TrustArgs) -> anyhow::Result<ExitCode> {
+    let t = target(args.ca.clone())?;
     let mut failed = false;
-    if !system_only {
+    if !args.system_only {
         failed |= !nss(action, &t);
+    }
+    if args.user_only {
+        return Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS });
     }
     let Some(store) = trust::system_store(&t.cert_pem) else {
         println!("no system certificate store locald knows here; trust {} by hand", t.cert_path.display());
