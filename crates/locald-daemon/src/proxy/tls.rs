@@ -12,13 +12,16 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use super::routes::Routes;
-use crate::tls::ca::{Leaf, LeafCache};
+use time::OffsetDateTime;
+
+use crate::tls::ca::{Leaf, LeafCache, RENEW_BEFORE};
 
 pub struct CertResolver {
     leaves: LeafCache,
     routes: Arc<Routes>,
-    /// Parsed keys per name, with the chain they were made from (a renewed leaf differs).
-    keys: Mutex<HashMap<String, (String, Arc<CertifiedKey>)>>,
+    /// Parsed keys per name, with their leaf's expiry: a handshake for a known name costs one
+    /// lookup, not an issuance or a PEM parse.
+    keys: Mutex<HashMap<String, (OffsetDateTime, Arc<CertifiedKey>)>>,
 }
 
 impl std::fmt::Debug for CertResolver {
@@ -38,6 +41,12 @@ impl CertResolver {
         if !self.routes.current().is_routed(&name) {
             return None;
         }
+        if let Some((not_after, key)) = self.keys.lock().unwrap_or_else(|e| e.into_inner()).get(&name)
+            && *not_after - OffsetDateTime::now_utc() > RENEW_BEFORE
+        {
+            return Some(key.clone());
+        }
+        // The leaf cache renews a leaf that nears its expiry.
         let leaf = match self.leaves.get(&name) {
             Ok(leaf) => leaf,
             Err(e) => {
@@ -45,12 +54,6 @@ impl CertResolver {
                 return None;
             }
         };
-        let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((chain, key)) = keys.get(&name)
-            && *chain == leaf.chain_pem
-        {
-            return Some(key.clone());
-        }
         let key = match certified(&leaf) {
             Ok(key) => Arc::new(key),
             Err(e) => {
@@ -58,7 +61,7 @@ impl CertResolver {
                 return None;
             }
         };
-        keys.insert(name, (leaf.chain_pem, key.clone()));
+        self.keys.lock().unwrap_or_else(|e| e.into_inner()).insert(name, (leaf.not_after, key.clone()));
         Some(key)
     }
 }
@@ -86,5 +89,7 @@ pub fn server_config(resolver: Arc<CertResolver>) -> Result<Arc<ServerConfig>, r
         .with_no_client_auth()
         .with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // One resumption ticket per full handshake is enough for a browser's next connection.
+    config.send_tls13_tickets = 1;
     Ok(Arc::new(config))
 }
