@@ -8,6 +8,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 pub mod daemon;
+pub mod proxy;
 
 /// Set by `.ci/run`: a privileged suite that cannot run fails instead of skipping.
 pub const REQUIRE_PRIVILEGED: &str = "LOCALD_REQUIRE_PRIVILEGED";

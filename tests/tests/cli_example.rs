@@ -24,7 +24,7 @@ fn quickstart_comes_up_and_the_front_end_reaches_the_api() {
     assert_eq!(daemon.service("quickstart", "api")["state"], "healthy");
     assert_eq!(daemon.service("quickstart", "web")["state"], "healthy");
     assert_eq!(daemon.service("quickstart", "worker")["state"], "running");
-    assert!(up.contains("http://quickstart.localhost"), "{up}");
+    assert!(up.contains("https://quickstart.localhost"), "{up}");
 
     let web = daemon.service("quickstart", "web");
     let page = get(web["port"].as_u64().unwrap() as u16, "/");

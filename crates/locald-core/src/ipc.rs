@@ -82,6 +82,9 @@ pub enum Response {
         attached: bool,
         /// Attached to a project whose config file changed since it started.
         config_changed: bool,
+        /// Where the proxy listens, so the CLI can say when it is not on 80/443.
+        #[serde(default)]
+        proxy: Option<ProxyStatus>,
     },
     /// `up` failed on a service; `last_lines` are the end of its log.
     UpFailed {
@@ -91,6 +94,8 @@ pub enum Response {
     },
     Status {
         projects: Vec<ProjectStatus>,
+        #[serde(default)]
+        proxy: Option<ProxyStatus>,
     },
     Log(LogLine),
     Config(Box<Config>),
@@ -143,6 +148,37 @@ pub struct ProjectStatus {
     /// Loop mounts made with `locald mount`; filled in by the CLI from the mount table.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mounts: Vec<crate::mounts::MountStatus>,
+}
+
+/// The daemon's HTTPS/HTTP proxy: the ports it really listens on and how it got them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProxyStatus {
+    pub https_port: u16,
+    pub http_port: u16,
+    /// The ports came from `locald-shim bind` (80/443); false = unprivileged fallback ports.
+    pub via_shim: bool,
+    /// Why the proxy is not on 80/443, when it is not.
+    pub note: Option<String>,
+    /// The local CA certificate (`locald ca`).
+    pub ca: PathBuf,
+}
+
+impl ProxyStatus {
+    /// `https://<host>`, with the port when it is not 443.
+    pub fn https_url(&self, host: &str) -> String {
+        match self.https_port {
+            443 => format!("https://{host}"),
+            port => format!("https://{host}:{port}"),
+        }
+    }
+
+    /// `http://<host>`, with the port when it is not 80.
+    pub fn http_url(&self, host: &str) -> String {
+        match self.http_port {
+            80 => format!("http://{host}"),
+            port => format!("http://{host}:{port}"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

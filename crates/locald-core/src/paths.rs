@@ -57,6 +57,11 @@ fn xdg_dir(var: &str, default: &str) -> Result<PathBuf, PathError> {
     Ok(dir)
 }
 
+/// `$XDG_DATA_HOME/locald` (default `~/.local/share/locald`): the local CA lives in `ca/` here.
+pub fn data_dir() -> Result<PathBuf, PathError> {
+    xdg_dir("XDG_DATA_HOME", ".local/share")
+}
+
 /// Creates `dir` with mode 0700 or accepts an existing one only if it is a real directory owned
 /// by the current user and closed to others.
 pub fn private_dir(dir: &Path) -> Result<(), PathError> {

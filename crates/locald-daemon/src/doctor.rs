@@ -17,7 +17,56 @@ pub fn run() -> Report {
     findings.push(localhost_resolution());
     findings.push(port_free("port.80", SocketAddr::from(([127, 0, 0, 1], 80))));
     findings.push(port_free("port.443", SocketAddr::from(([127, 0, 0, 1], 443))));
+    findings.extend(ca_trust());
     Report { findings }
+}
+
+/// Whether the local CA exists and where it is trusted (the system store, NSS databases).
+pub fn ca_trust() -> Vec<Finding> {
+    use crate::tls::{ca::CA_CERT, trust};
+    const TRUST: &str = "locald trust";
+    let Ok(dir) = crate::tls::ca_dir() else {
+        return vec![Finding::warn("ca.present", "no data directory (HOME unset)", "set HOME")];
+    };
+    let cert_path = dir.join(CA_CERT);
+    let Ok(cert_pem) = std::fs::read_to_string(&cert_path) else {
+        return vec![Finding::ok("ca.present", "no local CA yet; made on first use (`locald ca`)")];
+    };
+    let mut findings = vec![Finding::ok("ca.present", cert_path.display().to_string())];
+    findings.push(match trust::system_store(&cert_pem) {
+        Some(store) if store.contains(&cert_path, &cert_pem) => {
+            Finding::ok("ca.trust.system", format!("trusted in {}", store.describe()))
+        }
+        Some(store) => Finding::warn("ca.trust.system", format!("not in {}", store.describe()), TRUST),
+        None => Finding::warn(
+            "ca.trust.system",
+            "no known system certificate store on this machine",
+            format!("trust {} by hand", cert_path.display()),
+        ),
+    });
+    let home = std::env::var_os("HOME").map(std::path::PathBuf::from).unwrap_or_default();
+    let dbs = trust::nss_databases(&home, false);
+    findings.push(if !trust::certutil_available() {
+        Finding::warn(
+            "ca.trust.nss",
+            "certutil not found: cannot check or update NSS databases (Chromium, Firefox)",
+            "install libnss3-tools (Debian) or nss-tools (Fedora), then locald trust",
+        )
+    } else if dbs.is_empty() {
+        Finding::warn("ca.trust.nss", "no NSS database (Chromium, Firefox) found", TRUST)
+    } else {
+        let (trusted, missing): (Vec<_>, Vec<_>) =
+            dbs.iter().partition(|db| trust::nss_contains(db, &cert_pem));
+        let list = |dbs: &[&std::path::PathBuf]| {
+            dbs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")
+        };
+        if missing.is_empty() {
+            Finding::ok("ca.trust.nss", format!("trusted in {}", list(&trusted)))
+        } else {
+            Finding::warn("ca.trust.nss", format!("not in {}", list(&missing)), TRUST)
+        }
+    });
+    findings
 }
 
 /// One finding per property of the shim: present, owner, mode (setuid, not writable, closed

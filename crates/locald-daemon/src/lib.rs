@@ -6,6 +6,7 @@ pub mod doctor;
 pub mod health;
 pub mod hosts;
 pub mod logs;
+pub mod proxy;
 pub mod server;
 pub mod shim;
 pub mod supervisor;

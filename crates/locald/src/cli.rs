@@ -95,6 +95,19 @@ pub enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Print the path of the local CA certificate (made on first use): `curl --cacert "$(locald ca)"`.
+    Ca,
+    /// Trust the local CA: the system store (through sudo) and your NSS databases (Chromium,
+    /// Firefox) with certutil.
+    Trust {
+        #[command(flatten)]
+        args: TrustArgs,
+    },
+    /// Remove the local CA from the system store and your NSS databases.
+    Untrust {
+        #[command(flatten)]
+        args: TrustArgs,
+    },
     /// Print a shell completion script.
     Completions { shell: clap_complete::Shell },
     /// The per-user daemon.
@@ -130,6 +143,19 @@ pub struct ProjectArg {
     /// The project directory.
     #[arg(short = 'C', long = "dir", default_value = ".")]
     pub dir: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TrustArgs {
+    /// The CA certificate (default: yours, or under sudo the invoking user's).
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
+    /// Only the system store, not the NSS databases.
+    #[arg(long, conflicts_with = "user_only")]
+    pub system_only: bool,
+    /// Only your NSS databases, not the system store (no sudo).
+    #[arg(long)]
+    pub user_only: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -48,6 +48,9 @@ pub struct Service {
     pub env: Vec<(String, String)>,
     pub port: u16,
     pub domain: String,
+    /// Extra names the proxy routes here (`domains = [...]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub domains: Vec<String>,
     pub url: String,
     pub depends_on: Vec<Dependency>,
     pub health_check: Option<Check>,

@@ -37,6 +37,8 @@ pub struct RawService {
     pub env_file: Option<Spanned<String>>,
     pub port: Option<Spanned<u16>>,
     pub domain: Option<Spanned<String>>,
+    /// Extra host names the proxy routes to this service.
+    pub domains: Option<Vec<Spanned<String>>>,
     pub depends_on: Option<RawDepends>,
     pub health_check: Option<Spanned<RawCheck>>,
     pub liveness: Option<Spanned<RawCheck>>,

@@ -184,6 +184,11 @@ pub fn resolve_toml(
             max_backoff: s.max_backoff.map_or(Duration::from_secs(30), |d| d.0),
         };
         let domain = domains[name].clone();
+        let mut extra_domains = Vec::new();
+        for extra in s.domains.iter().flatten() {
+            check_domain(extra.get_ref()).map_err(|m| ctx.err(extra.span().start, m))?;
+            extra_domains.push(extra.get_ref().clone());
+        }
         out.push(Service {
             name: name.to_owned(),
             command,
@@ -193,6 +198,7 @@ pub fn resolve_toml(
             port,
             url: format!("http://{domain}"),
             domain,
+            domains: extra_domains,
             depends_on,
             health_check,
             liveness,
@@ -257,6 +263,7 @@ pub fn resolve_procfile(
             port,
             url: format!("http://{service_domain}"),
             domain: service_domain,
+            domains: Vec::new(),
             depends_on: Vec::new(),
             health_check: None,
             liveness: None,

@@ -17,6 +17,7 @@ use tokio::sync::Notify;
 
 use locald_core::ipc::{self, FrameError, Request, Response};
 
+use crate::proxy::Proxy;
 use crate::supervisor::Supervisor;
 
 /// Set by the CLI when it starts the daemon in the background: a pipe fd on which the daemon
@@ -54,6 +55,23 @@ pub async fn run(socket: PathBuf, state_dir: PathBuf) -> Result<(), ServerError>
     for (dir, why) in supervisor.recover() {
         eprintln!("locald: could not bring {} back up: {why}", dir.display());
     }
+    let proxy = match Proxy::start(&supervisor.all()) {
+        Ok(proxy) => {
+            let status = proxy.status();
+            eprintln!(
+                "locald: proxy on https 127.0.0.1:{} and http 127.0.0.1:{}",
+                status.https_port, status.http_port
+            );
+            if let Some(note) = &status.note {
+                eprintln!("locald: proxy not on 443/80: {note}");
+            }
+            Some(proxy)
+        }
+        Err(e) => {
+            eprintln!("locald: no proxy: {e}");
+            None
+        }
+    };
     eprintln!("locald: daemon {} listening on {}", std::process::id(), socket.display());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| ServerError::Io(socket.clone(), e))?;
@@ -64,7 +82,7 @@ pub async fn run(socket: PathBuf, state_dir: PathBuf) -> Result<(), ServerError>
                 let Ok((stream, _)) = accepted else { continue };
                 match stream.peer_cred() {
                     Ok(cred) if cred.uid() == uid => {
-                        tokio::spawn(serve(stream, supervisor.clone(), shutdown.clone()));
+                        tokio::spawn(serve(stream, supervisor.clone(), proxy.clone(), shutdown.clone()));
                     }
                     // Another user (or no credentials): close without reading a byte.
                     _ => drop(stream),
@@ -139,7 +157,12 @@ pub(crate) struct Shutdown {
     pub(crate) socket: PathBuf,
 }
 
-async fn serve(stream: UnixStream, supervisor: Arc<Supervisor>, shutdown: Arc<Shutdown>) {
+async fn serve(
+    stream: UnixStream,
+    supervisor: Arc<Supervisor>,
+    proxy: Option<Arc<Proxy>>,
+    shutdown: Arc<Shutdown>,
+) {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
     let request = match read_request(&mut reader).await {
@@ -151,7 +174,7 @@ async fn serve(stream: UnixStream, supervisor: Arc<Supervisor>, shutdown: Arc<Sh
         }
     };
     let mut out = Out { write, closed: Box::pin(wait_closed(reader)) };
-    let _ = requests::handle(request, &supervisor, &shutdown, &mut out).await;
+    let _ = requests::handle(request, &supervisor, proxy.as_deref(), &shutdown, &mut out).await;
 }
 
 async fn read_request(

@@ -6,16 +6,18 @@ use std::path::Path;
 
 use tokio::sync::broadcast;
 
-use locald_core::ipc::{LogLine, Request, Response, ServiceState};
+use locald_core::ipc::{LogLine, ProjectStatus, Request, Response, ServiceState};
 
 use super::{Out, Shutdown};
 use crate::logs;
+use crate::proxy::Proxy;
 use crate::supervisor::service::Control;
-use crate::supervisor::{Supervisor, control};
+use crate::supervisor::{Project, Supervisor, control};
 
 pub(super) async fn handle(
     request: Request,
     supervisor: &Supervisor,
+    proxy: Option<&Proxy>,
     shutdown: &Shutdown,
     out: &mut Out,
 ) -> io::Result<()> {
@@ -25,7 +27,8 @@ pub(super) async fn handle(
                 .await
         }
         Request::Up { dir } => {
-            let result = up(supervisor, &dir, out).await;
+            let result = up(supervisor, proxy, &dir, out).await;
+            refresh_routes(supervisor, proxy);
             sync_hosts(supervisor).await;
             result
         }
@@ -35,12 +38,13 @@ pub(super) async fn handle(
             } else {
                 Response::Error { message: format!("no project running in {}", dir.display()) }
             };
+            refresh_routes(supervisor, proxy);
             sync_hosts(supervisor).await;
             out.send(response).await
         }
         Request::Status => {
-            let projects = supervisor.all().iter().map(|p| p.status()).collect();
-            out.send(Response::Status { projects }).await
+            let projects = supervisor.all().iter().map(|p| project_status(proxy, p)).collect();
+            out.send(Response::Status { projects, proxy: proxy.map(|p| p.status().clone()) }).await
         }
         Request::Logs { dir, services, follow, tail, since_micros } => {
             logs(supervisor, &dir, services, follow, tail, since_micros, out).await
@@ -67,6 +71,7 @@ pub(super) async fn handle(
         }
         Request::Shutdown => {
             supervisor.shutdown().await;
+            refresh_routes(supervisor, proxy);
             sync_hosts(supervisor).await;
             // Gone before the answer: once `server stop` returns, nobody can reach this daemon.
             let _ = std::fs::remove_file(&shutdown.socket);
@@ -74,6 +79,21 @@ pub(super) async fn handle(
             out.send(Response::Ok).await?;
             Ok(())
         }
+    }
+}
+
+/// The proxy routes exactly the projects that are up now.
+fn refresh_routes(supervisor: &Supervisor, proxy: Option<&Proxy>) {
+    if let Some(proxy) = proxy {
+        proxy.refresh(&supervisor.all());
+    }
+}
+
+/// A project's status with the URLs the proxy serves it at.
+fn project_status(proxy: Option<&Proxy>, project: &Project) -> ProjectStatus {
+    match proxy {
+        Some(proxy) => proxy.project_status(project),
+        None => project.status(),
     }
 }
 
@@ -91,11 +111,13 @@ async fn sync_hosts(supervisor: &Supervisor) {
 }
 
 /// Streams state changes until every service is ready, or one fails.
-async fn up(supervisor: &Supervisor, dir: &Path, out: &mut Out) -> io::Result<()> {
+async fn up(supervisor: &Supervisor, proxy: Option<&Proxy>, dir: &Path, out: &mut Out) -> io::Result<()> {
     let (project, attached) = match supervisor.up(dir) {
         Ok(up) => up,
         Err(e) => return out.send(Response::Error { message: e.to_string() }).await,
     };
+    // Routed while it starts, so its URL shows the starting page rather than an unknown host.
+    refresh_routes(supervisor, proxy);
     if attached {
         // Like a first `up`: whatever was stopped or gave up is started again, in start order.
         for handle in &project.services {
@@ -143,7 +165,14 @@ async fn up(supervisor: &Supervisor, dir: &Path, out: &mut Out) -> io::Result<()
         }
         if all_ready {
             let config_changed = attached && project.config_changed();
-            return out.send(Response::UpDone { project: project.status(), attached, config_changed }).await;
+            return out
+                .send(Response::UpDone {
+                    project: project_status(proxy, &project),
+                    attached,
+                    config_changed,
+                    proxy: proxy.map(|p| p.status().clone()),
+                })
+                .await;
         }
         let changes = watches.iter_mut().map(|w| Box::pin(w.changed()));
         tokio::select! {

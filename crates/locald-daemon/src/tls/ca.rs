@@ -20,7 +20,7 @@ pub const CA_CERT: &str = "ca.pem";
 pub const CA_KEY: &str = "ca-key.pem";
 /// Leaves are short-lived and renewed this long before they expire.
 const LEAF_LIFETIME: Duration = Duration::days(30);
-const RENEW_BEFORE: Duration = Duration::days(7);
+pub const RENEW_BEFORE: Duration = Duration::days(7);
 const CA_LIFETIME: Duration = Duration::days(3650);
 
 #[derive(Debug, thiserror::Error)]

@@ -2,3 +2,45 @@
 //! issued per SNI on demand.
 
 pub mod ca;
+pub mod trust;
+
+use std::path::PathBuf;
+
+use ca::{LocalCa, TlsError};
+use locald_core::paths::{self, PathError};
+
+/// Suffixes the CA may vouch for besides `localhost`: names reserved for local use (RFC 6761
+/// `test`, ICANN's `internal`, RFC 8375 `home.arpa`), so no real site is ever within reach.
+pub const LOCAL_SUFFIXES: &[&str] = &["test", "internal", "home.arpa"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    #[error(transparent)]
+    Paths(#[from] PathError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("{0}: {1}")]
+    Lock(PathBuf, std::io::Error),
+}
+
+/// Where the user's CA lives: `<data dir>/ca` (`~/.local/share/locald/ca`).
+pub fn ca_dir() -> Result<PathBuf, PathError> {
+    Ok(paths::data_dir()?.join("ca"))
+}
+
+/// The user's CA, created on first use. A lock keeps the CLI (`locald ca`) and the daemon from
+/// both creating one at the same moment and mixing one's key with the other's certificate.
+pub fn user_ca() -> Result<LocalCa, CaError> {
+    let dir = ca_dir()?;
+    let lock_path = dir.with_extension("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| CaError::Lock(lock_path.clone(), e))?;
+    let _lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| CaError::Lock(lock_path, e.into()))?;
+    let suffixes: Vec<String> = LOCAL_SUFFIXES.iter().map(|s| s.to_string()).collect();
+    Ok(LocalCa::load_or_create(&dir, &suffixes)?)
+}

@@ -11,6 +11,7 @@ mod mounts;
 mod project;
 mod server;
 mod status;
+mod trust;
 mod up;
 
 use std::process::ExitCode;
@@ -40,6 +41,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             project::control(&project.dir, service, project::Action::Restart)
         }
         Command::Config { command: ConfigCommand::Show { dir } } => config_show::run(dir),
+        Command::Ca => trust::ca(),
+        Command::Trust { args } => trust::run(trust::Action::Trust, &args),
+        Command::Untrust { args } => trust::run(trust::Action::Untrust, &args),
         Command::Completions { shell } => completions::run(shell),
         Command::Server { command: ServerCommand::Start } => server::start(),
         Command::Server { command: ServerCommand::Stop } => server::stop(),

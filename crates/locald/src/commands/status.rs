@@ -8,7 +8,7 @@ use locald_core::ipc::{Request, Response, ServiceState};
 use super::client::Client;
 
 pub fn run(json: bool) -> anyhow::Result<ExitCode> {
-    let Response::Status { mut projects } = Client::call(&Request::Status)? else {
+    let Response::Status { mut projects, proxy } = Client::call(&Request::Status)? else {
         anyhow::bail!("unexpected answer from the daemon");
     };
     for project in &mut projects {
@@ -46,6 +46,9 @@ pub fn run(json: bool) -> anyhow::Result<ExitCode> {
             );
         }
     }
+    if let Some(proxy) = &proxy {
+        print_proxy_note(proxy);
+    }
     for project in projects.iter().filter(|p| !p.mounts.is_empty()) {
         for m in &project.mounts {
             let image = m.image.as_ref().map_or("?".into(), |i| i.display().to_string());
@@ -57,6 +60,18 @@ pub fn run(json: bool) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One line when the proxy is not on 443/80, saying why and how to get them.
+pub fn print_proxy_note(proxy: &locald_core::ipc::ProxyStatus) {
+    if proxy.https_port != 443 || proxy.http_port != 80 {
+        println!(
+            "proxy on ports {} (https) and {} (http), not 443/80: {}",
+            proxy.https_port,
+            proxy.http_port,
+            proxy.note.as_deref().unwrap_or("the shim could not bind them")
+        );
+    }
 }
 
 /// Colours a state on a terminal; plain text otherwise.

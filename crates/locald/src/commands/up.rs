@@ -19,7 +19,7 @@ pub fn run(dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     loop {
         match client.next()? {
             Response::Progress { service, state, detail } => board.update(service, state, detail),
-            Response::UpDone { project, attached, config_changed } => {
+            Response::UpDone { project, attached, config_changed, proxy } => {
                 if attached {
                     println!("{} was already up", project.name);
                 }
@@ -33,6 +33,9 @@ pub fn run(dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
                 println!("{} is ready:", project.name);
                 for s in &project.services {
                     println!("  {:<16} {:<40} (direct: http://127.0.0.1:{})", s.name, s.url, s.port);
+                }
+                if let Some(proxy) = &proxy {
+                    super::status::print_proxy_note(proxy);
                 }
                 return Ok(ExitCode::SUCCESS);
             }

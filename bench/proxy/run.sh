@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# The proxy against nginx, in one run: the same backend (an nginx answering "hello" on one port,
+# started by locald as the project's `web` service) reached directly, through nginx as a reverse
+# proxy (keep-alive upstream), and through locald. wrk measures HTTP/1.1 keep-alive req/s and p99
+# latency over HTTP and HTTPS, and new TLS handshakes/s (Connection: close). Prints a ratio table.
+# Runs in a private XDG environment; nothing of the user's own daemon is touched.
+#
+#   bench/proxy/run.sh [SECONDS] [CONNECTIONS]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+secs=${1:-10}
+conns=${2:-50}
+for tool in nginx wrk curl openssl; do
+    command -v "$tool" >/dev/null || { echo "bench/proxy needs $tool (apt-get install nginx wrk curl openssl)" >&2; exit 1; }
+done
+cargo build --quiet --release -p locald
+locald=${CARGO_TARGET_DIR:-$PWD/target}/release/locald
+host=bench.localhost
+
+work=$(mktemp -d /tmp/locald-bench-proxy.XXXXXX)
+chmod 755 "$work"
+export XDG_RUNTIME_DIR=$work/run XDG_STATE_HOME=$work/state XDG_DATA_HOME=$work/data HOME=$work/home LOCALD_ALLOW_ROOT=1
+mkdir -p "$XDG_RUNTIME_DIR" "$XDG_STATE_HOME" "$XDG_DATA_HOME" "$HOME" "$work/project" "$work/peer"
+hosts_added=
+cleanup() {
+    [ -f "$work/peer/nginx.pid" ] && kill "$(cat "$work/peer/nginx.pid")" 2>/dev/null || true
+    "$locald" server stop >/dev/null 2>&1 || true
+    if [ -n "$hosts_added" ]; then sed -i "/# locald-bench-proxy$/d" /etc/hosts; fi
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+backend_port=$(free_port)
+peer_http=$(free_port)
+peer_https=$(free_port)
+
+# nginx's common directives for a private, unprivileged-path instance.
+common() { # dir
+    printf 'pid %s/nginx.pid;\nerror_log %s/error.log;\n' "$1" "$1"
+}
+http_common() { # dir
+    printf 'access_log off;\nclient_body_temp_path %s/body;\nproxy_temp_path %s/proxy;\nfastcgi_temp_path %s/fcgi;\nuwsgi_temp_path %s/uwsgi;\nscgi_temp_path %s/scgi;\n' "$1" "$1" "$1" "$1" "$1"
+}
+
+# The backend: one nginx worker answering a short body, run by locald as the service `web`.
+{
+    common "$work/project"
+    printf 'daemon off;\nworker_processes 1;\nevents { worker_connections 1024; }\nhttp {\n'
+    http_common "$work/project"
+    printf 'server { listen 127.0.0.1:%s; keepalive_requests 1000000; location / { return 200 "hello\\n"; } }\n}\n' "$backend_port"
+} >"$work/project/backend.conf"
+cat >"$work/project/locald.toml" <<TOML
+[project]
+name = "bench"
+
+[services.web]
+command = ["nginx", "-c", "$work/project/backend.conf"]
+port = $backend_port
+health_check = { tcp = true, interval = "50ms" }
+TOML
+
+up=$("$locald" up "$work/project")
+https_port=443 http_port=80
+if note=$(grep -o 'proxy on ports [0-9]* (https) and [0-9]* (http)' <<<"$up"); then
+    read -r https_port http_port < <(sed -E 's/proxy on ports ([0-9]+) \(https\) and ([0-9]+) \(http\)/\1 \2/' <<<"$note")
+fi
+
+# The peer: nginx as a reverse proxy with keep-alive to the backend, HTTP and HTTPS (HTTP/1.1),
+# on a self-signed certificate, with as many workers as locald has proxy threads (2).
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj "/CN=$host" \
+    -addext "subjectAltName=DNS:$host" -keyout "$work/peer/key.pem" -out "$work/peer/cert.pem" 2>/dev/null
+{
+    common "$work/peer"
+    printf 'worker_processes 2;\nevents { worker_connections 4096; }\nhttp {\n'
+    http_common "$work/peer"
+    printf 'upstream backend { server 127.0.0.1:%s; keepalive 128; }\n' "$backend_port"
+    printf 'server {\n listen 127.0.0.1:%s;\n listen 127.0.0.1:%s ssl;\n' "$peer_http" "$peer_https"
+    printf ' ssl_certificate %s/cert.pem;\n ssl_certificate_key %s/key.pem;\n keepalive_requests 1000000;\n' "$work/peer" "$work/peer"
+    printf ' location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_set_header Host $host; proxy_set_header X-Forwarded-For $remote_addr; proxy_set_header X-Forwarded-Proto $scheme; }\n}\n}\n'
+} >"$work/peer/nginx.conf"
+nginx -c "$work/peer/nginx.conf"
+
+# wrk takes the TLS server name from the URL, so the name must resolve: /etc/hosts when root.
+if ! getent hosts "$host" >/dev/null; then
+    if [ "$(id -u)" = 0 ]; then
+        echo "127.0.0.1 $host # locald-bench-proxy" >>/etc/hosts
+        hosts_added=1
+    else
+        echo "note: $host does not resolve and this is not root; the HTTPS rows need it" >&2
+    fi
+fi
+
+# Every target answers before measuring.
+curl -fsS -o /dev/null "http://127.0.0.1:$backend_port/"
+curl -fsS -o /dev/null -H "Host: $host" "http://127.0.0.1:$peer_http/"
+curl -fsS -o /dev/null -H "Host: $host" "http://127.0.0.1:$http_port/"
+
+# wrk URL [extra args] -> "req/s p99_ms"
+measure() {
+    local out
+    out=$(wrk -t2 -c"$conns" -d"${secs}s" --latency "$@" 2>&1)
+    python3 - "$out" <<'PY'
+import re, sys
+text = sys.argv[1]
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+m = re.search(r"\s99%\s+([\d.]+)(us|ms|s)\b", text)
+scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+p99 = float(m.group(1)) * scale[m.group(2)] if m else float("nan")
+errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", text)
+print(f"{rps:.0f} {p99:.2f}" + (" !" if errors else ""))
+PY
+}
+
+declare -A r
+r[direct_http]=$(measure "http://127.0.0.1:$backend_port/")
+r[nginx_http]=$(measure -H "Host: $host" "http://127.0.0.1:$peer_http/")
+r[locald_http]=$(measure -H "Host: $host" "http://127.0.0.1:$http_port/")
+if getent hosts "$host" >/dev/null; then
+    r[nginx_https]=$(measure "https://$host:$peer_https/")
+    r[locald_https]=$(measure "https://$host:$https_port/")
+    r[nginx_hs]=$(measure -H "Connection: close" "https://$host:$peer_https/")
+    r[locald_hs]=$(measure -H "Connection: close" "https://$host:$https_port/")
+fi
+
+printf '\nbench/proxy: wrk -t2 -c%s -d%ss, %s, %s cores; locald proxy on %s/%s\n\n' "$conns" "$secs" "$(date -u +%F)" "$(nproc)" "$https_port" "$http_port"
+printf '| benchmark | direct | nginx | locald | locald/nginx | locald/direct |\n|---|---|---|---|---|---|\n'
+row() { # label direct nginx locald  (each "rps p99")
+    python3 - "$@" <<'PY'
+import sys
+label, *vals = sys.argv[1:]
+def part(v):
+    return v.split() if v else ["", ""]
+d, n, l = (part(v) for v in vals)
+def cell(p):
+    return f"{p[0]} req/s, p99 {p[1]} ms" + (" (errors)" if len(p) > 2 else "") if p[0] else "-"
+def ratio(a, b):
+    return f"{float(a[0]) / float(b[0]):.2f}x" if a[0] and b[0] else "-"
+print(f"| {label} | {cell(d)} | {cell(n)} | {cell(l)} | {ratio(l, n)} | {ratio(l, d)} |")
+PY
+}
+row "HTTP/1.1 keep-alive" "${r[direct_http]}" "${r[nginx_http]}" "${r[locald_http]}"
+if [ -n "${r[locald_https]:-}" ]; then
+    row "HTTPS keep-alive" "" "${r[nginx_https]}" "${r[locald_https]}"
+    row "HTTPS new handshake per request" "" "${r[nginx_hs]}" "${r[locald_hs]}"
+fi
+daemon_pid=$(pgrep -f "^$locald server start" | head -n1 || true)
+if [ -n "$daemon_pid" ]; then
+    printf '\nlocald daemon peak RSS after the run: %s\n' "$(awk '/VmHWM/ {print $2 " " $3}' "/proc/$daemon_pid/status")"
+fi

@@ -1,0 +1,225 @@
+//! The HTTPS/HTTP reverse proxy: every running service at `https://<name>.localhost`. It runs on
+//! its own multi-threaded runtime, so heavy traffic never delays the supervisor, on listeners from
+//! [`listeners`]; [`routes`] maps host names to services, [`tls`] issues certificates for routed
+//! names only, [`forward`] streams requests to the services, and [`pages`] answers when a service
+//! cannot.
+
+pub mod forward;
+pub mod listeners;
+pub mod pages;
+pub mod routes;
+pub mod tls;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use hyper::body::Incoming;
+use hyper::header::HOST;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio_rustls::TlsAcceptor;
+
+use locald_core::ipc::{ProjectStatus, ProxyStatus, ServiceState};
+
+use crate::supervisor::Project;
+use crate::tls::ca::LeafCache;
+use forward::{Backend, Peer};
+use routes::{INDEX_HOST, Routes};
+
+/// Every response body the proxy sends: a service's, streamed, or one of its own pages.
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+/// Longest a client may take over its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a client may take to send a request's header (slowloris).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("local CA: {0}")]
+    Ca(#[from] crate::tls::CaError),
+    #[error("TLS setup: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("proxy listeners: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// What the rest of the daemon holds of the proxy.
+pub struct Proxy {
+    routes: Arc<Routes>,
+    status: ProxyStatus,
+}
+
+impl Proxy {
+    /// Binds the listeners, loads (or makes) the CA, and serves on a thread of its own.
+    pub fn start(projects: &[Arc<Project>]) -> Result<Arc<Self>, ProxyError> {
+        let ca = crate::tls::user_ca()?;
+        let ca_path = ca.cert_path().to_owned();
+        let routes = Arc::new(Routes::default());
+        routes.refresh(projects);
+        let resolver = Arc::new(tls::CertResolver::new(LeafCache::new(ca), routes.clone()));
+        let tls_config = tls::server_config(resolver)?;
+        let opened = listeners::open()?;
+        let status = ProxyStatus {
+            https_port: opened.https.local_addr()?.port(),
+            http_port: opened.http.local_addr()?.port(),
+            via_shim: opened.via_shim,
+            note: opened.note,
+            ca: ca_path,
+        };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("locald-proxy")
+            .enable_all()
+            .build()?;
+        let mut connections = auto::Builder::new(TokioExecutor::new());
+        connections.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
+        connections.http2().timer(TokioTimer::new()).enable_connect_protocol();
+        let shared = Arc::new(Shared {
+            routes: routes.clone(),
+            backend: {
+                let _inside = runtime.enter();
+                forward::backend()
+            },
+            status: status.clone(),
+            connections,
+        });
+        let (https, http) = (opened.https, opened.http);
+        https.set_nonblocking(true)?;
+        http.set_nonblocking(true)?;
+        std::thread::Builder::new().name("locald-proxy".into()).spawn(move || {
+            runtime.block_on(async move {
+                let (https, http) =
+                    match (tokio::net::TcpListener::from_std(https), tokio::net::TcpListener::from_std(http))
+                    {
+                        (Ok(https), Ok(http)) => (https, http),
+                        (Err(e), _) | (_, Err(e)) => {
+                            eprintln!("locald: proxy: {e}");
+                            return;
+                        }
+                    };
+                let acceptor = TlsAcceptor::from(tls_config);
+                tokio::join!(accept(https, shared.clone(), Some(acceptor)), accept(http, shared, None));
+            })
+        })?;
+        Ok(Arc::new(Self { routes, status }))
+    }
+
+    pub fn status(&self) -> &ProxyStatus {
+        &self.status
+    }
+
+    /// Called whenever projects come up or go down.
+    pub fn refresh(&self, projects: &[Arc<Project>]) {
+        self.routes.refresh(projects);
+    }
+
+    /// The project's status with each service's public URL (with the port when not 443).
+    pub fn project_status(&self, project: &Project) -> ProjectStatus {
+        let mut status = project.status();
+        for (service, handle) in status.services.iter_mut().zip(&project.services) {
+            service.url = self.status.https_url(&handle.service.domain);
+        }
+        status
+    }
+}
+
+struct Shared {
+    routes: Arc<Routes>,
+    backend: Backend,
+    status: ProxyStatus,
+    connections: auto::Builder<TokioExecutor>,
+}
+
+async fn accept(listener: tokio::net::TcpListener, shared: Arc<Shared>, tls: Option<TlsAcceptor>) {
+    loop {
+        let (stream, addr) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of fds and the like: pause instead of spinning.
+                eprintln!("locald: proxy accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let peer = Peer { addr, tls: tls.is_some() };
+            match tls {
+                Some(acceptor) => {
+                    // A failed handshake (say, for a name locald does not route) just ends here.
+                    if let Ok(Ok(stream)) =
+                        tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+                    {
+                        serve(TokioIo::new(stream), shared, peer).await;
+                    }
+                }
+                None => serve(TokioIo::new(stream), shared, peer).await,
+            }
+        });
+    }
+}
+
+async fn serve<I>(io: I, shared: Arc<Shared>, peer: Peer)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let handler = shared.clone();
+    let service = service_fn(move |req| {
+        let shared = handler.clone();
+        async move { Ok::<_, Infallible>(handle(req, &shared, peer).await) }
+    });
+    let _ = shared.connections.serve_connection_with_upgrades(io, service).await;
+}
+
+async fn handle(req: Request<Incoming>, shared: &Shared, peer: Peer) -> Response<Body> {
+    let table = shared.routes.current();
+    let raw_host = match req.uri().authority() {
+        Some(authority) => Some(authority.as_str().to_owned()),
+        None => req.headers().get(HOST).and_then(|h| h.to_str().ok()).map(str::to_owned),
+    };
+    let Some(host) = raw_host.as_deref().and_then(routes::normalize_host).filter(|h| h != INDEX_HOST) else {
+        return pages::unknown_host(None, &table, &shared.status, peer.tls);
+    };
+    let Some(route) = table.get(&host).cloned() else {
+        return pages::unknown_host(Some(&host), &table, &shared.status, peer.tls);
+    };
+    drop(table);
+    let handle = route.handle();
+    let (state, exit) = {
+        let snapshot = handle.status.borrow();
+        (snapshot.state, snapshot.exit.map(crate::supervisor::process::Exit::code))
+    };
+    let project = route.project.config.project.name.as_str();
+    let service = &handle.service;
+    match state {
+        ServiceState::Running | ServiceState::Healthy | ServiceState::Unhealthy => {
+            match forward::forward(&shared.backend, req, service.port, peer).await {
+                Ok(response) => response,
+                Err(e) => pages::unreachable(project, &service.name, service.port, &e.cause()),
+            }
+        }
+        ServiceState::Waiting | ServiceState::Starting | ServiceState::BackingOff => {
+            pages::starting(project, &service.name, state.as_str())
+        }
+        ServiceState::Stopped | ServiceState::Failed | ServiceState::Completed => {
+            let dir = route.project.log_dir.clone();
+            let name = service.name.clone();
+            let lines = tokio::task::spawn_blocking(move || crate::logs::read_service(&dir, &name, None))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or_default();
+            let skip = lines.len().saturating_sub(pages::LOG_LINES);
+            let lines: Vec<String> = lines.into_iter().skip(skip).map(|l| l.line).collect();
+            pages::down(project, &service.name, state.as_str(), exit, &lines)
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! The pages the proxy answers with itself, so a browser never sees a bare connection error: a
+//! service starting (refreshes itself), stopped or crashed (its state and last log lines), not
+//! accepting connections, and an unknown host (the running projects' URLs).
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use hyper::{Response, StatusCode};
+
+use super::Body;
+use super::routes::RouteTable;
+use locald_core::ipc::ProxyStatus;
+
+/// Lines of a stopped service's log shown on its page.
+pub const LOG_LINES: usize = 20;
+
+fn page(status: StatusCode, title: &str, body: &str, refresh: Option<u32>) -> Response<Body> {
+    let meta = refresh.map_or(String::new(), |s| format!("<meta http-equiv=\"refresh\" content=\"{s}\">"));
+    let html = format!(
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\">{meta}<title>{title}</title>\
+         <style>body{{font:15px system-ui,sans-serif;margin:3em auto;max-width:46em;color:#222}}\
+         pre{{background:#f4f4f4;padding:1em;overflow:auto}}small{{color:#777}}</style></head>\n\
+         <body><h1>{title}</h1>\n{body}\n<p><small>locald</small></p></body></html>\n",
+        title = escape(title),
+    );
+    let mut response = Response::new(Full::new(Bytes::from(html)).map_err(|never| match never {}).boxed());
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Some(seconds) = refresh {
+        headers.insert(RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    response
+}
+
+/// Waiting for dependencies, starting, or between restarts: refreshes every second.
+pub fn starting(project: &str, service: &str, state: &str) -> Response<Body> {
+    page(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &format!("{service} is starting"),
+        &format!(
+            "<p>Service <b>{}</b> of project <b>{}</b> is {}. This page reloads by itself.</p>",
+            escape(service),
+            escape(project),
+            escape(state)
+        ),
+        Some(1),
+    )
+}
+
+/// Stopped, failed or completed: the state, the exit code and the end of its log.
+pub fn down(project: &str, service: &str, state: &str, exit: Option<i32>, log: &[String]) -> Response<Body> {
+    let exit = exit.map_or(String::new(), |code| format!(" (exit code {code})"));
+    let log = if log.is_empty() {
+        "<p>No log lines.</p>".to_owned()
+    } else {
+        format!("<p>Last log lines:</p><pre>{}</pre>", escape(&log.join("\n")))
+    };
+    page(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &format!("{service} is {state}"),
+        &format!(
+            "<p>Service <b>{}</b> of project <b>{}</b> is {}{exit}. Start it with \
+             <code>locald start {}</code>.</p>{log}",
+            escape(service),
+            escape(project),
+            escape(state),
+            escape(service)
+        ),
+        Some(5),
+    )
+}
+
+/// The service runs but its port refused or dropped the connection.
+pub fn unreachable(project: &str, service: &str, port: u16, error: &str) -> Response<Body> {
+    page(
+        StatusCode::BAD_GATEWAY,
+        &format!("{service} is not answering"),
+        &format!(
+            "<p>Service <b>{}</b> of project <b>{}</b> runs, but 127.0.0.1:{port} did not answer: \
+             {}. Does it listen on <code>$PORT</code>? This page reloads by itself.</p>",
+            escape(service),
+            escape(project),
+            escape(error)
+        ),
+        Some(2),
+    )
+}
+
+/// A host no running project has: the list of those that are up.
+pub fn unknown_host(
+    host: Option<&str>,
+    table: &RouteTable,
+    proxy: &ProxyStatus,
+    tls: bool,
+) -> Response<Body> {
+    let mut list = String::new();
+    for (project, names) in &table.listing {
+        list.push_str(&format!("<li><b>{}</b><ul>", escape(project)));
+        for (host, service) in names {
+            let url = if tls { proxy.https_url(host) } else { proxy.http_url(host) };
+            list.push_str(&format!(
+                "<li><a href=\"{url}/\">{url}</a> — {}</li>",
+                escape(service),
+                url = escape(&url)
+            ));
+        }
+        list.push_str("</ul></li>");
+    }
+    let intro = match host {
+        Some(host) => format!("<p>No running project answers to <b>{}</b>.</p>", escape(host)),
+        None => String::new(),
+    };
+    let body = if list.is_empty() {
+        format!("{intro}<p>No project is running. Start one with <code>locald up</code>.</p>")
+    } else {
+        format!("{intro}<p>Running projects:</p><ul>{list}</ul>")
+    };
+    let status = if host.is_some() { StatusCode::NOT_FOUND } else { StatusCode::OK };
+    page(status, if host.is_some() { "Unknown host" } else { "locald" }, &body, None)
+}
+
+/// A request the proxy cannot make sense of (no host at all).
+pub fn bad_request(why: &str) -> Response<Body> {
+    page(StatusCode::BAD_REQUEST, "Bad request", &format!("<p>{}</p>", escape(why)), None)
+}
+
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '&' => out.push_str("&amp;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_lines_are_escaped() {
+        let response = down("p", "web", "failed", Some(1), &["<script>x</script>".into()]);
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(escape("<a href=\"x\">&'"), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;");
+    }
+}

@@ -1,0 +1,237 @@
+//! The proxy on the real ports: a daemon running as a throwaway user gets 443 and 80 from the
+//! setuid shim, inside a fresh network namespace per test, and serves a Python backend at
+//! `https://web.<project>.localhost`. Runs as root (CI is root); without root it fails under
+//! LOCALD_REQUIRE_PRIVILEGED=1.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::MetadataExt;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use locald_tests::proxy::{Scene, project_toml};
+use locald_tests::{privileged, text};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
+use tokio_tungstenite::tungstenite::Message;
+
+fn body(out: &std::process::Output) -> String {
+    assert!(out.status.success(), "curl failed: {}", text(out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn https_on_443_with_http2_forwarded_fields_and_port_80() {
+    let Some(p) = privileged() else { return };
+    let scene = Scene::new(p, "proxy-basic", &project_toml("shop", ""));
+    let up = scene.ok(&["up"]);
+    assert!(up.contains("https://shop.localhost "), "URL without a port on 443:\n{up}");
+    assert!(!up.contains("not 443/80"), "{up}");
+
+    // HTTP/2 through ALPN, the backend's own answer, for the service and its alias.
+    for host in ["shop.localhost", "web.shop.localhost"] {
+        let out = scene
+            .curl(host)
+            .args(["-w", "\n%{http_version}"])
+            .arg(format!("https://{host}/"))
+            .output()
+            .unwrap();
+        let got = body(&out);
+        assert!(got.starts_with("hello from web\n"), "{got}");
+        assert!(got.ends_with("\n2"), "HTTP/2 not negotiated: {got}");
+    }
+    let out = scene.curl("web.shop.localhost").arg("https://web.shop.localhost/headers").output().unwrap();
+    let headers = body(&out);
+    for expected in [
+        "x-forwarded-for: 127.0.0.1",
+        "x-forwarded-proto: https",
+        "x-forwarded-host: web.shop.localhost",
+        "forwarded: for=127.0.0.1;proto=https;host=\"web.shop.localhost\"",
+        "host: web.shop.localhost",
+    ] {
+        assert!(headers.contains(expected), "missing {expected:?} in:\n{headers}");
+    }
+    // A hop-by-hop field the client names in Connection does not reach the service (HTTP/1.1).
+    let out = scene
+        .curl("web.shop.localhost")
+        .args(["--http1.1", "-H", "Connection: x-secret", "-H", "X-Secret: 1", "-H", "Keep-Alive: timeout=5"])
+        .arg("https://web.shop.localhost/headers")
+        .output()
+        .unwrap();
+    let headers = body(&out);
+    assert!(!headers.contains("x-secret") && !headers.contains("keep-alive"), "{headers}");
+
+    // Port 80 serves the same routes in plain HTTP.
+    let out = scene.curl("web.shop.localhost").arg("http://web.shop.localhost/headers").output().unwrap();
+    assert!(body(&out).contains("x-forwarded-proto: http\n"));
+
+    let status: serde_json::Value = serde_json::from_str(&scene.ok(&["status", "--json"])).unwrap();
+    assert_eq!(status[0]["services"][0]["url"], "https://shop.localhost", "{status}");
+    let doctor = scene.ok(&["doctor"]);
+    assert!(doctor.contains("serving https on 443 and http on 80"), "{doctor}");
+}
+
+#[test]
+fn the_ca_is_private_name_constrained_and_issues_nothing_for_real_sites() {
+    let Some(p) = privileged() else { return };
+    let scene = Scene::new(p, "proxy-ca", &project_toml("shop", ""));
+    scene.ok(&["up"]);
+    let ca = scene.ca();
+    let key = ca.with_file_name("ca-key.pem");
+    let meta = std::fs::metadata(&key).unwrap();
+    assert_eq!(meta.mode() & 0o777, 0o600, "CA key mode");
+    assert_eq!(meta.uid(), p.user.uid, "the CA belongs to the user the daemon runs as");
+    let out = Command::new("openssl").args(["x509", "-noout", "-text", "-in"]).arg(&ca).output().unwrap();
+    let cert = text(&out);
+    assert!(cert.contains("X509v3 Name Constraints: critical"), "{cert}");
+    assert!(cert.contains("Permitted:") && cert.contains("DNS:localhost"), "{cert}");
+
+    // No certificate for a name locald does not route: the handshake fails.
+    for host in ["example.com", "other.localhost"] {
+        let out = scene.curl(host).arg(format!("https://{host}/")).output().unwrap();
+        assert!(!out.status.success(), "{host} got an answer: {}", text(&out));
+        assert_eq!(out.status.code(), Some(35), "{host}: expected a TLS handshake failure: {}", text(&out));
+    }
+    // The routed name in the same run verifies against the CA.
+    let out = scene.curl("shop.localhost").arg("https://shop.localhost/").output().unwrap();
+    assert!(body(&out).contains("hello from web"));
+}
+
+#[test]
+fn starting_down_unknown_and_refusing_services_get_pages() {
+    let Some(p) = privileged() else { return };
+    // `slow` never gets healthy within the test (its check waits a long start period on a port
+    // nobody opens), `quiet` runs but listens nowhere, `gone` exits at once after a log line.
+    let more = "[services.slow]\ncommand = \"sleep 600\"\nhealth_check = { tcp = true, start_period = \"10m\" }\n\n\
+                [services.quiet]\ncommand = \"sleep 600\"\n\n\
+                [services.gone]\ncommand = \"echo gone-for-good-marker; exit 3\"\nrestart = \"no\"\n";
+    let scene = Scene::new(p, "proxy-pages", &project_toml("shop", more));
+    // `up` reports the failure of `gone`; the others are started all the same.
+    let _ = scene.run(&["up"]);
+
+    let page = |host: &str, scheme: &str| {
+        let out = scene
+            .curl(host)
+            .args(["-w", "\n%{http_code}"])
+            .arg(format!("{scheme}://{host}/"))
+            .output()
+            .unwrap();
+        body(&out)
+    };
+    let starting = page("slow.shop.localhost", "https");
+    assert!(starting.ends_with("\n503"), "{starting}");
+    assert!(
+        starting.contains("slow is starting") && starting.contains("http-equiv=\"refresh\""),
+        "{starting}"
+    );
+
+    let down = page("gone.shop.localhost", "https");
+    assert!(down.ends_with("\n503"), "{down}");
+    assert!(down.contains("gone is failed") && down.contains("exit code 3"), "{down}");
+    assert!(down.contains("gone-for-good-marker"), "the last log lines are shown: {down}");
+
+    let refused = page("quiet.shop.localhost", "https");
+    assert!(refused.ends_with("\n502"), "{refused}");
+    assert!(refused.contains("Connection refused"), "{refused}");
+
+    let unknown = page("nothing-here.localhost", "http");
+    assert!(unknown.ends_with("\n404"), "{unknown}");
+    assert!(
+        unknown.contains("http://shop.localhost/") && unknown.contains("http://slow.shop.localhost/"),
+        "{unknown}"
+    );
+
+    // Stopping a running service turns its URL into the stopped page.
+    scene.ok(&["stop", "web"]);
+    let stopped = page("shop.localhost", "https");
+    assert!(stopped.ends_with("\n503") && stopped.contains("web is stopped"), "{stopped}");
+}
+
+#[test]
+fn server_sent_events_arrive_before_the_stream_ends() {
+    let Some(p) = privileged() else { return };
+    let scene = Scene::new(p, "proxy-sse", &project_toml("shop", ""));
+    scene.ok(&["up"]);
+    let mut sse = scene
+        .curl("shop.localhost")
+        .args(["-N", "https://shop.localhost/sse"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(sse.stdout.take().unwrap()).lines();
+    // Blocks until the proxy passes the first event on; the service holds the stream open until
+    // /release, so an answer buffered to the end would never get here.
+    assert_eq!(lines.next().unwrap().unwrap(), "data: first");
+    assert!(sse.try_wait().unwrap().is_none(), "the stream is still open");
+    let out = scene.curl("shop.localhost").arg("https://shop.localhost/release").output().unwrap();
+    assert_eq!(body(&out), "released\n");
+    let rest: Vec<String> = lines.map_while(Result::ok).filter(|l| !l.is_empty()).collect();
+    assert_eq!(rest, ["data: last"]);
+    assert!(sse.wait().unwrap().success());
+}
+
+#[test]
+fn a_100_mb_upload_streams_with_bounded_proxy_memory() {
+    let Some(p) = privileged() else { return };
+    let scene = Scene::new(p, "proxy-upload", &project_toml("shop", ""));
+    scene.ok(&["up"]);
+    let daemon = scene.daemon_pid();
+    let size: u64 = 100 << 20;
+    let file = scene.dir.join("upload.bin");
+    std::fs::File::create(&file).unwrap().set_len(size).unwrap();
+    for version in ["--http2", "--http1.1"] {
+        let out = scene
+            .curl("shop.localhost")
+            .args([version, "-T"])
+            .arg(&file)
+            .arg("https://shop.localhost/upload")
+            .output()
+            .unwrap();
+        assert_eq!(body(&out).trim(), size.to_string(), "{version}: the service got every byte");
+    }
+    let hwm = peak_rss_kib(daemon);
+    assert!(hwm < 60 * 1024, "daemon peak RSS {hwm} KiB after two 100 MiB uploads: the body was buffered");
+}
+
+fn peak_rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn websocket_echo_round_trip_through_443() {
+    let Some(p) = privileged() else { return };
+    let scene = Scene::new(p, "proxy-ws", &project_toml("shop", ""));
+    scene.ok(&["up"]);
+    let ca = std::fs::read(scene.ca()).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(&ca) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let config =
+            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        let tcp = tokio::net::TcpStream::connect("127.0.0.1:443").await.unwrap();
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(ServerName::try_from("shop.localhost").unwrap(), tcp)
+            .await
+            .unwrap();
+        let (mut ws, response) =
+            tokio_tungstenite::client_async("wss://shop.localhost/ws", tls).await.unwrap();
+        assert_eq!(response.status(), 101);
+        for message in ["hello", &"x".repeat(70_000)] {
+            ws.send(Message::text(message)).await.unwrap();
+            let echoed =
+                tokio::time::timeout(Duration::from_secs(10), ws.next()).await.unwrap().unwrap().unwrap();
+            assert_eq!(echoed.into_text().unwrap().as_str(), message);
+        }
+        ws.close(None).await.unwrap();
+    });
+}
