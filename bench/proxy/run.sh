@@ -23,7 +23,7 @@ export XDG_RUNTIME_DIR=$work/run XDG_STATE_HOME=$work/state XDG_DATA_HOME=$work/
 mkdir -p "$XDG_RUNTIME_DIR" "$XDG_STATE_HOME" "$XDG_DATA_HOME" "$HOME" "$work/project" "$work/peer"
 hosts_added=
 cleanup() {
-    [ -f "$work/peer/nginx.pid" ] && kill "$(cat "$work/peer/nginx.pid")" 2>/dev/null || true
+    if [ -f "$work/peer/nginx.pid" ]; then kill "$(cat "$work/peer/nginx.pid")" 2>/dev/null || true; fi
     "$locald" server stop >/dev/null 2>&1 || true
     if [ -n "$hosts_added" ]; then sed -i "/# locald-bench-proxy$/d" /etc/hosts; fi
     rm -rf "$work"
@@ -77,6 +77,8 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 
     printf 'upstream backend { server 127.0.0.1:%s; keepalive 128; }\n' "$backend_port"
     printf 'server {\n listen 127.0.0.1:%s;\n listen 127.0.0.1:%s ssl;\n' "$peer_http" "$peer_https"
     printf ' ssl_certificate %s/cert.pem;\n ssl_certificate_key %s/key.pem;\n keepalive_requests 1000000;\n' "$work/peer" "$work/peer"
+    # nginx variables, not shell ones: the single quotes are meant.
+    # shellcheck disable=SC2016
     printf ' location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_set_header Host $host; proxy_set_header X-Forwarded-For $remote_addr; proxy_set_header X-Forwarded-Proto $scheme; }\n}\n}\n'
 } >"$work/peer/nginx.conf"
 nginx -c "$work/peer/nginx.conf"
