@@ -220,3 +220,12 @@ fn image_and_command_together_are_refused() {
     let e = error("[services.db]\ncommand = \"x\"\nimage = \"postgres\"\n");
     assert_eq!(e, "locald.toml:3:9: set either command or image, not both");
 }
+
+#[test]
+fn extra_domains_are_kept_and_checked() {
+    let config =
+        parse("[services.web]\ncommand = \"x\"\ndomains = [\"shop.test\", \"www.shop.test\"]\n").unwrap();
+    assert_eq!(config.services[0].domains, ["shop.test", "www.shop.test"]);
+    let e = error("[services.web]\ncommand = \"x\"\ndomains = [\"ok.test\", \"Bad Name\"]\n");
+    assert!(e.starts_with("locald.toml:3:23: domain \"Bad Name\" is not a valid lowercase host name"), "{e}");
+}
