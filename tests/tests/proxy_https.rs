@@ -200,38 +200,98 @@ fn peak_rss_kib(pid: i32) -> u64 {
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
+/// A TLS connection to 127.0.0.1:443 for `host`, trusting only the scene's CA, offering `alpn`.
+async fn tls_connect(
+    scene: &Scene,
+    host: &'static str,
+    alpn: &[&[u8]],
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&std::fs::read(scene.ca()).unwrap()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut config =
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let tcp = tokio::net::TcpStream::connect("127.0.0.1:443").await.unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from(host).unwrap(), tcp)
+        .await
+        .unwrap()
+}
+
+/// Sends each message and expects it back.
+async fn echo<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    for message in ["hello", &"x".repeat(70_000)] {
+        ws.send(Message::text(message)).await.unwrap();
+        let echoed =
+            tokio::time::timeout(Duration::from_secs(10), ws.next()).await.unwrap().unwrap().unwrap();
+        assert_eq!(echoed.into_text().unwrap().as_str(), message);
+    }
+}
+
 #[test]
 fn websocket_echo_round_trip_through_443() {
     let Some(p) = privileged() else { return };
     let scene = Scene::new(p, "proxy-ws", &project_toml("shop", ""));
     scene.ok(&["up"]);
-    let ca = std::fs::read(scene.ca()).unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_slice_iter(&ca) {
-            roots.add(cert.unwrap()).unwrap();
-        }
-        let config =
-            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-        let tcp = tokio::net::TcpStream::connect("127.0.0.1:443").await.unwrap();
-        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-            .connect(ServerName::try_from("shop.localhost").unwrap(), tcp)
-            .await
-            .unwrap();
+        let tls = tls_connect(&scene, "shop.localhost", &[b"http/1.1"]).await;
         let (mut ws, response) =
             tokio_tungstenite::client_async("wss://shop.localhost/ws", tls).await.unwrap();
         assert_eq!(response.status(), 101);
-        for message in ["hello", &"x".repeat(70_000)] {
-            ws.send(Message::text(message)).await.unwrap();
-            let echoed =
-                tokio::time::timeout(Duration::from_secs(10), ws.next()).await.unwrap().unwrap().unwrap();
-            assert_eq!(echoed.into_text().unwrap().as_str(), message);
-        }
+        echo(&mut ws).await;
         ws.close(None).await.unwrap();
+    });
+}
+
+/// RFC 8441: a WebSocket over an HTTP/2 stream (extended CONNECT), which the proxy turns into
+/// an HTTP/1.1 upgrade to the service.
+#[test]
+fn websocket_over_http2_extended_connect() {
+    let Some(p) = privileged() else { return };
+    let scene = Scene::new(p, "proxy-ws-h2", &project_toml("shop", ""));
+    scene.ok(&["up"]);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let tls = tls_connect(&scene, "shop.localhost", &[b"h2"]).await;
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        let (mut sender, connection) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tls),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(connection);
+        let empty = http_body_util::Empty::<bytes::Bytes>::new;
+        // A plain request first: by its answer the server's SETTINGS (which must enable
+        // extended CONNECT) have arrived.
+        let plain = hyper::Request::get("https://shop.localhost/").body(empty()).unwrap();
+        assert_eq!(sender.send_request(plain).await.unwrap().status(), 200);
+        let mut connect = hyper::Request::builder()
+            .method(hyper::Method::CONNECT)
+            .uri("https://shop.localhost/ws")
+            .header("sec-websocket-version", "13")
+            .body(empty())
+            .unwrap();
+        connect.extensions_mut().insert(hyper::ext::Protocol::from_static("websocket"));
+        let response = sender.send_request(connect).await.unwrap();
+        assert_eq!(response.status(), 200, "extended CONNECT accepted");
+        let stream = hyper::upgrade::on(response).await.unwrap();
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            hyper_util::rt::TokioIo::new(stream),
+            tokio_tungstenite::tungstenite::protocol::Role::Client,
+            None,
+        )
+        .await;
+        echo(&mut ws).await;
     });
 }

@@ -319,3 +319,12 @@ fn the_default_suffix_is_a_local_one_or_localhost() {
     assert_eq!(suffix_from(Some("com")), "localhost");
     assert_eq!(suffix_from(Some("")), "localhost");
 }
+
+#[test]
+fn extra_domains_are_kept_and_checked() {
+    let config =
+        parse("[services.web]\ncommand = \"x\"\ndomains = [\"shop.test\", \"www.shop.test\"]\n").unwrap();
+    assert_eq!(config.services[0].domains, ["shop.test", "www.shop.test"]);
+    let e = error("[services.web]\ncommand = \"x\"\ndomains = [\"ok.test\", \"Bad Name\"]\n");
+    assert!(e.starts_with("locald.toml:3:23: domain \"Bad Name\" is not a valid lowercase host name"), "{e}");
+}
