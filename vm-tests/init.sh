@@ -37,6 +37,11 @@ while read -r module; do insmod "/lib/modules/$module"; done < /lib/modules/orde
 
 printf 'root:x:0:0::/root:/bin/sh\nlocald:x:1000:1000::/home/locald:/bin/sh\n' > /etc/passwd
 printf 'root:x:0:\nlocald:x:1000:\n' > /etc/group
+# A plain /etc/hosts as a distribution ships it: the guest's resolver (musl) knows no *.localhost
+# names of its own, so locald's names come from the block the shim keeps here.
+printf '127.0.0.1 localhost\n::1 localhost\n' > /etc/hosts
+# No network, so no DNS server answers: fail fast instead of musl's default 5 s x 2 attempts.
+printf 'nameserver 127.0.0.1\noptions timeout:1 attempts:1\n' > /etc/resolv.conf
 mkdir -p /home/locald && chown 1000:1000 /home/locald
 mkdir -p /usr/local/libexec/locald
 cp /opt/locald/locald-shim /usr/local/libexec/locald/locald-shim

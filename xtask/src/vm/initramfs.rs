@@ -14,7 +14,7 @@ use anyhow::Context;
 use super::kernel::{self, Kernel};
 use crate::util;
 
-const BINARIES: &[&str] = &["locald", "locald-shim", "shim-caller"];
+const BINARIES: &[&str] = &["locald", "locald-shim", "shim-caller", "proxy-probe"];
 /// Debian's runc and crun (packages of the same names), for `bench-container-start`.
 pub const HOST_PROGRAMS: &[&str] = &["/usr/sbin/runc", "/usr/bin/crun"];
 

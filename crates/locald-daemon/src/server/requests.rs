@@ -116,8 +116,10 @@ async fn up(supervisor: &Supervisor, proxy: Option<&Proxy>, dir: &Path, out: &mu
         Ok(up) => up,
         Err(e) => return out.send(Response::Error { message: e.to_string() }).await,
     };
-    // Routed while it starts, so its URL shows the starting page rather than an unknown host.
+    // Routed and resolvable while it starts, so its URL shows the starting page rather than an
+    // unknown host or a name that does not resolve.
     refresh_routes(supervisor, proxy);
+    sync_hosts(supervisor).await;
     if attached {
         // Like a first `up`: whatever was stopped or gave up is started again, in start order.
         for handle in &project.services {
