@@ -85,6 +85,10 @@ pub enum Response {
         /// Where the proxy listens, so the CLI can say when it is not on 80/443.
         #[serde(default)]
         proxy: Option<ProxyStatus>,
+        /// One line each about the project that the user should know (names locald cannot
+        /// serve fully, …).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        notes: Vec<String>,
     },
     /// `up` failed on a service; `last_lines` are the end of its log.
     UpFailed {
