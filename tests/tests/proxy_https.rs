@@ -295,3 +295,57 @@ fn websocket_over_http2_extended_connect() {
         echo(&mut ws).await;
     });
 }
+
+/// What a one-shot service prints: its TLS trust variables, then whether curl (which reads
+/// `CURL_CA_BUNDLE`) verifies `https://shop.localhost/` with them.
+const CALL_WEB: &str = "env | grep -E \"^(NODE_EXTRA_CA_CERTS|SSL_CERT_FILE|REQUESTS_CA_BUNDLE|CURL_CA_BUNDLE)=\" | sort; \
+                        curl -sS --max-time 20 --resolve shop.localhost:443:127.0.0.1 https://shop.localhost/; \
+                        echo curl-exit=$?";
+
+#[test]
+fn trust_local_ca_lets_a_service_verify_another_over_https() {
+    let Some(p) = privileged() else { return };
+    let more = format!(
+        "[services.client]\ncommand = '{CALL_WEB}'\nrestart = \"no\"\ndepends_on = [\"web\"]\n\
+         env = {{ REQUESTS_CA_BUNDLE = \"/mine.pem\" }}\n\n\
+         [services.plain]\ncommand = '{CALL_WEB}'\nrestart = \"no\"\ndepends_on = [\"web\"]\ntrust_local_ca = false\n\n\
+         [services.after]\ncommand = \"exec sleep 600\"\n\
+         depends_on = {{ client = \"completed_successfully\", plain = \"completed_successfully\" }}\n"
+    );
+    let toml = project_toml("shop", &more).replacen("[project]\n", "[project]\ntrust_local_ca = true\n", 1);
+    let scene = Scene::new(p, "proxy-trust", &toml);
+    // `up` is done once `after` runs, which is once both callers have finished.
+    scene.ok(&["up"]);
+    let ca = scene.ca();
+    let bundle = ca.with_file_name("ca-bundle.pem");
+
+    let client = scene.ok(&["logs", "client"]);
+    for expected in [
+        format!("NODE_EXTRA_CA_CERTS={}", ca.display()),
+        format!("SSL_CERT_FILE={}", bundle.display()),
+        format!("CURL_CA_BUNDLE={}", bundle.display()),
+        "REQUESTS_CA_BUNDLE=/mine.pem".to_owned(),
+        "hello from web".to_owned(),
+        "curl-exit=0".to_owned(),
+    ] {
+        assert!(
+            client.contains(&expected),
+            "missing {expected:?} in the opted-in service's output:\n{client}"
+        );
+    }
+    // The same call without the opt-in: no variables, and the system store alone rejects the CA.
+    let plain = scene.ok(&["logs", "plain"]);
+    for name in ["NODE_EXTRA_CA_CERTS", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"] {
+        assert!(!plain.contains(name), "{name} set without the opt-in:\n{plain}");
+    }
+    assert!(plain.contains("curl-exit=60"), "expected a certificate verification failure:\n{plain}");
+
+    let meta = std::fs::metadata(&bundle).unwrap();
+    assert_eq!(meta.mode() & 0o777, 0o644, "bundle mode");
+    assert_eq!(meta.uid(), p.user.uid);
+    let text = std::fs::read_to_string(&bundle).unwrap();
+    assert!(text.ends_with(&std::fs::read_to_string(&ca).unwrap()), "the bundle ends with the locald CA");
+    if let Ok(system) = std::fs::read_to_string("/etc/ssl/certs/ca-certificates.crt") {
+        assert!(text.starts_with(system.trim_end()), "the bundle starts with the system's roots");
+    }
+}
