@@ -349,3 +349,47 @@ fn trust_local_ca_lets_a_service_verify_another_over_https() {
         assert!(text.starts_with(system.trim_end()), "the bundle starts with the system's roots");
     }
 }
+
+#[test]
+fn https_redirect_sends_plain_http_to_https_with_308() {
+    let Some(p) = privileged() else { return };
+    let toml = project_toml("shop", "").replacen("[project]\n", "[project]\nhttps_redirect = true\n", 1);
+    let scene = Scene::new(p, "proxy-redirect", &toml);
+    scene.ok(&["up"]);
+    let head = |host: &str, url: &str, extra: &[&str]| {
+        let out = scene
+            .curl(host)
+            .args(["-o", "/dev/null", "-D", "-", "-w", "status=%{http_code}\n"])
+            .args(extra)
+            .arg(url)
+            .output()
+            .unwrap();
+        body(&out).to_ascii_lowercase()
+    };
+    let answer = head("web.shop.localhost", "http://web.shop.localhost/headers?x=1&y=%20", &[]);
+    assert!(answer.contains("status=308"), "{answer}");
+    assert!(answer.contains("\nlocation: https://web.shop.localhost/headers?x=1&y=%20\r\n"), "{answer}");
+
+    // A WebSocket handshake on port 80 is sent to https:// as well (its client must use wss://).
+    let upgrade = [
+        "-H",
+        "Connection: Upgrade",
+        "-H",
+        "Upgrade: websocket",
+        "-H",
+        "Sec-WebSocket-Version: 13",
+        "-H",
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+    ];
+    let answer = head("shop.localhost", "http://shop.localhost/ws", &upgrade);
+    assert!(
+        answer.contains("status=308") && answer.contains("\nlocation: https://shop.localhost/ws\r\n"),
+        "{answer}"
+    );
+
+    // Followed, it lands on the service over HTTPS; names no project routes are not redirected.
+    let out = scene.curl("shop.localhost").args(["-L", "http://shop.localhost/headers"]).output().unwrap();
+    assert!(body(&out).contains("x-forwarded-proto: https\n"));
+    let answer = head("other.localhost", "http://other.localhost/", &[]);
+    assert!(answer.contains("status=404") && !answer.contains("location:"), "{answer}");
+}
