@@ -393,3 +393,42 @@ fn https_redirect_sends_plain_http_to_https_with_308() {
     let answer = head("other.localhost", "http://other.localhost/", &[]);
     assert!(answer.contains("status=404") && !answer.contains("location:"), "{answer}");
 }
+
+#[test]
+fn ipv6_loopback_serves_https_and_http() {
+    let Some(p) = privileged() else { return };
+    let scene = Scene::new(p, "proxy-ipv6", &project_toml("shop", ""));
+    let inet6 = std::fs::read_to_string("/proc/net/if_inet6").unwrap();
+    assert!(inet6.lines().any(|l| l.starts_with("00000000000000000000000000000001")), "no ::1 in the netns");
+    scene.ok(&["up"]);
+    let curl6 = |url: &str, port: u16| {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "30", "--cacert"])
+            .arg(scene.ca())
+            .args(["--resolve", &format!("web.shop.localhost:{port}:[::1]"), url])
+            .output()
+            .unwrap();
+        body(&out)
+    };
+    assert_eq!(curl6("https://web.shop.localhost/", 443), "hello from web\n");
+    let headers = curl6("http://web.shop.localhost/headers", 80);
+    assert!(headers.contains("x-forwarded-for: ::1\n"), "{headers}");
+    let doctor = scene.ok(&["doctor"]);
+    assert!(doctor.contains("also listening on ::1"), "{doctor}");
+}
+
+#[test]
+fn without_ipv6_loopback_the_proxy_stays_on_ipv4_and_says_why() {
+    let Some(p) = privileged() else { return };
+    let scene = Scene::new(p, "proxy-no-ipv6", &project_toml("shop", ""));
+    // This thread's netns (sysctls under /proc/sys/net are the opener's): ::1 goes away.
+    std::fs::write("/proc/sys/net/ipv6/conf/lo/disable_ipv6", "1").unwrap();
+    let up = scene.ok(&["up"]);
+    assert!(up.contains("https://shop.localhost "), "{up}");
+    let out = scene.curl("shop.localhost").arg("https://shop.localhost/").output().unwrap();
+    assert_eq!(body(&out), "hello from web\n");
+    let status = scene.ok(&["status"]);
+    assert!(status.contains("proxy not on ::1: no IPv6 loopback (::1) here: "), "{status}");
+    let doctor = scene.ok(&["doctor"]);
+    assert!(doctor.contains("not listening on ::1"), "{doctor}");
+}

@@ -163,6 +163,9 @@ pub struct ProxyStatus {
     pub via_shim: bool,
     /// Why the proxy is not on 80/443, when it is not.
     pub note: Option<String>,
+    /// Why the proxy listens on 127.0.0.1 but not on ::1, when it does not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6_note: Option<String>,
     /// The local CA certificate (`locald ca`).
     pub ca: PathBuf,
 }
