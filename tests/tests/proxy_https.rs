@@ -353,9 +353,14 @@ fn trust_local_ca_lets_a_service_verify_another_over_https() {
 #[test]
 fn https_redirect_sends_plain_http_to_https_with_308() {
     let Some(p) = privileged() else { return };
-    let toml = project_toml("shop", "").replacen("[project]\n", "[project]\nhttps_redirect = true\n", 1);
+    // `side` also answers to a name outside the local suffixes, which /etc/hosts cannot have.
+    let more = "[services.side]\ncommand = \"exec sleep 600\"\ndomains = [\"side.example\"]\n";
+    let toml = project_toml("shop", more).replacen("[project]\n", "[project]\nhttps_redirect = true\n", 1);
     let scene = Scene::new(p, "proxy-redirect", &toml);
-    scene.ok(&["up"]);
+    let up = scene.ok(&["up"]);
+    assert!(up.contains("\nnote: side.example is not under a reserved local suffix"), "{up}");
+    let log = std::fs::read_to_string(scene.dir.join("state/locald/daemon.log")).unwrap();
+    assert!(!log.contains("/etc/hosts"), "the other names were still synced:\n{log}");
     let head = |host: &str, url: &str, extra: &[&str]| {
         let out = scene
             .curl(host)
