@@ -295,3 +295,145 @@ fn websocket_over_http2_extended_connect() {
         echo(&mut ws).await;
     });
 }
+
+/// What a one-shot service prints: its TLS trust variables, then whether curl (which reads
+/// `CURL_CA_BUNDLE`) verifies `https://shop.localhost/` with them.
+const CALL_WEB: &str = "env | grep -E \"^(NODE_EXTRA_CA_CERTS|SSL_CERT_FILE|REQUESTS_CA_BUNDLE|CURL_CA_BUNDLE)=\" | sort; \
+                        curl -sS --max-time 20 --resolve shop.localhost:443:127.0.0.1 https://shop.localhost/; \
+                        echo curl-exit=$?";
+
+#[test]
+fn trust_local_ca_lets_a_service_verify_another_over_https() {
+    let Some(p) = privileged() else { return };
+    let more = format!(
+        "[services.client]\ncommand = '{CALL_WEB}'\nrestart = \"no\"\ndepends_on = [\"web\"]\n\
+         env = {{ REQUESTS_CA_BUNDLE = \"/mine.pem\" }}\n\n\
+         [services.plain]\ncommand = '{CALL_WEB}'\nrestart = \"no\"\ndepends_on = [\"web\"]\ntrust_local_ca = false\n\n\
+         [services.after]\ncommand = \"exec sleep 600\"\n\
+         depends_on = {{ client = \"completed_successfully\", plain = \"completed_successfully\" }}\n"
+    );
+    let toml = project_toml("shop", &more).replacen("[project]\n", "[project]\ntrust_local_ca = true\n", 1);
+    let scene = Scene::new(p, "proxy-trust", &toml);
+    // `up` is done once `after` runs, which is once both callers have finished.
+    scene.ok(&["up"]);
+    let ca = scene.ca();
+    let bundle = ca.with_file_name("ca-bundle.pem");
+
+    let client = scene.ok(&["logs", "client"]);
+    for expected in [
+        format!("NODE_EXTRA_CA_CERTS={}", ca.display()),
+        format!("SSL_CERT_FILE={}", bundle.display()),
+        format!("CURL_CA_BUNDLE={}", bundle.display()),
+        "REQUESTS_CA_BUNDLE=/mine.pem".to_owned(),
+        "hello from web".to_owned(),
+        "curl-exit=0".to_owned(),
+    ] {
+        assert!(
+            client.contains(&expected),
+            "missing {expected:?} in the opted-in service's output:\n{client}"
+        );
+    }
+    // The same call without the opt-in: no variables, and the system store alone rejects the CA.
+    let plain = scene.ok(&["logs", "plain"]);
+    for name in ["NODE_EXTRA_CA_CERTS", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"] {
+        assert!(!plain.contains(name), "{name} set without the opt-in:\n{plain}");
+    }
+    assert!(plain.contains("curl-exit=60"), "expected a certificate verification failure:\n{plain}");
+
+    let meta = std::fs::metadata(&bundle).unwrap();
+    assert_eq!(meta.mode() & 0o777, 0o644, "bundle mode");
+    assert_eq!(meta.uid(), p.user.uid);
+    let text = std::fs::read_to_string(&bundle).unwrap();
+    assert!(text.ends_with(&std::fs::read_to_string(&ca).unwrap()), "the bundle ends with the locald CA");
+    if let Ok(system) = std::fs::read_to_string("/etc/ssl/certs/ca-certificates.crt") {
+        assert!(text.starts_with(system.trim_end()), "the bundle starts with the system's roots");
+    }
+}
+
+#[test]
+fn https_redirect_sends_plain_http_to_https_with_308() {
+    let Some(p) = privileged() else { return };
+    // `side` also answers to a name outside the local suffixes, which /etc/hosts cannot have.
+    let more = "[services.side]\ncommand = \"exec sleep 600\"\ndomains = [\"side.example\"]\n";
+    let toml = project_toml("shop", more).replacen("[project]\n", "[project]\nhttps_redirect = true\n", 1);
+    let scene = Scene::new(p, "proxy-redirect", &toml);
+    let up = scene.ok(&["up"]);
+    assert!(up.contains("\nnote: side.example is not under a reserved local suffix"), "{up}");
+    let log = std::fs::read_to_string(scene.dir.join("state/locald/daemon.log")).unwrap();
+    assert!(!log.contains("/etc/hosts"), "the other names were still synced:\n{log}");
+    let head = |host: &str, url: &str, extra: &[&str]| {
+        let out = scene
+            .curl(host)
+            .args(["-o", "/dev/null", "-D", "-", "-w", "status=%{http_code}\n"])
+            .args(extra)
+            .arg(url)
+            .output()
+            .unwrap();
+        body(&out).to_ascii_lowercase()
+    };
+    let answer = head("web.shop.localhost", "http://web.shop.localhost/headers?x=1&y=%20", &[]);
+    assert!(answer.contains("status=308"), "{answer}");
+    assert!(answer.contains("\nlocation: https://web.shop.localhost/headers?x=1&y=%20\r\n"), "{answer}");
+
+    // A WebSocket handshake on port 80 is sent to https:// as well (its client must use wss://).
+    let upgrade = [
+        "-H",
+        "Connection: Upgrade",
+        "-H",
+        "Upgrade: websocket",
+        "-H",
+        "Sec-WebSocket-Version: 13",
+        "-H",
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+    ];
+    let answer = head("shop.localhost", "http://shop.localhost/ws", &upgrade);
+    assert!(
+        answer.contains("status=308") && answer.contains("\nlocation: https://shop.localhost/ws\r\n"),
+        "{answer}"
+    );
+
+    // Followed, it lands on the service over HTTPS; names no project routes are not redirected.
+    let out = scene.curl("shop.localhost").args(["-L", "http://shop.localhost/headers"]).output().unwrap();
+    assert!(body(&out).contains("x-forwarded-proto: https\n"));
+    let answer = head("other.localhost", "http://other.localhost/", &[]);
+    assert!(answer.contains("status=404") && !answer.contains("location:"), "{answer}");
+}
+
+#[test]
+fn ipv6_loopback_serves_https_and_http() {
+    let Some(p) = privileged() else { return };
+    let scene = Scene::new(p, "proxy-ipv6", &project_toml("shop", ""));
+    let inet6 = std::fs::read_to_string("/proc/net/if_inet6").unwrap();
+    assert!(inet6.lines().any(|l| l.starts_with("00000000000000000000000000000001")), "no ::1 in the netns");
+    scene.ok(&["up"]);
+    let curl6 = |url: &str, port: u16| {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "30", "--cacert"])
+            .arg(scene.ca())
+            .args(["--resolve", &format!("web.shop.localhost:{port}:[::1]"), url])
+            .output()
+            .unwrap();
+        body(&out)
+    };
+    assert_eq!(curl6("https://web.shop.localhost/", 443), "hello from web\n");
+    let headers = curl6("http://web.shop.localhost/headers", 80);
+    assert!(headers.contains("x-forwarded-for: ::1\n"), "{headers}");
+    let doctor = scene.ok(&["doctor"]);
+    assert!(doctor.contains("also listening on ::1"), "{doctor}");
+}
+
+#[test]
+fn without_ipv6_loopback_the_proxy_stays_on_ipv4_and_says_why() {
+    let Some(p) = privileged() else { return };
+    let scene = Scene::new(p, "proxy-no-ipv6", &project_toml("shop", ""));
+    // This thread's netns (sysctls under /proc/sys/net are the opener's): ::1 goes away.
+    std::fs::write("/proc/sys/net/ipv6/conf/lo/disable_ipv6", "1").unwrap();
+    let up = scene.ok(&["up"]);
+    assert!(up.contains("https://shop.localhost "), "{up}");
+    let out = scene.curl("shop.localhost").arg("https://shop.localhost/").output().unwrap();
+    assert_eq!(body(&out), "hello from web\n");
+    let status = scene.ok(&["status"]);
+    assert!(status.contains("proxy not on ::1: no IPv6 loopback (::1) here: "), "{status}");
+    let doctor = scene.ok(&["doctor"]);
+    assert!(doctor.contains("not listening on ::1"), "{doctor}");
+}

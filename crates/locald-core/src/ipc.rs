@@ -85,6 +85,10 @@ pub enum Response {
         /// Where the proxy listens, so the CLI can say when it is not on 80/443.
         #[serde(default)]
         proxy: Option<ProxyStatus>,
+        /// One line each about the project that the user should know (names locald cannot
+        /// serve fully, …).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        notes: Vec<String>,
     },
     /// `up` failed on a service; `last_lines` are the end of its log.
     UpFailed {
@@ -159,6 +163,9 @@ pub struct ProxyStatus {
     pub via_shim: bool,
     /// Why the proxy is not on 80/443, when it is not.
     pub note: Option<String>,
+    /// Why the proxy listens on 127.0.0.1 but not on ::1, when it does not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6_note: Option<String>,
     /// The local CA certificate (`locald ca`).
     pub ca: PathBuf,
 }

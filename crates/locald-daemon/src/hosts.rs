@@ -1,8 +1,12 @@
 //! Keeping `/etc/hosts` in step with the running projects, through the shim's `sync-hosts`,
 //! only for names the system does not already send to loopback (nss-myhostname and
-//! systemd-resolved answer every `*.localhost` name themselves).
+//! systemd-resolved answer every `*.localhost` name themselves). The names are those the proxy
+//! routes ([`Service::host_names`]), less the ones the shim would refuse.
 
 use std::net::{IpAddr, ToSocketAddrs};
+
+use locald_core::config::{Config, Service};
+use locald_shim::validate::{HOSTS_SUFFIXES, hosts_domain};
 
 use crate::shim::Shim;
 
@@ -17,12 +21,48 @@ fn loopback(addrs: &[IpAddr]) -> bool {
     !addrs.is_empty() && addrs.iter().all(IpAddr::is_loopback)
 }
 
-/// The names that need an `/etc/hosts` entry. `*.localhost` is judged once, by a name that is
+/// Every name the proxy routes for these projects.
+pub fn routed_names<'a>(configs: impl IntoIterator<Item = &'a Config>) -> Vec<String> {
+    configs
+        .into_iter()
+        .flat_map(|c| c.services.iter().flat_map(|s: &Service| s.host_names(&c.project.domain)))
+        .collect()
+}
+
+/// Routed names that cannot have an `/etc/hosts` entry (nor a certificate): the shim writes
+/// only names under a reserved local suffix, and refuses a whole list that has any other.
+pub fn unwritable(names: &[String]) -> Vec<String> {
+    let mut refused: Vec<String> = Vec::new();
+    for name in names.iter().filter(|n| hosts_domain(n).is_err()) {
+        if !refused.contains(name) {
+            refused.push(name.clone());
+        }
+    }
+    refused
+}
+
+/// What `up` says about [`unwritable`] names, in one line; `None` when there are none.
+pub fn unwritable_note(config: &Config) -> Option<String> {
+    let refused = unwritable(&routed_names([config]));
+    (!refused.is_empty()).then(|| {
+        format!(
+            "{} {} not under a reserved local suffix ({}): no /etc/hosts entry and no certificate, \
+             only plain HTTP where your own DNS sends {} to 127.0.0.1",
+            refused.join(", "),
+            if refused.len() == 1 { "is" } else { "are" },
+            HOSTS_SUFFIXES.join(", "),
+            if refused.len() == 1 { "it" } else { "them" },
+        )
+    })
+}
+
+/// The names that need an `/etc/hosts` entry, leaving out those the shim would refuse. `*.localhost` is judged once, by a name that is
 /// never in locald's own block, so entries locald wrote earlier do not make it drop them.
 pub fn names_needing_hosts(domains: &[String], resolve: Resolver) -> Vec<String> {
     let localhost_native = loopback(&resolve("locald-resolution-probe.localhost"));
     let mut needed: Vec<String> = domains
         .iter()
+        .filter(|d| hosts_domain(d).is_ok())
         .filter(|d| {
             let under_localhost = d.as_str() == "localhost" || d.ends_with(".localhost");
             !(under_localhost && localhost_native)
@@ -64,6 +104,45 @@ mod tests {
         let nothing = |_: &str| vec![];
         let domains = names(&["b.localhost", "a.localhost", "a.localhost"]);
         assert_eq!(names_needing_hosts(&domains, &nothing), ["a.localhost", "b.localhost"]);
+    }
+
+    fn config(toml: &str) -> Config {
+        let dir = std::env::temp_dir();
+        locald_core::config::resolve_toml(&dir, std::path::Path::new("locald.toml"), toml, &mut vec![41_000])
+            .unwrap()
+    }
+
+    const SHOP: &str = "[project]\nname = \"shop\"\n\n[services.web]\ncommand = \"x\"\nport = 41001\n\
+                        domains = [\"shop.test\", \"www.shop.example\"]\n\n\
+                        [services.api]\ncommand = \"y\"\nport = 41002\n";
+
+    #[test]
+    fn the_sync_gets_every_routed_name_but_native_localhost_ones() {
+        let shop = config(SHOP);
+        let routed = routed_names([&shop]);
+        let native = |name: &str| {
+            if name.ends_with(".localhost") { vec!["::1".parse().unwrap()] } else { vec![] }
+        };
+        assert_eq!(names_needing_hosts(&routed, &native), ["shop.test"]);
+        let nothing = |_: &str| vec![];
+        assert_eq!(
+            names_needing_hosts(&routed, &nothing),
+            ["api.shop.localhost", "shop.localhost", "shop.test", "web.shop.localhost"],
+            "the web.shop.localhost alias and the extra domains, not only each service's domain"
+        );
+    }
+
+    #[test]
+    fn names_outside_the_local_suffixes_are_left_out_and_named_once() {
+        let shop = config(SHOP);
+        assert_eq!(unwritable(&routed_names([&shop])), ["www.shop.example"]);
+        let note = unwritable_note(&shop).unwrap();
+        assert!(
+            note.starts_with("www.shop.example is not under a reserved local suffix (localhost, test"),
+            "{note}"
+        );
+        assert!(!note.contains('\n'));
+        assert_eq!(unwritable_note(&config("[services.web]\ncommand = \"x\"\nport = 41003\n")), None);
     }
 
     #[test]

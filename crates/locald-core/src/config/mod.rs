@@ -34,6 +34,9 @@ pub struct Project {
     pub dir: PathBuf,
     /// `locald.toml` or `Procfile`.
     pub source: PathBuf,
+    /// Requests on the proxy's HTTP port for this project's names are redirected to HTTPS.
+    #[serde(default)]
+    pub https_redirect: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -51,6 +54,9 @@ pub struct Service {
     /// Extra names the proxy routes here (`domains = [...]`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub domains: Vec<String>,
+    /// The service's process gets variables that make common TLS clients trust the locald CA.
+    #[serde(default)]
+    pub trust_local_ca: bool,
     pub url: String,
     pub depends_on: Vec<Dependency>,
     pub health_check: Option<Check>,
@@ -59,6 +65,24 @@ pub struct Service {
     pub stop_signal: i32,
     #[serde(with = "duration_text")]
     pub stop_timeout: Duration,
+}
+
+impl Service {
+    /// Every name the proxy routes to this service, lowercase: its domain, then the
+    /// `<service>.<project domain>` alias when the service has the project's domain, then its
+    /// `domains`. The route table and the `/etc/hosts` sync both take their names from here, so
+    /// a name served by the proxy can never be missing from the hosts file or the other way round.
+    pub fn host_names(&self, project_domain: &str) -> Vec<String> {
+        let mut names = vec![self.domain.clone()];
+        if self.domain == project_domain {
+            names.push(format!("{}.{}", self.name.replace('_', "-"), self.domain));
+        }
+        names.extend(self.domains.iter().cloned());
+        for name in &mut names {
+            name.make_ascii_lowercase();
+        }
+        names
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

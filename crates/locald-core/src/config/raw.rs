@@ -24,6 +24,10 @@ pub struct RawFile {
 pub struct RawProject {
     pub name: Option<Spanned<String>>,
     pub domain: Option<Spanned<String>>,
+    /// Services get the locald CA in their trust variables (each service may say otherwise).
+    pub trust_local_ca: Option<bool>,
+    /// Plain HTTP requests for the project's names get a 308 to HTTPS.
+    pub https_redirect: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -39,6 +43,8 @@ pub struct RawService {
     pub domain: Option<Spanned<String>>,
     /// Extra host names the proxy routes to this service.
     pub domains: Option<Vec<Spanned<String>>>,
+    /// Overrides `[project] trust_local_ca` for this service.
+    pub trust_local_ca: Option<bool>,
     pub depends_on: Option<RawDepends>,
     pub health_check: Option<Spanned<RawCheck>>,
     pub liveness: Option<Spanned<RawCheck>>,

@@ -57,6 +57,8 @@ pub fn resolve_toml(
         }
         None => name_from_dir(dir),
     };
+    let project_trusts_ca = raw.project.as_ref().and_then(|p| p.trust_local_ca).unwrap_or(false);
+    let https_redirect = raw.project.as_ref().and_then(|p| p.https_redirect).unwrap_or(false);
     let domain = match raw.project.as_ref().and_then(|p| p.domain.as_ref()) {
         Some(domain) => {
             check_domain(domain.get_ref()).map_err(|m| ctx.err(domain.span().start, m))?;
@@ -88,16 +90,17 @@ pub fn resolve_toml(
         };
         assigned.insert(name, port);
     }
-    let domains: HashMap<&str, String> = services
-        .iter()
-        .map(|(name, service)| {
-            let domain = match &service.get_ref().domain {
-                Some(d) => d.get_ref().clone(),
-                None => default_domain(&project_name, &domain, name),
-            };
-            (*name, domain)
-        })
-        .collect();
+    let mut domains: HashMap<&str, String> = HashMap::new();
+    for (name, service) in &services {
+        let service_domain = match &service.get_ref().domain {
+            Some(d) => {
+                check_domain(d.get_ref()).map_err(|m| ctx.err(d.span().start, m))?;
+                d.get_ref().clone()
+            }
+            None => default_domain(&project_name, &domain, name),
+        };
+        domains.insert(name, service_domain);
+    }
     let lookup = |service: &str, field: &str| -> Result<String, String> {
         let port = assigned.get(service).ok_or_else(|| format!("no service named {service:?}"))?;
         match field {
@@ -199,6 +202,7 @@ pub fn resolve_toml(
             url: format!("http://{domain}"),
             domain,
             domains: extra_domains,
+            trust_local_ca: s.trust_local_ca.unwrap_or(project_trusts_ca),
             depends_on,
             health_check,
             liveness,
@@ -208,7 +212,13 @@ pub fn resolve_toml(
         });
     }
     Ok(Config {
-        project: Project { name: project_name, domain, dir: dir.to_owned(), source: file.to_owned() },
+        project: Project {
+            name: project_name,
+            domain,
+            dir: dir.to_owned(),
+            source: file.to_owned(),
+            https_redirect,
+        },
         services: out,
     })
 }
@@ -264,6 +274,7 @@ pub fn resolve_procfile(
             url: format!("http://{service_domain}"),
             domain: service_domain,
             domains: Vec::new(),
+            trust_local_ca: false,
             depends_on: Vec::new(),
             health_check: None,
             liveness: None,
@@ -281,7 +292,13 @@ pub fn resolve_procfile(
         return Err(ConfigError::whole_file(file, "no processes defined"));
     }
     Ok(Config {
-        project: Project { name, domain: domain.clone(), dir: dir.to_owned(), source: file.to_owned() },
+        project: Project {
+            name,
+            domain: domain.clone(),
+            dir: dir.to_owned(),
+            source: file.to_owned(),
+            https_redirect: false,
+        },
         services,
     })
 }

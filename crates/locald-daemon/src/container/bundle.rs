@@ -170,6 +170,31 @@ mod tests {
     }
 
     #[test]
+    fn the_local_ca_is_mounted_read_only_and_passes_the_policy() {
+        let files = crate::tls::ca_bundle::CaFiles {
+            ca: "/home/u/.local/share/locald/ca/ca.pem".into(),
+            bundle: "/home/u/.local/share/locald/ca/ca-bundle.pem".into(),
+        };
+        let mut with_ca = config();
+        with_ca.volumes.extend(crate::container::prepare::ca_volumes(&files));
+        let spec = spec(&with_ca).unwrap();
+        check(&spec, 1000, 1000, "web-1").unwrap();
+        let mounts = spec.mounts().as_ref().unwrap();
+        for (source, destination) in [
+            (&files.ca, crate::tls::ca_bundle::CONTAINER_CA),
+            (&files.bundle, crate::tls::ca_bundle::CONTAINER_BUNDLE),
+        ] {
+            let mount = mounts.iter().find(|m| m.destination() == Path::new(destination)).unwrap();
+            assert_eq!(mount.source().as_ref(), Some(source));
+            let options = mount.options().as_ref().unwrap();
+            assert!(
+                options.iter().any(|o| o == "ro") && options.iter().any(|o| o == "nosuid"),
+                "{options:?}"
+            );
+        }
+    }
+
+    #[test]
     fn the_policy_refuses_each_escalation() {
         let good = spec(&config()).unwrap();
         // For another user, the same bundle maps to the wrong uid.

@@ -12,6 +12,7 @@ use super::bundle::{self, BundleError, ContainerConfig, Volume};
 use super::copy::copy_tree;
 use super::image::{self, Defaults, ImageError, ImageSource};
 use crate::shim::Shim;
+use crate::tls::ca_bundle::{self, CaFiles};
 
 /// Records which image the rootfs beside it was copied from.
 const IMAGE_MARKER: &str = "image-id";
@@ -81,12 +82,14 @@ pub fn check(project: &Path, service: &Service, container: &Container) -> Result
 }
 
 /// Makes the bundle of `service` ready to run as container `id`; blocking (it may unpack an
-/// image). Returns the bundle directory and lines worth a note in the service's log.
+/// image). `ca`: the CA files to mount (`trust_local_ca`). Returns the bundle directory and lines
+/// worth a note in the service's log.
 pub fn prepare(
     runtime: &Runtime,
     project: &Path,
     service: &Service,
     id: &str,
+    ca: Option<&CaFiles>,
 ) -> Result<(PathBuf, Vec<String>), PrepareError> {
     let container = service.container.as_ref().expect("only image services have bundles");
     let mut notes = Vec::new();
@@ -148,12 +151,20 @@ pub fn prepare(
                 container: v.container.clone().into(),
                 read_only: v.read_only,
             })
+            .chain(ca.map(ca_volumes).into_iter().flatten())
             .collect(),
         memory_bytes: container.memory_bytes.map(|b| i64::try_from(b).unwrap_or(i64::MAX)),
         pids: container.pids,
     };
     bundle::write(&dir, &config)?;
     Ok((dir, notes))
+}
+
+/// The CA and the bundle, read-only where the service's variables point
+/// ([`ca_bundle::service_env`]).
+pub fn ca_volumes(files: &CaFiles) -> [Volume; 2] {
+    [(&files.ca, ca_bundle::CONTAINER_CA), (&files.bundle, ca_bundle::CONTAINER_BUNDLE)]
+        .map(|(host, container)| Volume { host: host.clone(), container: container.into(), read_only: true })
 }
 
 /// The image's variables, then the service's (which win for the same name, PORT included).

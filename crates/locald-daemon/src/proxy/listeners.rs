@@ -1,10 +1,12 @@
-//! The proxy's two listening sockets. Ports 443 and 80 come from `locald-shim bind` (the daemon
-//! never binds a privileged port itself); without a usable shim, or when the shim cannot have
-//! one of them, the proxy takes 8443 / 8080 or the next free port above, on loopback, and says
-//! why.
+//! The proxy's listening sockets: HTTPS and HTTP on 127.0.0.1, and on ::1 as well where the
+//! host has IPv6 loopback (a browser may try `localhost` names on ::1 first). Ports 443 and 80 come
+//! from `locald-shim bind` (the daemon never binds a privileged port itself); without a usable
+//! shim, or when the shim cannot have one of them, the proxy takes 8443 / 8080 or the next free
+//! port above, and says why. ::1 always gets the port number 127.0.0.1 got, since a URL carries
+//! one port for both; when ::1 cannot have it the proxy stays on IPv4 and says why, never fails.
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpListener};
 
 use crate::shim::Shim;
 
@@ -15,42 +17,89 @@ pub const HTTP_FALLBACK: u16 = 8080;
 /// How far above a fallback port to look for a free one.
 const FALLBACK_RANGE: u16 = 100;
 
+const V4: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+const V6: IpAddr = IpAddr::V6(Ipv6Addr::LOCALHOST);
+
 pub struct Listeners {
     pub https: TcpListener,
     pub http: TcpListener,
-    /// Both came from the shim.
+    /// The same ports on ::1, when it could have them.
+    pub https6: Option<TcpListener>,
+    pub http6: Option<TcpListener>,
+    /// Both IPv4 ones came from the shim.
     pub via_shim: bool,
     /// Why not 443/80, when not.
     pub note: Option<String>,
+    /// Why not on ::1, when not.
+    pub ipv6_note: Option<String>,
 }
 
-/// Binds both, preferring the shim.
+/// One port's pair of sockets.
+struct Pair {
+    v4: TcpListener,
+    v6: Option<TcpListener>,
+    via_shim: bool,
+}
+
+/// Binds all, preferring the shim.
 pub fn open() -> io::Result<Listeners> {
-    let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
-    let mut notes = Vec::new();
-    let (mut https, mut http) = (None, None);
     match Shim::discover() {
-        Ok(shim) => {
-            for (port, slot) in [(HTTPS_PORT, &mut https), (HTTP_PORT, &mut http)] {
-                match shim.bind(port, Some(loopback)) {
-                    Ok(listener) => *slot = Some(listener),
-                    Err(e) => notes.push(format!("port {port}: {e}")),
-                }
-            }
-        }
-        Err(e) => notes.push(e.to_string()),
+        Ok(shim) => open_with(Some(&shim), Vec::new()),
+        Err(e) => open_with(None, vec![e.to_string()]),
     }
-    let via_shim = https.is_some() && http.is_some();
-    let https = match https {
-        Some(listener) => listener,
-        None => bind_free(loopback, HTTPS_FALLBACK)?,
+}
+
+/// `notes`: why there is no shim, when there is none.
+fn open_with(shim: Option<&Shim>, mut notes: Vec<String>) -> io::Result<Listeners> {
+    let mut v6_notes = Vec::new();
+    // One unprivileged probe tells a host without ::1 apart from a port ::1 cannot have, and
+    // spares the shim calls that could only fail.
+    let has_v6 = match TcpListener::bind((V6, 0)) {
+        Ok(_) => true,
+        Err(e) => {
+            v6_notes.push(format!("no IPv6 loopback (::1) here: {e}"));
+            false
+        }
     };
-    let http = match http {
-        Some(listener) => listener,
-        None => bind_free(loopback, HTTP_FALLBACK)?,
+    let bind = |port: u16, address: IpAddr| -> Result<TcpListener, String> {
+        match shim {
+            Some(shim) => shim.bind(port, Some(address)).map_err(|e| e.to_string()),
+            None => Err(String::new()),
+        }
     };
+    let mut pair = |port: u16, fallback: u16| -> io::Result<Pair> {
+        let (v4, via_shim) = match bind(port, V4) {
+            Ok(listener) => (listener, true),
+            Err(e) => {
+                if shim.is_some() {
+                    notes.push(format!("port {port}: {e}"));
+                }
+                (bind_free(V4, fallback)?, false)
+            }
+        };
+        let port = v4.local_addr()?.port();
+        let v6 = if !has_v6 {
+            None
+        } else if via_shim {
+            bind(port, V6).map_err(|e| v6_notes.push(format!("port {port}: {e}"))).ok()
+        } else {
+            TcpListener::bind((V6, port)).map_err(|e| v6_notes.push(format!("[::1]:{port}: {e}"))).ok()
+        };
+        Ok(Pair { v4, v6, via_shim })
+    };
+    let https = pair(HTTPS_PORT, HTTPS_FALLBACK)?;
+    let http = pair(HTTP_PORT, HTTP_FALLBACK)?;
     let note = (!notes.is_empty()).then(|| notes.join("; "));
-    Ok(Listeners { https, http, via_shim, note })
+    let ipv6_note = (!v6_notes.is_empty()).then(|| v6_notes.join("; "));
+    Ok(Listeners {
+        via_shim: https.via_shim && http.via_shim,
+        https: https.v4,
+        http: http.v4,
+        https6: https.v6,
+        http6: http.v6,
+        note,
+        ipv6_note,
+    })
 }
 
 /// `start` or the first free port above it (within a small range), then any free port.
@@ -77,5 +126,25 @@ mod tests {
         let second = bind_free(loopback, taken).unwrap();
         assert_ne!(second.local_addr().unwrap().port(), taken);
         assert!(second.local_addr().unwrap().ip().is_loopback());
+    }
+
+    #[test]
+    fn without_a_shim_ipv6_loopback_gets_the_ipv4_port_or_a_reason() {
+        let listeners = open_with(None, vec!["no shim".into()]).unwrap();
+        assert_eq!(listeners.note.as_deref(), Some("no shim"));
+        let https = listeners.https.local_addr().unwrap().port();
+        let http = listeners.http.local_addr().unwrap().port();
+        assert!(!listeners.via_shim);
+        match (&listeners.https6, &listeners.http6) {
+            (Some(https6), Some(http6)) => {
+                assert_eq!(https6.local_addr().unwrap(), (V6, https).into());
+                assert_eq!(http6.local_addr().unwrap(), (V6, http).into());
+                assert_eq!(listeners.ipv6_note, None);
+            }
+            _ => {
+                let note = listeners.ipv6_note.as_deref().expect("a reason for IPv4 only");
+                assert!(note.starts_with("no IPv6 loopback") || note.starts_with("[::1]:"), "{note}");
+            }
+        }
     }
 }

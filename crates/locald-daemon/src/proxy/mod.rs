@@ -70,6 +70,7 @@ impl Proxy {
             http_port: opened.http.local_addr()?.port(),
             via_shim: opened.via_shim,
             note: opened.note,
+            ipv6_note: opened.ipv6_note,
             ca: ca_path,
         };
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -89,22 +90,30 @@ impl Proxy {
             status: status.clone(),
             connections,
         });
-        let (https, http) = (opened.https, opened.http);
-        https.set_nonblocking(true)?;
-        http.set_nonblocking(true)?;
+        let acceptor = TlsAcceptor::from(tls_config);
+        let mut listening = Vec::new();
+        for (listener, tls) in [
+            (Some(opened.https), true),
+            (Some(opened.http), false),
+            (opened.https6, true),
+            (opened.http6, false),
+        ] {
+            let Some(listener) = listener else { continue };
+            listener.set_nonblocking(true)?;
+            listening.push((listener, tls.then(|| acceptor.clone())));
+        }
         std::thread::Builder::new().name("locald-proxy".into()).spawn(move || {
             runtime.block_on(async move {
-                let (https, http) =
-                    match (tokio::net::TcpListener::from_std(https), tokio::net::TcpListener::from_std(http))
-                    {
-                        (Ok(https), Ok(http)) => (https, http),
-                        (Err(e), _) | (_, Err(e)) => {
-                            eprintln!("locald: proxy: {e}");
-                            return;
+                let mut tasks = tokio::task::JoinSet::new();
+                for (listener, tls) in listening {
+                    match tokio::net::TcpListener::from_std(listener) {
+                        Ok(listener) => {
+                            tasks.spawn(accept(listener, shared.clone(), tls));
                         }
-                    };
-                let acceptor = TlsAcceptor::from(tls_config);
-                tokio::join!(accept(https, shared.clone(), Some(acceptor)), accept(http, shared, None));
+                        Err(e) => eprintln!("locald: proxy: {e}"),
+                    }
+                }
+                while tasks.join_next().await.is_some() {}
             })
         })?;
         Ok(Arc::new(Self { routes, status }))
@@ -192,6 +201,11 @@ async fn handle(req: Request<Incoming>, shared: &Shared, peer: Peer) -> Response
         return pages::unknown_host(Some(&host), &table, &shared.status, peer.tls);
     };
     drop(table);
+    if !peer.tls && route.project.config.project.https_redirect {
+        // Upgrades too: a WebSocket client that is sent to https:// must come back with wss://.
+        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        return pages::redirect(&pages::https_location(&host, shared.status.https_port, path));
+    }
     let handle = route.handle();
     let (state, exit) = {
         let snapshot = handle.status.borrow();

@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue, LOCATION, RETRY_AFTER};
 use hyper::{Response, StatusCode};
 
 use super::Body;
@@ -121,6 +121,34 @@ pub fn unknown_host(
     page(status, if host.is_some() { "Unknown host" } else { "locald" }, &body, None)
 }
 
+/// Where `https_redirect` sends a plain HTTP request: the same name (from [`normalize_host`]: no
+/// port, lowercase) on the HTTPS port, with the port only when it is not 443, and the same path
+/// and query.
+///
+/// [`normalize_host`]: super::routes::normalize_host
+pub fn https_location(host: &str, https_port: u16, path_and_query: &str) -> String {
+    let path = if path_and_query.starts_with('/') { path_and_query } else { "/" };
+    match https_port {
+        443 => format!("https://{host}{path}"),
+        port => format!("https://{host}:{port}{path}"),
+    }
+}
+
+/// 308, so the method and body are kept, unlike with 301; `no-store` (from [`page`]) so a
+/// browser does not keep redirecting after the project drops `https_redirect`.
+pub fn redirect(location: &str) -> Response<Body> {
+    let mut response = page(
+        StatusCode::PERMANENT_REDIRECT,
+        "Moved to HTTPS",
+        &format!("<p><a href=\"{0}\">{0}</a></p>", escape(location)),
+        None,
+    );
+    if let Ok(value) = HeaderValue::from_str(location) {
+        response.headers_mut().insert(LOCATION, value);
+    }
+    response
+}
+
 /// A request the proxy cannot make sense of (no host at all).
 pub fn bad_request(why: &str) -> Response<Body> {
     page(StatusCode::BAD_REQUEST, "Bad request", &format!("<p>{}</p>", escape(why)), None)
@@ -150,5 +178,20 @@ mod tests {
         let response = down("p", "web", "failed", Some(1), &["<script>x</script>".into()]);
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(escape("<a href=\"x\">&'"), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;");
+    }
+
+    #[test]
+    fn the_https_location_keeps_name_path_and_query_and_names_a_port_other_than_443() {
+        use super::super::routes::normalize_host;
+        let host = normalize_host("Shop.LocalHost:80").unwrap();
+        assert_eq!(https_location(&host, 443, "/cart?id=7&x=%20"), "https://shop.localhost/cart?id=7&x=%20");
+        let host = normalize_host("web.shop.localhost:8080").unwrap();
+        assert_eq!(https_location(&host, 8443, "/"), "https://web.shop.localhost:8443/");
+        assert_eq!(https_location("shop.test", 443, "*"), "https://shop.test/", "OPTIONS * goes to /");
+
+        let response = redirect("https://shop.localhost/a?b=1");
+        assert_eq!(response.status(), StatusCode::PERMANENT_REDIRECT);
+        assert_eq!(response.headers()[LOCATION], "https://shop.localhost/a?b=1");
+        assert_eq!(response.headers()[CACHE_CONTROL], "no-store");
     }
 }

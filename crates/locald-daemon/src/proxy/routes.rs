@@ -32,23 +32,17 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    /// Names for every service: its domain (`<project>.localhost` for `web` or the service named
-    /// after the project, `<service>.<project>.localhost` otherwise, or what `domain` says), the
-    /// `<service>.<project domain>` alias of the one at the project domain, and its `domains`.
-    /// The first project to claim a name keeps it.
+    /// Every service under each of its names ([`Service::host_names`], also what `/etc/hosts`
+    /// gets); the first project to claim a name keeps it.
+    ///
+    /// [`Service::host_names`]: locald_core::config::Service::host_names
     pub fn build(projects: &[Arc<Project>]) -> Self {
         let mut table = RouteTable::default();
         for project in projects {
             let mut names = Vec::new();
             for (index, handle) in project.services.iter().enumerate() {
                 let service = &handle.service;
-                let mut hosts = vec![service.domain.clone()];
-                if service.domain == project.config.project.domain {
-                    hosts.push(format!("{}.{}", service.name.replace('_', "-"), service.domain));
-                }
-                hosts.extend(service.domains.iter().cloned());
-                for host in hosts {
-                    let host = host.to_ascii_lowercase();
+                for host in service.host_names(&project.config.project.domain) {
                     if host == INDEX_HOST || table.by_host.contains_key(&host) {
                         continue;
                     }

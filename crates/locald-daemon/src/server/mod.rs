@@ -58,12 +58,16 @@ pub async fn run(socket: PathBuf, state_dir: PathBuf) -> Result<(), ServerError>
     let proxy = match Proxy::start(&supervisor.all()) {
         Ok(proxy) => {
             let status = proxy.status();
+            let also = if status.ipv6_note.is_none() { " (and on [::1])" } else { "" };
             eprintln!(
-                "locald: proxy on https 127.0.0.1:{} and http 127.0.0.1:{}",
+                "locald: proxy on https 127.0.0.1:{} and http 127.0.0.1:{}{also}",
                 status.https_port, status.http_port
             );
             if let Some(note) = &status.note {
                 eprintln!("locald: proxy not on 443/80: {note}");
+            }
+            if let Some(note) = &status.ipv6_note {
+                eprintln!("locald: proxy not on ::1: {note}");
             }
             Some(proxy)
         }

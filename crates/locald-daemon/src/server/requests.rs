@@ -97,13 +97,11 @@ fn project_status(proxy: Option<&Proxy>, project: &Project) -> ProjectStatus {
     }
 }
 
-/// `/etc/hosts` lists the names of the projects that are up now (none: the block goes away).
+/// `/etc/hosts` lists the names the proxy routes for the projects that are up now (none: the
+/// block goes away).
 async fn sync_hosts(supervisor: &Supervisor) {
-    let domains: Vec<String> = supervisor
-        .all()
-        .iter()
-        .flat_map(|p| p.config.services.iter().map(|s| s.domain.clone()).collect::<Vec<_>>())
-        .collect();
+    let projects = supervisor.all();
+    let domains = crate::hosts::routed_names(projects.iter().map(|p| &p.config));
     let result = tokio::task::spawn_blocking(move || crate::hosts::sync(&domains)).await;
     if let Ok(Err(message)) = result {
         eprintln!("locald: {message}");
@@ -167,12 +165,14 @@ async fn up(supervisor: &Supervisor, proxy: Option<&Proxy>, dir: &Path, out: &mu
         }
         if all_ready {
             let config_changed = attached && project.config_changed();
+            let notes = crate::hosts::unwritable_note(&project.config).into_iter().collect();
             return out
                 .send(Response::UpDone {
                     project: project_status(proxy, &project),
                     attached,
                     config_changed,
                     proxy: proxy.map(|p| p.status().clone()),
+                    notes,
                 })
                 .await;
         }

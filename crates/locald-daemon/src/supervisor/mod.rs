@@ -19,6 +19,7 @@ use locald_core::ipc::{ProjectStatus, ServiceState, ServiceStatus};
 use crate::container::prepare;
 use crate::logs::LogFile;
 use crate::shim::Shim;
+use crate::tls::ca_bundle::{self, CaFiles};
 use output::Sink;
 use service::{Control, Handle};
 
@@ -167,6 +168,7 @@ impl Supervisor {
         let config = config::load(&dir, &mut DaemonPorts(taken))?;
         check_ports_free(&config)?;
         let runtime = container_runtime(&config)?;
+        let ca_files = ca_files(&config)?;
         let log_dir = self.log_dir(&dir);
         let (live, _) = broadcast::channel(4096);
         let mut sinks = Vec::new();
@@ -187,17 +189,24 @@ impl Supervisor {
                 service.depends_on.iter().map(|d| (d.clone(), by_name[&d.name].status.clone())).collect();
             let key = log_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             let slot = self.cgroups.clone().map(|c| (c, format!("{key}.{}", service.name)));
+            let ca = ca_files.clone().filter(|_| service.trust_local_ca);
             let container = match (&runtime, &service.container) {
                 (Some(runtime), Some(_)) => Some(service::ContainerSlot {
                     runtime: runtime.clone(),
                     project: dir.clone(),
                     id: prepare::container_id(&key, &service.name),
+                    ca: ca.clone(),
                 }),
                 _ => None,
             };
             // A container gets its cgroup from the shim (under locald/<uid>/), not from us.
             let slot = if container.is_some() { None } else { slot };
-            let handle = service::start(service.clone(), deps, sink, self.owner.clone(), slot, container);
+            // Only the running copy gets the CA variables: `config show` keeps what the user wrote.
+            let mut running = service.clone();
+            if let Some(files) = &ca {
+                running.env.extend(ca_bundle::service_env(service, files));
+            }
+            let handle = service::start(running, deps, sink, self.owner.clone(), slot, container);
             by_name.insert(service.name.clone(), handle.clone());
             handles.push(handle);
         }
@@ -281,6 +290,21 @@ pub enum UpError {
     PortInUse(String),
     #[error("{0}")]
     Container(String),
+    #[error("{0}")]
+    Ca(String),
+}
+
+/// The CA bundle, written afresh (the system's roots may have changed since the last `up`) when
+/// a service of the project opts in to `trust_local_ca`.
+fn ca_files(config: &Config) -> Result<Option<CaFiles>, UpError> {
+    let Some(first) = config.services.iter().find(|s| s.trust_local_ca) else { return Ok(None) };
+    ca_bundle::prepare().map(Some).map_err(|e| {
+        UpError::Ca(format!(
+            "{}: service {:?} has trust_local_ca: {e}",
+            config.project.source.display(),
+            first.name
+        ))
+    })
 }
 
 /// What containers of this project need, checked before anything starts: local images that

@@ -19,6 +19,7 @@ use super::output::{Sink, pump};
 use super::process::{self, Exit, Output, Running};
 use crate::container::prepare::{self, Runtime};
 use crate::health::{self, Tracker, Verdict};
+use crate::tls::ca_bundle::CaFiles;
 
 #[derive(Debug, Clone)]
 pub struct Snapshot {
@@ -76,6 +77,8 @@ pub struct ContainerSlot {
     pub runtime: Arc<Runtime>,
     pub project: PathBuf,
     pub id: String,
+    /// The CA files to mount, when the service has `trust_local_ca`.
+    pub ca: Option<CaFiles>,
 }
 
 pub fn start(
@@ -304,9 +307,11 @@ impl Task {
     async fn spawn_container(&self, slot: ContainerSlot) -> std::io::Result<(Running, Output)> {
         let service = self.service.clone();
         let runtime = slot.runtime.clone();
-        let (project, id) = (slot.project.clone(), slot.id.clone());
-        let prepared =
-            tokio::task::spawn_blocking(move || prepare::prepare(&runtime, &project, &service, &id)).await;
+        let (project, id, ca) = (slot.project.clone(), slot.id.clone(), slot.ca.clone());
+        let prepared = tokio::task::spawn_blocking(move || {
+            prepare::prepare(&runtime, &project, &service, &id, ca.as_ref())
+        })
+        .await;
         let (bundle, notes) = match prepared {
             Ok(Ok(done)) => done,
             Ok(Err(e)) => return Err(std::io::Error::other(e.to_string())),

@@ -2,6 +2,7 @@
 //! issued per SNI on demand.
 
 pub mod ca;
+pub mod ca_bundle;
 pub mod trust;
 
 use std::path::PathBuf;
@@ -21,6 +22,8 @@ pub enum CaError {
     Tls(#[from] TlsError),
     #[error("{0}: {1}")]
     Lock(PathBuf, std::io::Error),
+    #[error("cannot write the CA bundle {0}: {1}")]
+    Bundle(PathBuf, std::io::Error),
 }
 
 /// Where the user's CA lives: `<data dir>/ca` (`~/.local/share/locald/ca`).

@@ -18,7 +18,7 @@ pub fn run(json: bool) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    report.findings.push(match proxy {
+    report.findings.push(match &proxy {
         None => Finding::ok(
             "proxy.ports",
             "daemon not running; it takes 443/80 through locald-shim when it starts",
@@ -42,6 +42,16 @@ pub fn run(json: bool) -> anyhow::Result<ExitCode> {
             "sudo locald admin setup, then locald server stop; locald up",
         ),
     });
+    if let Some(Some(p)) = &proxy {
+        report.findings.push(match &p.ipv6_note {
+            None => Finding::ok("proxy.ipv6", "also listening on ::1"),
+            Some(note) => Finding::warn(
+                "proxy.ipv6",
+                format!("not listening on ::1: {note}"),
+                "clients that try ::1 first fall back to 127.0.0.1; bring up IPv6 on lo, then locald server stop; locald up",
+            ),
+        });
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -72,6 +72,9 @@ pub fn print_proxy_note(proxy: &locald_core::ipc::ProxyStatus) {
             proxy.note.as_deref().unwrap_or("the shim could not bind them")
         );
     }
+    if let Some(note) = &proxy.ipv6_note {
+        println!("proxy not on ::1: {note}");
+    }
 }
 
 /// Colours a state on a terminal; plain text otherwise.

@@ -19,7 +19,7 @@ pub fn run(dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     loop {
         match client.next()? {
             Response::Progress { service, state, detail } => board.update(service, state, detail),
-            Response::UpDone { project, attached, config_changed, proxy } => {
+            Response::UpDone { project, attached, config_changed, proxy, notes } => {
                 if attached {
                     println!("{} was already up", project.name);
                 }
@@ -36,6 +36,9 @@ pub fn run(dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
                 }
                 if let Some(proxy) = &proxy {
                     super::status::print_proxy_note(proxy);
+                }
+                for note in notes {
+                    println!("note: {note}");
                 }
                 return Ok(ExitCode::SUCCESS);
             }

@@ -328,3 +328,54 @@ fn extra_domains_are_kept_and_checked() {
     let e = error("[services.web]\ncommand = \"x\"\ndomains = [\"ok.test\", \"Bad Name\"]\n");
     assert!(e.starts_with("locald.toml:3:23: domain \"Bad Name\" is not a valid lowercase host name"), "{e}");
 }
+
+#[test]
+fn a_service_domain_is_checked_like_the_others() {
+    let e = error("[services.web]\ncommand = \"x\"\ndomain = \"Shop.localhost\"\n");
+    assert!(e.starts_with("locald.toml:3:10: domain \"Shop.localhost\" is not a valid"), "{e}");
+}
+
+#[test]
+fn host_names_are_the_domain_the_alias_and_the_extra_domains() {
+    let config = parse(
+        "[project]\nname = \"shop\"\n[services.web]\ncommand = \"x\"\ndomains = [\"shop.test\"]\n\
+         [services.api_v2]\ncommand = \"y\"\n",
+    )
+    .unwrap();
+    let names = |service: &str| {
+        let s = config.services.iter().find(|s| s.name == service).unwrap();
+        s.host_names(&config.project.domain)
+    };
+    assert_eq!(names("web"), ["shop.localhost", "web.shop.localhost", "shop.test"]);
+    assert_eq!(names("api_v2"), ["api-v2.shop.localhost"]);
+}
+
+#[test]
+fn trust_local_ca_is_per_project_and_per_service() {
+    let config = parse(
+        "[project]\ntrust_local_ca = true\n[services.a]\ncommand = \"x\"\n\
+         [services.b]\ncommand = \"y\"\ntrust_local_ca = false\n",
+    )
+    .unwrap();
+    let trusts: Vec<(&str, bool)> =
+        config.services.iter().map(|s| (s.name.as_str(), s.trust_local_ca)).collect();
+    assert_eq!(trusts, [("a", true), ("b", false)]);
+    let config =
+        parse("[services.a]\ncommand = \"x\"\n[services.b]\ncommand = \"y\"\ntrust_local_ca = true\n")
+            .unwrap();
+    let trusts: Vec<bool> = config.services.iter().map(|s| s.trust_local_ca).collect();
+    assert_eq!(trusts, [false, true], "off unless asked for");
+}
+
+#[test]
+fn https_redirect_is_off_unless_the_project_asks() {
+    assert!(!parse("[services.a]\ncommand = \"x\"\n").unwrap().project.https_redirect);
+    assert!(
+        parse("[project]\nhttps_redirect = true\n[services.a]\ncommand = \"x\"\n")
+            .unwrap()
+            .project
+            .https_redirect
+    );
+    let e = error("[services.a]\ncommand = \"x\"\nhttps_redirect = true\n");
+    assert!(e.contains("unknown field `https_redirect`"), "a project key, not a service key: {e}");
+}
