@@ -110,7 +110,8 @@
           };
         };
 
-      # `shim-caller`, the test helper the VM scenarios use to play the daemon's side.
+      # The VM scenarios' test helpers: `shim-caller` plays the daemon's side of the shim protocol,
+      # `proxy-probe` both ends of a request through the proxy.
       mkTestHelpers =
         { rustPlatform }:
         workspaceBuild { inherit rustPlatform; } {
@@ -120,6 +121,8 @@
             "locald-tests"
             "--bin"
             "shim-caller"
+            "--bin"
+            "proxy-probe"
           ];
           doCheck = false;
         };

@@ -23,8 +23,12 @@ let
       "container-limits"
       "container-service"
     ];
-    # Ports 80 and 443 bound by the shim and handed to the unprivileged user.
-    ports = [ "bind-ports" ];
+    # Ports 80 and 443 bound by the shim and handed to the unprivileged user; the proxy on them
+    # answering HTTPS (HTTP/2, WebSockets, SSE, a streamed upload, status pages) with its CA.
+    ports = [
+      "bind-ports"
+      "proxy-https"
+    ];
     # A loop mount through the shim, ro,nosuid,nodev,noexec.
     loop-mount = [ "loop-mount" ];
   };

@@ -10,6 +10,7 @@
 //! proxy-probe sse    --cacert CA URL         the first event arrives before the stream ends
 //! proxy-probe upload --cacert CA URL MIB     streams MIB MiB, expects the service's count back
 //! proxy-probe refused --cacert CA HOST       a TLS handshake for HOST on 443 fails
+//! proxy-probe resolve NAME                   the system resolver's addresses (exit 1: none)
 //!
 //! Names resolve through the system resolver (so, in the guest, through the `/etc/hosts` block
 //! locald keeps); every check prints `key=value` lines and exits non-zero on a mismatch.
@@ -44,8 +45,16 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let result = runtime.block_on(async {
-        if args.first().map(String::as_str) == Some("serve") {
-            return serve().await;
+        match args.first().map(String::as_str) {
+            Some("serve") => return serve().await,
+            Some("resolve") => {
+                let name = args.get(1).ok_or("resolve needs NAME")?;
+                for address in resolve(name, 0)? {
+                    println!("address={}", address.ip());
+                }
+                return Ok(());
+            }
+            _ => {}
         }
         match tokio::time::timeout(DEADLINE, client(&args)).await {
             Ok(result) => result,

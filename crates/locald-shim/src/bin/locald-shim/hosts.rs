@@ -37,6 +37,11 @@ pub fn run(root: Root, request: &SyncHostsRequest) -> Result<(), ShimError> {
     let st = fstatat(Some(etc.as_raw_fd()), HOSTS, AtFlags::AT_SYMLINK_NOFOLLOW)
         .map_err(|e| ShimError::os("stat /etc/hosts", e))?;
     let kind = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
+    // An empty list asks for nothing to be written (the daemon sends one wherever the system
+    // resolves every name itself, as NixOS does): done, rather than an error on every `up`.
+    if kind == SFlag::S_IFLNK && domains.is_empty() {
+        return Ok(());
+    }
     if kind == SFlag::S_IFLNK {
         return Err(ShimError::refused(
             "/etc/hosts is a symlink, so the system manages it (NixOS: networking.hosts); locald leaves it alone — \
