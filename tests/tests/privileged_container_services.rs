@@ -218,9 +218,10 @@ health_check = { http = "/index.html" }
 
 [services.job]
 image = "./busybox.tar"
-command = "id -u > /data/uid; echo \"$FROM_IMAGE $PORT\" > /data/env; pwd > /data/cwd"
+command = "id -u > /data/uid; echo \"$FROM_IMAGE $PORT\" > /data/env; pwd > /data/cwd; echo \"$NODE_EXTRA_CA_CERTS $SSL_CERT_FILE\" > /data/ca-env; cat \"$NODE_EXTRA_CA_CERTS\" > /data/ca; cat \"$SSL_CERT_FILE\" > /data/bundle"
 volumes = ["./data:/data"]
 restart = "no"
+trust_local_ca = true
 "#,
     );
     // No command for web: the image's own Cmd (busybox httpd) runs, on $PORT from locald.
@@ -252,6 +253,15 @@ restart = "no"
     let job_port = service(&status, "job")["port"].as_u64().unwrap();
     assert_eq!(fs::read_to_string(data.join("env")).unwrap().trim(), format!("yes {job_port}"));
     assert_eq!(fs::read_to_string(data.join("cwd")).unwrap().trim(), "/www");
+    // trust_local_ca: the user's CA and the bundle are mounted read-only into the container.
+    assert_eq!(
+        fs::read_to_string(data.join("ca-env")).unwrap().trim(),
+        "/etc/ssl/locald/ca.pem /etc/ssl/locald/ca-bundle.pem"
+    );
+    let ca = fs::read_to_string(project.ok(&["ca"]).trim()).unwrap();
+    assert!(ca.starts_with("-----BEGIN CERTIFICATE-----"), "{ca}");
+    assert_eq!(fs::read_to_string(data.join("ca")).unwrap(), ca, "the CA inside is the user's");
+    assert!(fs::read_to_string(data.join("bundle")).unwrap().contains(&ca), "the bundle holds the CA");
     let httpd = pids_with_arg(&port.to_string());
     assert_eq!(httpd.len(), 1, "one httpd with -p {port}");
     assert_eq!(process_uid(httpd[0]), p.user.uid, "the container's process is the user on the host");
