@@ -1,8 +1,8 @@
 //! The HTTPS/HTTP reverse proxy: every running service at `https://<name>.localhost`. It runs on
-//! its own multi-threaded runtime, so heavy traffic never delays the supervisor, on listeners from
-//! [`listeners`]; [`routes`] maps host names to services, [`tls`] issues certificates for routed
-//! names only, [`forward`] streams requests to the services, and [`pages`] answers when a service
-//! cannot.
+//! threads of its own (a single-threaded runtime per core), so heavy traffic never delays the
+//! supervisor, on listeners from [`listeners`]; [`routes`] maps host names to services, [`tls`]
+//! issues certificates for routed names only, [`forward`] streams requests to the services, and
+//! [`pages`] answers when a service cannot.
 
 pub mod forward;
 pub mod listeners;
@@ -34,6 +34,8 @@ use routes::{INDEX_HOST, Routes};
 /// Every response body the proxy sends: a service's, streamed, or one of its own pages.
 pub type Body = BoxBody<Bytes, hyper::Error>;
 
+/// Most threads serving the proxy (one per core up to this).
+const MAX_THREADS: usize = 4;
 /// Longest a client may take over its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest a client may take to send a request's header (slowloris).
@@ -73,23 +75,9 @@ impl Proxy {
             ipv6_note: opened.ipv6_note,
             ca: ca_path,
         };
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("locald-proxy")
-            .enable_all()
-            .build()?;
         let mut connections = auto::Builder::new(TokioExecutor::new());
         connections.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
         connections.http2().timer(TokioTimer::new()).enable_connect_protocol();
-        let shared = Arc::new(Shared {
-            routes: routes.clone(),
-            backend: {
-                let _inside = runtime.enter();
-                forward::backend()
-            },
-            status: status.clone(),
-            connections,
-        });
         let acceptor = TlsAcceptor::from(tls_config);
         let mut listening = Vec::new();
         for (listener, tls) in [
@@ -102,20 +90,40 @@ impl Proxy {
             listener.set_nonblocking(true)?;
             listening.push((listener, tls.then(|| acceptor.clone())));
         }
-        std::thread::Builder::new().name("locald-proxy".into()).spawn(move || {
-            runtime.block_on(async move {
-                let mut tasks = tokio::task::JoinSet::new();
-                for (listener, tls) in listening {
-                    match tokio::net::TcpListener::from_std(listener) {
-                        Ok(listener) => {
-                            tasks.spawn(accept(listener, shared.clone(), tls));
+        // Thread per core: each thread a single-threaded runtime accepting on every listener
+        // (the kernel hands each connection to one of them) with its own pool of connections to
+        // the services, so a request never crosses threads or contends on a shared pool.
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, MAX_THREADS);
+        for n in 0..threads {
+            let mut mine = Vec::new();
+            for (listener, tls) in &listening {
+                mine.push((listener.try_clone()?, tls.clone()));
+            }
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let shared = Arc::new(Shared {
+                routes: routes.clone(),
+                backend: {
+                    let _inside = runtime.enter();
+                    forward::backend()
+                },
+                status: status.clone(),
+                connections: connections.clone(),
+            });
+            std::thread::Builder::new().name(format!("locald-proxy-{n}")).spawn(move || {
+                runtime.block_on(async move {
+                    let mut tasks = tokio::task::JoinSet::new();
+                    for (listener, tls) in mine {
+                        match tokio::net::TcpListener::from_std(listener) {
+                            Ok(listener) => {
+                                tasks.spawn(accept(listener, shared.clone(), tls));
+                            }
+                            Err(e) => eprintln!("locald: proxy: {e}"),
                         }
-                        Err(e) => eprintln!("locald: proxy: {e}"),
                     }
-                }
-                while tasks.join_next().await.is_some() {}
-            })
-        })?;
+                    while tasks.join_next().await.is_some() {}
+                })
+            })?;
+        }
         Ok(Arc::new(Self { routes, status }))
     }
 
