@@ -70,7 +70,10 @@ pub fn write(ca: &LocalCa, system: &[&Path]) -> Result<CaFiles, CaError> {
         text.push(b'\n');
     }
     text.extend_from_slice(ca.cert_pem().as_bytes());
-    let tmp = dir.join(format!(".{BUNDLE_FILE}.{}.tmp", std::process::id()));
+    // Unique per write, not just per process: two projects coming up at once both write it.
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(".{BUNDLE_FILE}.{}.{n}.tmp", std::process::id()));
     let written = (|| {
         let _ = fs::remove_file(&tmp);
         let mut file = OpenOptions::new().write(true).create_new(true).mode(0o644).open(&tmp)?;
@@ -211,5 +214,23 @@ mod tests {
             .filter(|n| n.ends_with(".tmp"))
             .collect();
         assert!(left.is_empty(), "{left:?}");
+    }
+
+    #[test]
+    fn concurrent_writes_all_succeed_and_leave_a_whole_bundle() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = LocalCa::load_or_create(&dir.path().join("ca"), &[]).unwrap();
+        let system = dir.path().join("system.crt");
+        std::fs::write(&system, "SYSTEM\n".repeat(10_000)).unwrap();
+        std::thread::scope(|scope| {
+            let writers: Vec<_> = (0..8)
+                .map(|_| scope.spawn(|| (0..20).try_for_each(|_| write(&ca, &[system.as_path()]).map(drop))))
+                .collect();
+            for writer in writers {
+                writer.join().unwrap().expect("every write succeeds");
+            }
+        });
+        let text = std::fs::read_to_string(dir.path().join("ca").join(BUNDLE_FILE)).unwrap();
+        assert_eq!(text, format!("{}{}", "SYSTEM\n".repeat(10_000), ca.cert_pem()));
     }
 }
