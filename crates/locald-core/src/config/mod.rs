@@ -50,6 +50,10 @@ pub struct Service {
     /// Fully interpolated, in the order they are set (env_file, env, then PORT).
     pub env: Vec<(String, String)>,
     pub port: u16,
+    /// The port was written in `locald.toml` (not assigned): only then may `up` refuse to start
+    /// because something else holds it; an assigned one is simply picked again.
+    #[serde(default)]
+    pub port_written: bool,
     pub domain: String,
     /// Extra names the proxy routes here (`domains = [...]`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

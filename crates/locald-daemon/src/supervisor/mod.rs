@@ -344,9 +344,11 @@ fn container_runtime(config: &Config) -> Result<Option<Arc<prepare::Runtime>>, U
 
 /// A port written in `locald.toml` that something else already holds fails `up` before anything
 /// starts, naming the holder (through the shim's `debug port` when it is installed). Assigned
-/// ports were free when they were picked.
+/// ports are left alone: they were found free a moment ago, and probing again would only catch
+/// another daemon's probe of the same port (projects of the same name get the same preferred
+/// port) and refuse a project for a port nobody holds.
 fn check_ports_free(config: &Config) -> Result<(), UpError> {
-    for service in &config.services {
+    for service in config.services.iter().filter(|s| s.port_written) {
         if !ports::is_free(service.port) {
             return Err(UpError::PortInUse(format!(
                 "{}: service {:?} wants port {}, which is already in use by {} — stop it or choose another port",
@@ -358,4 +360,33 @@ fn check_ports_free(config: &Config) -> Result<(), UpError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A project whose `web` holds `port`, written in the file or assigned.
+    fn config(port: u16, written: bool) -> Config {
+        let text = if written {
+            format!("[services.web]\ncommand = \"x\"\nport = {port}\n")
+        } else {
+            "[services.web]\ncommand = \"x\"\n".to_owned()
+        };
+        let dir = std::env::temp_dir();
+        let mut config =
+            config::resolve_toml(&dir, Path::new("locald.toml"), &text, &mut vec![]).expect("valid config");
+        // An assigned port someone else took between assignment and the check.
+        config.services[0].port = port;
+        config
+    }
+
+    #[test]
+    fn only_a_written_port_that_is_taken_refuses_up() {
+        let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = holder.local_addr().unwrap().port();
+        let refused = check_ports_free(&config(port, true)).unwrap_err().to_string();
+        assert!(refused.contains(&format!("wants port {port}, which is already in use")), "{refused}");
+        assert!(check_ports_free(&config(port, false)).is_ok(), "an assigned port is not probed again");
+    }
 }
