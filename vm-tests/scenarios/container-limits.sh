@@ -11,10 +11,18 @@ shim-caller write-bundle "$PWD/bundle" "$uid" "$gid" limits --memory 67108864 --
 "$LOCALD_SHIM" bundle run --bundle "$PWD/bundle" --id limits > out.txt 2>&1 &
 shim=$!
 cg="/sys/fs/cgroup/locald/$uid/limits"
+# The cgroup's files exist from its mkdir on, and hold "max" until the runtime writes the limits:
+# wait for the values, not for the files.
 n=0
-while [ ! -e "$cg/memory.max" ]; do n=$((n + 1)); [ $n -lt 200 ] || exit 1; sleep 0.05; done
-test "$(cat "$cg/memory.max")" = 67108864
-test "$(cat "$cg/pids.max")" = 32
+until [ "$(cat "$cg/memory.max" 2>/dev/null)" = 67108864 ] && [ "$(cat "$cg/pids.max" 2>/dev/null)" = 32 ]; do
+    n=$((n + 1))
+    if [ $n -ge 200 ]; then
+        echo "limits not applied within 10 s: memory.max=$(cat "$cg/memory.max" 2>&1) pids.max=$(cat "$cg/pids.max" 2>&1)"
+        cat out.txt
+        exit 1
+    fi
+    sleep 0.05
+done
 wait "$shim" || true
 cat out.txt
 grep -q survived out.txt
