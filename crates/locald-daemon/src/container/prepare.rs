@@ -11,7 +11,7 @@ use locald_core::config::{Container, Service};
 use super::bundle::{self, BundleError, ContainerConfig, Volume};
 use super::copy::copy_tree;
 use super::image::{self, Defaults, ImageError, ImageSource};
-use crate::shim::Shim;
+use crate::shim::{RemoveError, Shim, force_remove_dir_all_blocking};
 use crate::tls::ca_bundle::{self, CaFiles};
 
 /// Records which image the rootfs beside it was copied from.
@@ -41,6 +41,8 @@ pub enum PrepareError {
     Bundle(#[from] BundleError),
     #[error("{what} {path}: {source}")]
     Io { what: &'static str, path: PathBuf, source: io::Error },
+    #[error("old bundle: {0}")]
+    Remove(#[from] RemoveError),
 }
 
 fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> PrepareError {
@@ -121,7 +123,8 @@ pub fn prepare(
         && fs::read_to_string(&marker).is_ok_and(|id| id == prepared.id)
         && dir.join("rootfs").is_dir();
     if !reusable {
-        remove_bundle(runtime, &dir)?;
+        // Files a container left root-owned go through the shim's cleanup.
+        force_remove_dir_all_blocking(&dir, Some(&runtime.shim))?;
         fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
         copy_tree(&prepared.rootfs, &dir.join("rootfs"))
             .map_err(io_err("copy the image's rootfs to", &dir))?;
@@ -180,22 +183,6 @@ fn environment(defaults: &Defaults, service: &[(String, String)]) -> Vec<String>
         .collect();
     env.extend(service.iter().map(|(k, v)| format!("{k}={v}")));
     env
-}
-
-/// Removes an old bundle; files a container left root-owned go through the shim's cleanup.
-fn remove_bundle(runtime: &Runtime, dir: &Path) -> Result<(), PrepareError> {
-    match fs::remove_dir_all(dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
-            runtime.shim.cleanup(dir).map_err(|e| PrepareError::Io {
-                what: "remove the old bundle",
-                path: dir.to_owned(),
-                source: io::Error::other(e),
-            })
-        }
-        Err(source) => Err(PrepareError::Io { what: "remove the old bundle", path: dir.to_owned(), source }),
-    }
 }
 
 #[cfg(test)]

@@ -9,4 +9,4 @@ pub use discovery::{
     DEFAULT_INSTALL_DIR, ENV_OVERRIDE, Insecure, NIXOS_WRAPPER, SHIM_NAME, candidates, check_dir_chain,
     check_trusted,
 };
-pub use remove::{RemoveError, force_remove_dir_all};
+pub use remove::{RemoveError, force_remove_dir_all, force_remove_dir_all_blocking};
