@@ -26,12 +26,9 @@ pub(super) async fn handle(
             out.send(Response::Pong { version: env!("CARGO_PKG_VERSION").into(), pid: std::process::id() })
                 .await
         }
-        Request::Up { dir } => {
-            let result = up(supervisor, proxy, &dir, out).await;
-            refresh_routes(supervisor, proxy);
-            sync_hosts(supervisor).await;
-            result
-        }
+        // `up` routes the project and syncs /etc/hosts itself as soon as it is added; nothing
+        // changes the set of projects after that, so there is nothing to redo here.
+        Request::Up { dir } => up(supervisor, proxy, &dir, out).await,
         Request::Down { dir } => {
             let response = if supervisor.down(&dir).await {
                 Response::Ok
