@@ -212,7 +212,7 @@ async fn handle(req: Request<Incoming>, shared: &Shared, peer: Peer) -> Response
     if !peer.tls && route.project.config.project.https_redirect {
         // Upgrades too: a WebSocket client that is sent to https:// must come back with wss://.
         let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-        return pages::redirect(&pages::https_location(&host, shared.status.https_port, path));
+        return pages::redirect(&pages::https_location(&host, &shared.status, path));
     }
     let handle = route.handle();
     let (state, exit) = {

@@ -126,12 +126,9 @@ pub fn unknown_host(
 /// and query.
 ///
 /// [`normalize_host`]: super::routes::normalize_host
-pub fn https_location(host: &str, https_port: u16, path_and_query: &str) -> String {
+pub fn https_location(host: &str, proxy: &ProxyStatus, path_and_query: &str) -> String {
     let path = if path_and_query.starts_with('/') { path_and_query } else { "/" };
-    match https_port {
-        443 => format!("https://{host}{path}"),
-        port => format!("https://{host}:{port}{path}"),
-    }
+    format!("{}{path}", proxy.https_url(host))
 }
 
 /// 308, so the method and body are kept, unlike with 301; `no-store` (from [`page`]) so a
@@ -183,11 +180,22 @@ mod tests {
     #[test]
     fn the_https_location_keeps_name_path_and_query_and_names_a_port_other_than_443() {
         use super::super::routes::normalize_host;
+        let on = |https_port| ProxyStatus {
+            https_port,
+            http_port: 80,
+            via_shim: true,
+            note: None,
+            ipv6_note: None,
+            ca: "/ca.pem".into(),
+        };
         let host = normalize_host("Shop.LocalHost:80").unwrap();
-        assert_eq!(https_location(&host, 443, "/cart?id=7&x=%20"), "https://shop.localhost/cart?id=7&x=%20");
+        assert_eq!(
+            https_location(&host, &on(443), "/cart?id=7&x=%20"),
+            "https://shop.localhost/cart?id=7&x=%20"
+        );
         let host = normalize_host("web.shop.localhost:8080").unwrap();
-        assert_eq!(https_location(&host, 8443, "/"), "https://web.shop.localhost:8443/");
-        assert_eq!(https_location("shop.test", 443, "*"), "https://shop.test/", "OPTIONS * goes to /");
+        assert_eq!(https_location(&host, &on(8443), "/"), "https://web.shop.localhost:8443/");
+        assert_eq!(https_location("shop.test", &on(443), "*"), "https://shop.test/", "OPTIONS * goes to /");
 
         let response = redirect("https://shop.localhost/a?b=1");
         assert_eq!(response.status(), StatusCode::PERMANENT_REDIRECT);
