@@ -9,10 +9,7 @@ use std::path::PathBuf;
 
 use ca::{LocalCa, TlsError};
 use locald_core::paths::{self, PathError};
-
-/// Suffixes the CA may vouch for besides `localhost`: names reserved for local use (RFC 6761
-/// `test`, ICANN's `internal`, RFC 8375 `home.arpa`), so no real site is ever within reach.
-pub const LOCAL_SUFFIXES: &[&str] = &["test", "internal", "home.arpa"];
+use locald_shim::validate::HOSTS_SUFFIXES;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaError {
@@ -44,6 +41,10 @@ pub fn user_ca() -> Result<LocalCa, CaError> {
         .map_err(|e| CaError::Lock(lock_path.clone(), e))?;
     let _lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
         .map_err(|(_, e)| CaError::Lock(lock_path, e.into()))?;
-    let suffixes: Vec<String> = LOCAL_SUFFIXES.iter().map(|s| s.to_string()).collect();
+    // Besides `localhost` (always permitted), the suffixes reserved for local use that the shim
+    // also writes to /etc/hosts (RFC 6761 `test`, ICANN's `internal`, RFC 8375 `home.arpa`), so
+    // no real site is ever within the CA's reach.
+    let suffixes: Vec<String> =
+        HOSTS_SUFFIXES.iter().filter(|s| **s != "localhost").map(|s| s.to_string()).collect();
     Ok(LocalCa::load_or_create(&dir, &suffixes)?)
 }
