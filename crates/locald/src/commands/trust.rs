@@ -48,11 +48,7 @@ fn target(ca: Option<PathBuf>) -> anyhow::Result<Target> {
 }
 
 fn home_of(user: &str) -> Option<PathBuf> {
-    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
-    passwd.lines().find_map(|line| {
-        let fields: Vec<&str> = line.split(':').collect();
-        if fields.first() == Some(&user) { fields.get(5).map(PathBuf::from) } else { None }
-    })
+    nix::unistd::User::from_name(user).ok().flatten().map(|u| u.dir)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -79,14 +75,7 @@ pub fn run(action: Action, args: &TrustArgs) -> anyhow::Result<ExitCode> {
             Action::Trust => store.install(&t.cert_path, &t.cert_pem),
             Action::Untrust => store.remove(&t.cert_path),
         };
-        match result {
-            Ok(()) if action == Action::Trust => println!("trusted in {}", store.describe()),
-            Ok(()) => println!("removed from {}", store.describe()),
-            Err(e) => {
-                eprintln!("locald: {}: {e}", store.describe());
-                failed = true;
-            }
-        }
+        failed |= !report(action, &store.describe(), result);
     } else if !sudo_system(action, &t.cert_path)? {
         failed = true;
     }
@@ -114,16 +103,22 @@ fn nss(action: Action, t: &Target) -> bool {
             Action::Trust => trust::nss_install(&db, &t.cert_path, &t.cert_pem),
             Action::Untrust => trust::nss_remove(&db, &t.cert_pem),
         };
-        match result {
-            Ok(()) if action == Action::Trust => println!("trusted in NSS database {}", db.display()),
-            Ok(()) => println!("removed from NSS database {}", db.display()),
-            Err(e) => {
-                eprintln!("locald: NSS database {}: {e}", db.display());
-                ok = false;
-            }
-        }
+        ok &= report(action, &format!("NSS database {}", db.display()), result);
     }
     ok
+}
+
+/// Says what became of the CA in `place`; false when the change failed.
+fn report(action: Action, place: &str, result: Result<(), String>) -> bool {
+    match result {
+        Ok(()) if action == Action::Trust => println!("trusted in {place}"),
+        Ok(()) => println!("removed from {place}"),
+        Err(e) => {
+            eprintln!("locald: {place}: {e}");
+            return false;
+        }
+    }
+    true
 }
 
 /// The system store needs root: runs this same command through sudo, saying so.
