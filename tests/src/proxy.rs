@@ -120,3 +120,46 @@ pub fn project_toml(name: &str, more: &str) -> String {
          env = {{ NAME = \"web\" }}\nhealth_check = {{ tcp = true, interval = \"50ms\", start_period = \"30s\" }}\n\n{more}"
     )
 }
+
+/// A TLS client configuration trusting only the CA certificate(s) in `ca_pem` (as
+/// `curl --cacert`), offering `alpn`.
+pub fn client_config(
+    ca_pem: &[u8],
+    alpn: &[&[u8]],
+) -> Result<std::sync::Arc<rustls::ClientConfig>, Box<dyn std::error::Error>> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem) {
+        roots.add(cert?)?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(std::sync::Arc::new(config))
+}
+
+/// Sends a short message and a long one (beyond a frame's 16-bit length) and expects each back
+/// within 10 s.
+pub async fn websocket_echo<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>) -> Result<(), String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    for message in ["hello".to_owned(), "x".repeat(70_000)] {
+        ws.send(Message::text(message.clone())).await.map_err(|e| e.to_string())?;
+        let echoed = tokio::time::timeout(std::time::Duration::from_secs(10), ws.next())
+            .await
+            .map_err(|_| format!("no echo of a {}-byte message within 10 s", message.len()))?
+            .ok_or("the WebSocket closed")?
+            .map_err(|e| e.to_string())?;
+        if echoed.into_text().map_err(|e| e.to_string())?.as_str() != message {
+            return Err(format!("the echo of a {}-byte message differs", message.len()));
+        }
+    }
+    Ok(())
+}

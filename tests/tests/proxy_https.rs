@@ -6,15 +6,10 @@
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::MetadataExt;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
-use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
-use locald_tests::proxy::{Scene, project_toml};
+use locald_tests::proxy::{Scene, client_config, project_toml, websocket_echo};
 use locald_tests::{privileged, text};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName};
-use tokio_tungstenite::tungstenite::Message;
+use rustls_pki_types::ServerName;
 
 fn body(out: &std::process::Output) -> String {
     assert!(out.status.success(), "curl failed: {}", text(out));
@@ -206,35 +201,9 @@ async fn tls_connect(
     host: &'static str,
     alpn: &[&[u8]],
 ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(&std::fs::read(scene.ca()).unwrap()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let mut config =
-        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let config = client_config(&std::fs::read(scene.ca()).unwrap(), alpn).unwrap();
     let tcp = tokio::net::TcpStream::connect("127.0.0.1:443").await.unwrap();
-    tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(ServerName::try_from(host).unwrap(), tcp)
-        .await
-        .unwrap()
-}
-
-/// Sends each message and expects it back.
-async fn echo<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>)
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    for message in ["hello", &"x".repeat(70_000)] {
-        ws.send(Message::text(message)).await.unwrap();
-        let echoed =
-            tokio::time::timeout(Duration::from_secs(10), ws.next()).await.unwrap().unwrap().unwrap();
-        assert_eq!(echoed.into_text().unwrap().as_str(), message);
-    }
+    tokio_rustls::TlsConnector::from(config).connect(ServerName::try_from(host).unwrap(), tcp).await.unwrap()
 }
 
 #[test]
@@ -248,7 +217,7 @@ fn websocket_echo_round_trip_through_443() {
         let (mut ws, response) =
             tokio_tungstenite::client_async("wss://shop.localhost/ws", tls).await.unwrap();
         assert_eq!(response.status(), 101);
-        echo(&mut ws).await;
+        websocket_echo(&mut ws).await.unwrap();
         ws.close(None).await.unwrap();
     });
 }
@@ -292,7 +261,7 @@ fn websocket_over_http2_extended_connect() {
             None,
         )
         .await;
-        echo(&mut ws).await;
+        websocket_echo(&mut ws).await.unwrap();
     });
 }
 

@@ -28,11 +28,10 @@ use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{Method, Request, Response, StatusCode, Uri};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName};
+use locald_tests::proxy::{client_config, websocket_echo};
+use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
 type Body = BoxBody<Bytes, Infallible>;
@@ -108,27 +107,18 @@ const ALPN_H2: &[&[u8]] = &[b"h2"];
 
 /// Trusts only the given CA, as `curl --cacert` does.
 struct Tls {
-    roots: Arc<rustls::RootCertStore>,
+    ca_pem: Vec<u8>,
 }
 
 impl Tls {
     fn new(ca: &str) -> Result<Self, Failure> {
-        let pem = std::fs::read(ca).map_err(|e| format!("{ca}: {e}"))?;
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_slice_iter(&pem) {
-            roots.add(cert?)?;
-        }
-        Ok(Self { roots: Arc::new(roots) })
+        let ca_pem = std::fs::read(ca).map_err(|e| format!("{ca}: {e}"))?;
+        client_config(&ca_pem, &[])?;
+        Ok(Self { ca_pem })
     }
 
     fn config(&self, alpn: &[&[u8]]) -> Result<Arc<rustls::ClientConfig>, Failure> {
-        let mut config =
-            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()?
-                .with_root_certificates(self.roots.clone())
-                .with_no_client_auth();
-        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-        Ok(Arc::new(config))
+        client_config(&self.ca_pem, alpn)
     }
 
     async fn connect(&self, host: &str, port: u16, alpn: &[&[u8]]) -> Result<TlsStream<TcpStream>, Failure> {
@@ -219,18 +209,12 @@ async fn get(tls: &Tls, url: &str, alpn: &[&[u8]]) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Sends a short and a long message (over one frame's 16-bit length) and expects both back.
+/// The shared echo round trip, then a clean close.
 async fn echo<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>) -> Result<(), Failure>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    for message in ["hello".to_owned(), "x".repeat(70_000)] {
-        ws.send(Message::text(message.clone())).await?;
-        let echoed = ws.next().await.ok_or("the WebSocket closed")??;
-        if echoed.into_text()?.as_str() != message {
-            return Err(format!("echo of a {}-byte message differs", message.len()).into());
-        }
-    }
+    websocket_echo(ws).await?;
     ws.close(None).await?;
     println!("websocket=echoed");
     Ok(())
