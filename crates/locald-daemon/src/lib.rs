@@ -1,6 +1,7 @@
 //! The locald daemon as a library. It runs as the user and never gains privileges; everything
 //! that needs root is a request to `locald-shim` through [`shim`].
 
+pub mod atomic_file;
 pub mod container;
 pub mod doctor;
 pub mod health;

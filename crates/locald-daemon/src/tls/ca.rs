@@ -4,9 +4,8 @@
 //! user's data directory and never leaves it.
 
 use std::collections::HashMap;
-use std::fs::{self, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -101,8 +100,8 @@ impl LocalCa {
         let cert_pem = cert.pem();
 
         // Key first, 0600 from its creation; then the certificate, which marks the CA complete.
-        write_new(&key_path, key.serialize_pem().as_bytes(), 0o600).map_err(io(&key_path))?;
-        write_new(&cert_path, cert_pem.as_bytes(), 0o644).map_err(io(&cert_path))?;
+        crate::atomic_file::write(&key_path, key.serialize_pem().as_bytes(), 0o600).map_err(io(&key_path))?;
+        crate::atomic_file::write(&cert_path, cert_pem.as_bytes(), 0o644).map_err(io(&cert_path))?;
         let issuer = Issuer::new(params, key);
         Ok(Self { cert_path, cert_pem, issuer, suffixes: permitted })
     }
@@ -183,15 +182,6 @@ impl LeafCache {
         leaves.insert(name.to_owned(), leaf.clone());
         Ok(leaf)
     }
-}
-
-fn write_new(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
-    let temp = path.with_extension(format!("tmp-{}", std::process::id()));
-    let _ = fs::remove_file(&temp);
-    let mut file = OpenOptions::new().write(true).create_new(true).mode(mode).open(&temp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    fs::rename(&temp, path)
 }
 
 fn whoami() -> String {

@@ -5,9 +5,8 @@
 //! `REQUESTS_CA_BUNDLE` *instead of* their store, so the bundle must still carry the public
 //! roots; Node adds `NODE_EXTRA_CA_CERTS` *to* its built-in store, so it gets the CA alone.
 
-use std::fs::{self, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use locald_core::config::Service;
@@ -70,22 +69,8 @@ pub fn write(ca: &LocalCa, system: &[&Path]) -> Result<CaFiles, CaError> {
         text.push(b'\n');
     }
     text.extend_from_slice(ca.cert_pem().as_bytes());
-    // Unique per write, not just per process: two projects coming up at once both write it.
-    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tmp = dir.join(format!(".{BUNDLE_FILE}.{}.{n}.tmp", std::process::id()));
-    let written = (|| {
-        let _ = fs::remove_file(&tmp);
-        let mut file = OpenOptions::new().write(true).create_new(true).mode(0o644).open(&tmp)?;
-        file.set_permissions(fs::Permissions::from_mode(0o644))?;
-        file.write_all(&text)?;
-        file.sync_all()?;
-        fs::rename(&tmp, &bundle)
-    })();
-    if let Err(e) = written {
-        let _ = fs::remove_file(&tmp);
-        return Err(CaError::Bundle(bundle, e));
-    }
+    // 0644: a container's user reads it too.
+    crate::atomic_file::write(&bundle, &text, 0o644).map_err(|e| CaError::Bundle(bundle.clone(), e))?;
     Ok(CaFiles { ca: ca_path, bundle })
 }
 

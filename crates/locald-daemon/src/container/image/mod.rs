@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 use oci_spec::image::{ImageIndex, ImageManifest};
 use sha2::{Digest, Sha256};
 
+use crate::atomic_file;
+
 pub use layer::{LayerError, Skipped};
 
 #[derive(Debug, thiserror::Error)]
@@ -134,7 +136,7 @@ pub fn prepare(source: &ImageSource, cache: &Path) -> Result<Prepared, ImageErro
         }),
         ImageSource::OciLayout(path) => unpack_cached(path, cache, &oci_layers(path)?),
         ImageSource::Archive(path) => {
-            let staging = cache.join(format!(".staging-{}", unique()));
+            let staging = cache.join(format!(".staging-{}", atomic_file::unique()));
             let _ = fs::remove_dir_all(&staging);
             extract_archive(path, &staging)?;
             let layers = if staging.join("index.json").is_file() {
@@ -147,13 +149,6 @@ pub fn prepare(source: &ImageSource, cache: &Path) -> Result<Prepared, ImageErro
             result
         }
     }
-}
-
-/// A name part no other unpacking uses at the same time: other daemons differ by pid, the
-/// services of one daemon (which prepare in parallel) by the counter.
-fn unique() -> String {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    format!("{}-{}", std::process::id(), NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
 }
 
 /// The blobs of one image, in application order, with what identifies the whole.
@@ -332,7 +327,7 @@ fn unpack_cached(source: &Path, cache: &Path, layers: &Layers) -> Result<Prepare
     }
     fs::create_dir_all(cache).map_err(io)?;
     // Unpack beside the final name and rename: concurrent `up`s never see a half-made rootfs.
-    let temp = cache.join(format!(".tmp-{key}-{}", unique()));
+    let temp = cache.join(format!(".tmp-{key}-{}", atomic_file::unique()));
     let _ = fs::remove_dir_all(&temp);
     fs::create_dir_all(temp.join("rootfs")).map_err(io)?;
     let result = unpack_layers(source, &temp.join("rootfs"), layers);
