@@ -56,8 +56,9 @@ pub fn unwritable_note(config: &Config) -> Option<String> {
     })
 }
 
-/// The names that need an `/etc/hosts` entry, leaving out those the shim would refuse. `*.localhost` is judged once, by a name that is
-/// never in locald's own block, so entries locald wrote earlier do not make it drop them.
+/// The names that need an `/etc/hosts` entry, leaving out those the shim would refuse.
+/// `*.localhost` is judged once, by a name that is never in locald's own block, so entries locald
+/// wrote earlier do not make it drop them.
 pub fn names_needing_hosts(domains: &[String], resolve: Resolver) -> Vec<String> {
     let localhost_native = loopback(&resolve("locald-resolution-probe.localhost"));
     let mut needed: Vec<String> = domains

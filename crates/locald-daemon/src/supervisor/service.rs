@@ -6,9 +6,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// How long a SIGKILL relayed through the shim may take before the shim itself is killed.
-const SHIM_GRACE: Duration = Duration::from_secs(10);
-
 use tokio::sync::{mpsc, oneshot, watch};
 
 use locald_core::config::{Check, Condition, Dependency, RestartPolicy, Service};
@@ -20,6 +17,9 @@ use super::process::{self, Exit, Output, Running};
 use crate::container::prepare::{self, Runtime};
 use crate::health::{self, Tracker, Verdict};
 use crate::tls::ca_bundle::CaFiles;
+
+/// How long a SIGKILL relayed through the shim may take before the shim itself is killed.
+const SHIM_GRACE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
 pub struct Snapshot {
@@ -306,10 +306,10 @@ impl Task {
     /// threads, then starts the shim on it.
     async fn spawn_container(&self, slot: ContainerSlot) -> std::io::Result<(Running, Output)> {
         let service = self.service.clone();
-        let runtime = slot.runtime.clone();
-        let (project, id, ca) = (slot.project.clone(), slot.id.clone(), slot.ca.clone());
+        let ContainerSlot { runtime, project, id, ca } = slot;
+        let (shared, name) = (runtime.clone(), id.clone());
         let prepared = tokio::task::spawn_blocking(move || {
-            prepare::prepare(&runtime, &project, &service, &id, ca.as_ref())
+            prepare::prepare(&shared, &project, &service, &name, ca.as_ref())
         })
         .await;
         let (bundle, notes) = match prepared {
@@ -320,7 +320,7 @@ impl Task {
         for note in notes {
             self.sink.note(note);
         }
-        process::spawn_container(&slot.runtime.shim, &bundle, &slot.id)
+        process::spawn_container(&runtime.shim, &bundle, &id)
     }
 
     async fn supervise(&mut self, running: Running, output: Output) -> End {
