@@ -80,7 +80,9 @@
               asl20
             ];
             mainProgram = "locald";
-            platforms = lib.platforms.linux;
+            # On macOS processes run natively; container services need Linux and `up` says so,
+            # pointing at the Lima profile (packages.lima).
+            platforms = lib.platforms.linux ++ lib.platforms.darwin;
           };
         };
 
@@ -127,12 +129,12 @@
           doCheck = false;
         };
 
-      # On macOS the daemon does not build (it needs pidfds, openat2 and cgroups): `locald` there
-      # runs the real one inside the Lima VM of lima/locald.yaml.
-      mkMacosLocald =
+      # macOS: `locald-lima` runs the Linux locald inside the Lima VM of lima/locald.yaml, for
+      # projects with container services.
+      mkLimaLocald =
         { writeShellApplication }:
         writeShellApplication {
-          name = "locald";
+          name = "locald-lima";
           text = ''
             export LOCALD_LIMA_PROFILE=${./lima/locald.yaml}
             ${builtins.readFile ./lima/locald-in-lima.sh}
@@ -140,13 +142,12 @@
         };
     in
     {
-      overlays.default = final: _prev: {
-        locald =
-          if final.stdenv.hostPlatform.isLinux then
-            final.callPackage mkLocald { }
-          else
-            final.callPackage mkMacosLocald { };
+      overlays.default = final: prev: {
+        locald = final.callPackage mkLocald { };
         locald-shim = final.callPackage mkShim { };
+      }
+      // lib.optionalAttrs prev.stdenv.hostPlatform.isDarwin {
+        locald-lima = final.callPackage mkLimaLocald { };
       };
 
       # The module alone expects `pkgs.locald` (the overlay); through the flake it defaults to
@@ -168,19 +169,34 @@
           }
         else
           {
-            default = pkgs.callPackage mkMacosLocald { };
+            default = pkgs.callPackage mkLocald { };
             locald-shim = pkgs.callPackage mkShim { };
+            lima = pkgs.callPackage mkLimaLocald { };
           }
       );
 
-      # `nix run . -- up` is `locald up`.
-      apps = forAllSystems (pkgs: {
-        default = {
-          type = "app";
-          program = lib.getExe self.packages.${pkgs.stdenv.hostPlatform.system}.default;
-          meta.description = "locald";
-        };
-      });
+      # `nix run . -- up` is `locald up`; on macOS `nix run .#lima -- up` is the same inside the
+      # Lima VM.
+      apps = forAllSystems (
+        pkgs:
+        let
+          packages = self.packages.${pkgs.stdenv.hostPlatform.system};
+        in
+        {
+          default = {
+            type = "app";
+            program = lib.getExe packages.default;
+            meta.description = "locald";
+          };
+        }
+        // lib.optionalAttrs pkgs.stdenv.hostPlatform.isDarwin {
+          lima = {
+            type = "app";
+            program = lib.getExe packages.lima;
+            meta.description = "locald inside the Lima VM (container services on macOS)";
+          };
+        }
+      );
 
       devShells = forAllSystems (pkgs: {
         default = pkgs.mkShell {

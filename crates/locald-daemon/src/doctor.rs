@@ -13,7 +13,10 @@ use crate::shim::{self as discovery, Shim, ShimClientError};
 pub fn run() -> Report {
     let mut findings = Vec::new();
     findings.extend(shim());
-    findings.extend(cgroups());
+    match containers_elsewhere(std::env::consts::OS) {
+        Some(finding) => findings.push(finding),
+        None => findings.extend(cgroups()),
+    }
     findings.push(localhost_resolution());
     findings.push(port_free("port.80", SocketAddr::from(([127, 0, 0, 1], 80))));
     findings.push(port_free("port.443", SocketAddr::from(([127, 0, 0, 1], 443))));
@@ -111,6 +114,17 @@ fn shim() -> Vec<Finding> {
     findings
 }
 
+/// Off Linux there are no cgroups to inspect: what matters is where container services go.
+fn containers_elsewhere(os: &str) -> Option<Finding> {
+    (os != "linux").then(|| {
+        Finding::warn(
+            "platform.containers",
+            format!("{os}: processes run natively here, container services need Linux"),
+            "run projects with image services in locald's Lima VM: `locald-lima up` (lima/locald.yaml)",
+        )
+    })
+}
+
 /// How the host's cgroups are mounted, and whether this user may create cgroups of its own.
 pub fn cgroups() -> Vec<Finding> {
     let mode = cgroup_mode(Path::new("/sys/fs/cgroup"));
@@ -151,6 +165,12 @@ pub enum CgroupMode {
     None,
 }
 
+#[cfg(not(target_os = "linux"))]
+pub fn cgroup_mode(_root: &Path) -> CgroupMode {
+    CgroupMode::None
+}
+
+#[cfg(target_os = "linux")]
 pub fn cgroup_mode(root: &Path) -> CgroupMode {
     const CGROUP2_MAGIC: i64 = 0x6367_7270;
     const CGROUP1_MAGIC: i64 = 0x0027_e0eb;
@@ -233,6 +253,14 @@ pub fn port_owner(port: u16) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn off_linux_doctor_points_container_services_at_the_lima_vm() {
+        let finding = containers_elsewhere("macos").expect("a finding on macOS");
+        let text = format!("{finding:?}");
+        assert!(text.contains("platform.containers") && text.contains("locald-lima up"), "{text}");
+        assert!(containers_elsewhere("linux").is_none(), "Linux reports its cgroups instead");
+    }
 
     #[test]
     fn a_plain_directory_is_not_a_cgroup_hierarchy() {

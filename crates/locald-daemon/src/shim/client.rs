@@ -15,10 +15,7 @@ use locald_shim::protocol::{
 };
 use locald_shim::{BindRequest, CONTROL_FD, ExitClass, PROTOCOL_VERSION, Request, parse_version_line};
 use nix::cmsg_space;
-use nix::sys::socket::{
-    AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg, setsockopt, socketpair,
-    sockopt,
-};
+use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg, setsockopt, sockopt};
 use nix::sys::time::TimeVal;
 
 use super::discovery::{self, Insecure};
@@ -113,8 +110,9 @@ impl Shim {
     /// A listening socket on privileged `port`, bound by the shim and passed back as an fd.
     pub fn bind(&self, port: u16, address: Option<IpAddr>) -> Result<TcpListener, ShimClientError> {
         let request = Request::Bind(BindRequest { port, address, non_loopback: false });
-        let (ours, theirs) = socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC)
-            .map_err(|e| self.os_error("socketpair", e))?;
+        // close-on-exec on both ends, as std sets it on every platform.
+        let (ours, theirs) =
+            std::os::unix::net::UnixStream::pair().map_err(|e| self.os_error("socketpair", e))?;
         let timeout = TimeVal::new(REPLY_TIMEOUT.as_secs() as _, 0);
         setsockopt(&ours, sockopt::ReceiveTimeout, &timeout).map_err(|e| self.os_error("SO_RCVTIMEO", e))?;
 

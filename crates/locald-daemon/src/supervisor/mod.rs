@@ -311,6 +311,7 @@ fn ca_files(config: &Config) -> Result<Option<CaFiles>, UpError> {
 /// exist, a platform that runs them, and a trustworthy shim. `None` when there are no image
 /// services.
 fn container_runtime(config: &Config) -> Result<Option<Arc<prepare::Runtime>>, UpError> {
+    refuse_containers_off_linux(config, std::env::consts::OS)?;
     let source = config.project.source.display();
     let mut first = None;
     for service in &config.services {
@@ -320,12 +321,6 @@ fn container_runtime(config: &Config) -> Result<Option<Arc<prepare::Runtime>>, U
         first.get_or_insert(service.name.as_str());
     }
     let Some(name) = first else { return Ok(None) };
-    if !cfg!(target_os = "linux") {
-        return Err(UpError::Unsupported(format!(
-            "{source}: service {name:?} runs in a container, which needs Linux — on macOS run locald in the \
-             Lima VM: `limactl start lima/locald.yaml`, then `limactl shell locald locald up`"
-        )));
-    }
     let shim = Shim::discover().map_err(|e| {
         UpError::Container(format!(
             "{source}: service {name:?} runs in a container, which needs the setuid locald-shim: {e}"
@@ -340,6 +335,24 @@ fn container_runtime(config: &Config) -> Result<Option<Arc<prepare::Runtime>>, U
         uid: nix::unistd::getuid().as_raw(),
         gid: nix::unistd::getgid().as_raw(),
     })))
+}
+
+/// Containers need Linux (namespaces, cgroups, the shim); on macOS a project with an image
+/// service is refused before anything of it starts or any image is opened, pointing at the
+/// Lima profile that runs locald in a Linux VM with the same project directory.
+fn refuse_containers_off_linux(config: &Config, os: &str) -> Result<(), UpError> {
+    let Some(service) = config.services.iter().find(|s| s.container.is_some()) else { return Ok(()) };
+    if os == "linux" {
+        return Ok(());
+    }
+    let platform = if os == "macos" { "macOS" } else { os };
+    Err(UpError::Unsupported(format!(
+        "{}: service {:?} runs in a container, which needs Linux; on {platform} run this project in locald's \
+         Lima VM, which shares your home: `locald-lima up` (the flake's packages.lima), or \
+         `limactl start --name=locald lima/locald.yaml` once and then `limactl shell locald locald up` here",
+        config.project.source.display(),
+        service.name
+    )))
 }
 
 /// A port written in `locald.toml` that something else already holds fails `up` before anything
@@ -388,5 +401,28 @@ mod tests {
         let refused = check_ports_free(&config(port, true)).unwrap_err().to_string();
         assert!(refused.contains(&format!("wants port {port}, which is already in use")), "{refused}");
         assert!(check_ports_free(&config(port, false)).is_ok(), "an assigned port is not probed again");
+    }
+
+    #[test]
+    fn an_image_service_off_linux_is_refused_with_the_lima_way() {
+        let dir = std::env::temp_dir();
+        let text = "[services.api]\ncommand = \"x\"\n\n[services.db]\nimage = \"./db-image\"\n";
+        let config = config::resolve_toml(&dir, Path::new("locald.toml"), text, &mut vec![]).expect("valid");
+        let refused = refuse_containers_off_linux(&config, "macos").unwrap_err().to_string();
+        assert!(refused.contains("service \"db\" runs in a container, which needs Linux"), "{refused}");
+        assert!(refused.contains("`locald-lima up`"), "{refused}");
+        assert!(refused.contains("limactl start --name=locald lima/locald.yaml"), "{refused}");
+        assert!(refused.contains("limactl shell locald locald up"), "{refused}");
+        assert!(!refused.contains('\n'), "one line: {refused}");
+        assert!(refuse_containers_off_linux(&config, "linux").is_ok());
+
+        let processes_only = config::resolve_toml(
+            &dir,
+            Path::new("locald.toml"),
+            "[services.api]\ncommand = \"x\"\n",
+            &mut vec![],
+        )
+        .expect("valid");
+        assert!(refuse_containers_off_linux(&processes_only, "macos").is_ok(), "processes run natively");
     }
 }

@@ -1,10 +1,11 @@
 //! One service process: spawned as the leader of its own process group, watched through a
-//! pidfd, and reaped only after its whole group got SIGKILL. Holding the unreaped leader keeps
+//! pidfd (on macOS: a thread in `waitid(WNOWAIT)`), and reaped only after its whole group got
+//! SIGKILL. Holding the unreaped leader keeps
 //! its pid (= the group id) from being recycled, so a signal to the group can never reach an
 //! unrelated process.
 
 use std::io::{self, Write};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -101,11 +102,11 @@ pub fn spawn(service: &Service, owner: &str, cgroup: Option<ServiceCgroup>) -> i
     Ok((Running { pid, pidfd, cgroup, control: None, container: None }, output))
 }
 
-/// Takes over a just-spawned child: its pid pinned by a pidfd (reaped by [`Running::wait`], not
-/// through `child`) and its output pipes.
+/// Takes over a just-spawned child: its pid pinned by an exit watch (reaped by
+/// [`Running::wait`], not through `child`) and its output pipes.
 fn watch(mut child: std::process::Child) -> io::Result<(u32, AsyncFd<OwnedFd>, Output)> {
     let pid = child.id();
-    let pidfd = pidfd_open(pid)?;
+    let pidfd = exit_watch(pid)?;
     let stdout = pipe::Receiver::from_owned_fd(OwnedFd::from(child.stdout.take().expect("piped")))?;
     let stderr = pipe::Receiver::from_owned_fd(OwnedFd::from(child.stderr.take().expect("piped")))?;
     drop(child);
@@ -192,6 +193,41 @@ impl Running {
     }
 }
 
+/// An fd that becomes readable once the child `pid` has exited, without reaping it.
+#[cfg(target_os = "linux")]
+fn exit_watch(pid: u32) -> io::Result<OwnedFd> {
+    pidfd_open(pid)
+}
+
+/// Where there are no pidfds: a thread waits for the exit with `WNOWAIT` (the zombie keeps the
+/// pid) and then closes the write end of a pipe, which makes the read end readable (EOF).
+#[cfg(not(target_os = "linux"))]
+fn exit_watch(pid: u32) -> io::Result<OwnedFd> {
+    wnowait_watch(pid)
+}
+
+#[cfg_attr(target_os = "linux", allow(dead_code))]
+fn wnowait_watch(pid: u32) -> io::Result<OwnedFd> {
+    let (read, write) = nix::unistd::pipe()?;
+    nix::fcntl::fcntl(read.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK))?;
+    std::thread::Builder::new().name(format!("exit-{pid}")).stack_size(64 * 1024).spawn(move || {
+        loop {
+            // SAFETY: siginfo_t is plain data that waitid fills in; zeroed is a valid value.
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            // SAFETY: waitid writes only into `info`, which lives across the call.
+            let rc = unsafe {
+                libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, libc::WEXITED | libc::WNOWAIT)
+            };
+            if rc == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+                break;
+            }
+        }
+        drop(write);
+    })?;
+    Ok(read)
+}
+
+#[cfg(target_os = "linux")]
 fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
     // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1; no memory is passed.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
@@ -199,12 +235,13 @@ fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: the kernel just returned this fd to us; nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd as i32) })
 }
 
 /// SIGKILLs every process of this user that carries `OWNER_VAR=<owner>`: leftovers of a daemon
 /// that was killed. Each target is pinned with a pidfd and checked again before the signal, so
 /// a pid recycled in between is left alone. Returns how many were killed.
+#[cfg(target_os = "linux")]
 pub fn kill_leftovers(owner: &str) -> usize {
     let marker = format!("{OWNER_VAR}={owner}");
     let me = std::process::id();
@@ -237,13 +274,52 @@ pub fn kill_leftovers(owner: &str) -> usize {
     }
     // Wait for them to be gone, so their ports are free again when the projects come back.
     for pidfd in victims {
-        let mut fds = [nix::poll::PollFd::new(pidfd.as_fd(), nix::poll::PollFlags::POLLIN)];
+        let mut fds =
+            [nix::poll::PollFd::new(std::os::fd::AsFd::as_fd(&pidfd), nix::poll::PollFlags::POLLIN)];
         let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(2000u16));
     }
     killed
 }
 
+/// Without /proc and pidfds there is no race-free way to find and signal another process by
+/// its environment, so a killed daemon's leftovers stay (their process groups die with the
+/// terminal session or a reboot); `up` reports a port they still hold.
+#[cfg(not(target_os = "linux"))]
+pub fn kill_leftovers(_owner: &str) -> usize {
+    0
+}
+
+#[cfg(target_os = "linux")]
 fn carries(pid: u32, marker: &str) -> bool {
     std::fs::read(format!("/proc/{pid}/environ"))
         .is_ok_and(|env| env.split(|b| *b == 0).any(|var| var == marker.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::os::fd::AsFd;
+    use std::process::{Command, Stdio};
+
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+
+    fn readable(fd: &std::os::fd::OwnedFd, timeout_ms: u16) -> bool {
+        let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+        poll(&mut fds, PollTimeout::from(timeout_ms)).unwrap() == 1
+    }
+
+    /// The watch macOS uses: quiet while the child runs, readable once it exited, and the child
+    /// is still there to be reaped (with its status) by the supervisor afterwards.
+    #[test]
+    fn wnowait_watch_fires_on_exit_and_leaves_the_zombie() {
+        let mut child =
+            Command::new("sh").args(["-c", "read line; exit 7"]).stdin(Stdio::piped()).spawn().unwrap();
+        let pid = child.id();
+        let watch = super::wnowait_watch(pid).unwrap();
+        assert!(!readable(&watch, 200), "the watch fired while the child was running");
+        child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+        assert!(readable(&watch, 10_000), "the watch did not fire after the child exited");
+        // Had the watch reaped it, this would fail with ECHILD instead of returning the status.
+        assert_eq!(child.wait().unwrap().code(), Some(7));
+    }
 }

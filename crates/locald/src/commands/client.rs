@@ -2,7 +2,7 @@
 //! and waiting for its readiness byte rather than for a guessed delay.
 
 use std::io::{BufReader, Read};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -63,11 +63,27 @@ impl Client {
     }
 }
 
+#[cfg(target_os = "linux")]
+fn cloexec_pipe() -> nix::Result<(OwnedFd, OwnedFd)> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+}
+
+/// No pipe2 on macOS: the flag is set right after, before this process starts anything.
+#[cfg(not(target_os = "linux"))]
+fn cloexec_pipe() -> nix::Result<(OwnedFd, OwnedFd)> {
+    use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+    let (read, write) = nix::unistd::pipe()?;
+    for fd in [&read, &write] {
+        fcntl(fd.as_raw_fd(), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
+    }
+    Ok((read, write))
+}
+
 fn start_daemon(socket: &Path) -> anyhow::Result<()> {
     let state = paths::state_dir()?;
     let log_path = state.join("daemon.log");
     let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
-    let (ready_read, ready_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let (ready_read, ready_write) = cloexec_pipe()?;
     // The daemon's copy must survive exec: a dup without CLOEXEC.
     let inherited = nix::unistd::dup(ready_write.as_raw_fd())?;
     let mut command = std::process::Command::new(std::env::current_exe()?);

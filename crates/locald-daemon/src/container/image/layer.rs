@@ -11,7 +11,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
 use nix::errno::Errno;
-use nix::fcntl::{AtFlags, OFlag, OpenHow, ResolveFlag, openat2};
+use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::{FchmodatFlags, Mode, fchmodat, mkdirat};
 use nix::unistd::{UnlinkatFlags, linkat, symlinkat, unlinkat};
 
@@ -174,17 +174,29 @@ fn split(path: &Path) -> (PathBuf, &OsStr) {
     )
 }
 
-fn in_root() -> OpenHow {
-    OpenHow::new()
+/// Opens the directory `path` below `dir` as if `dir` were `/`.
+#[cfg(target_os = "linux")]
+fn open_dir_in_root(dir: &OwnedFd, path: &Path) -> Result<OwnedFd, Errno> {
+    use nix::fcntl::{OpenHow, ResolveFlag, openat2};
+    let how = OpenHow::new()
         .flags(OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC)
-        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS)
+        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    let fd = openat2(dir.as_raw_fd(), path, how)?;
+    // SAFETY: fd was just returned by openat2 and is owned by no one else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Without `RESOLVE_IN_ROOT` a layer cannot be unpacked safely, so it is not unpacked at all:
+/// containers run only on Linux (macOS runs them in the Lima VM), and `up` refuses image
+/// services before any image is opened.
+#[cfg(not(target_os = "linux"))]
+fn open_dir_in_root(_dir: &OwnedFd, _path: &Path) -> Result<OwnedFd, Errno> {
+    Err(Errno::ENOSYS)
 }
 
 fn open_in_root(root: &OwnedFd, path: &Path) -> Result<OwnedFd, Errno> {
     let path = if path.as_os_str().is_empty() { Path::new(".") } else { path };
-    let fd = openat2(root.as_raw_fd(), path, in_root())?;
-    // SAFETY: fd was just returned by openat2 and is owned by no one else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    open_dir_in_root(root, path)
 }
 
 /// Opens `path` under the root, creating missing directories on the way.
@@ -200,9 +212,7 @@ fn ensure_dir(root: &OwnedFd, path: &Path) -> Result<OwnedFd, Errno> {
             Ok(()) | Err(Errno::EEXIST) => {}
             Err(e) => return Err(e),
         }
-        let fd = openat2(dir.as_raw_fd(), name, in_root())?;
-        // SAFETY: as in open_in_root.
-        dir = unsafe { OwnedFd::from_raw_fd(fd) };
+        dir = open_dir_in_root(&dir, Path::new(name))?;
     }
     Ok(dir)
 }
