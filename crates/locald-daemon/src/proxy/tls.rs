@@ -74,7 +74,7 @@ impl ResolvesServerCert for CertResolver {
 }
 
 fn certified(leaf: &Leaf) -> Result<CertifiedKey, String> {
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(leaf.chain_pem.as_bytes())
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(leaf.cert_pem.as_bytes())
         .collect::<Result<_, _>>()
         .map_err(|e| e.to_string())?;
     let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).map_err(|e| e.to_string())?;
@@ -126,7 +126,7 @@ mod tests {
     }
 
     #[test]
-    fn aes_128_is_chosen_even_when_the_client_prefers_aes_256() {
+    fn aes_128_is_chosen_even_when_the_client_prefers_aes_256_and_only_the_leaf_is_sent() {
         let dir = tempfile::tempdir().unwrap();
         let ca = LocalCa::load_or_create(dir.path(), &[]).unwrap();
         let mut roots = rustls::RootCertStore::empty();
@@ -161,5 +161,7 @@ mod tests {
         }
         assert!(!client.is_handshaking(), "the handshake completed");
         assert_eq!(server.negotiated_cipher_suite().unwrap().suite(), CipherSuite::TLS13_AES_128_GCM_SHA256);
+        // Verified against the CA as trust anchor, with the CA itself not on the wire.
+        assert_eq!(client.peer_certificates().map(<[_]>::len), Some(1), "the leaf alone");
     }
 }

@@ -39,10 +39,12 @@ pub struct LocalCa {
     suffixes: Vec<String>,
 }
 
-/// A leaf certificate and its key, PEM-encoded; `chain_pem` is the leaf followed by the CA.
+/// A leaf certificate and its key, PEM-encoded. The CA is not appended: every client that can
+/// verify the leaf has the CA as its trust anchor already (RFC 8446 §4.4.2 lets the root be
+/// left out), and each handshake is then one certificate shorter to send and parse.
 #[derive(Clone)]
 pub struct Leaf {
-    pub chain_pem: String,
+    pub cert_pem: String,
     pub key_pem: String,
     pub not_after: OffsetDateTime,
 }
@@ -135,11 +137,7 @@ impl LocalCa {
         params.not_before = now - Duration::hours(1);
         params.not_after = now + LEAF_LIFETIME;
         let cert = params.signed_by(&key, &self.issuer)?;
-        Ok(Leaf {
-            chain_pem: format!("{}{}", cert.pem(), self.cert_pem),
-            key_pem: key.serialize_pem(),
-            not_after: params.not_after,
-        })
+        Ok(Leaf { cert_pem: cert.pem(), key_pem: key.serialize_pem(), not_after: params.not_after })
     }
 
     fn permits(&self, name: &str) -> bool {
@@ -229,8 +227,7 @@ mod tests {
         }
         let leaf = ca.issue("web.shop.localhost").unwrap();
         let leaf_path = dir.path().join("leaf.pem");
-        fs::write(&leaf_path, leaf.chain_pem.split_inclusive("-----END CERTIFICATE-----\n").next().unwrap())
-            .unwrap();
+        fs::write(&leaf_path, &leaf.cert_pem).unwrap();
         let out =
             openssl(&["verify", "-CAfile", ca.cert_path().to_str().unwrap(), leaf_path.to_str().unwrap()]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
@@ -261,10 +258,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cache = LeafCache::new(LocalCa::load_or_create(dir.path(), &[]).unwrap());
         let first = cache.get("a.localhost").unwrap();
-        assert_eq!(cache.get("a.localhost").unwrap().chain_pem, first.chain_pem);
+        assert_eq!(cache.get("a.localhost").unwrap().cert_pem, first.cert_pem);
         cache.leaves.lock().unwrap().get_mut("a.localhost").unwrap().not_after =
             OffsetDateTime::now_utc() + Duration::days(1);
-        assert_ne!(cache.get("a.localhost").unwrap().chain_pem, first.chain_pem, "renewed");
+        assert_ne!(cache.get("a.localhost").unwrap().cert_pem, first.cert_pem, "renewed");
         assert!(cache.get("example.com").is_err());
     }
 }
