@@ -111,6 +111,15 @@ fn parse(service: &str, text: &str) -> Option<LogLine> {
     })
 }
 
+/// The text of a service's last `count` log lines, oldest first; none when the log cannot be
+/// read (what `up` shows of a failed service, and the proxy's page of a stopped one).
+pub fn last_lines(dir: &Path, service: &str, count: usize) -> Vec<String> {
+    let mut lines = read_service(dir, service, None).unwrap_or_default();
+    let skip = lines.len().saturating_sub(count);
+    lines.drain(..skip);
+    lines.into_iter().map(|l| l.line).collect()
+}
+
 /// Records of several services interleaved by time (stable: a service's own order is kept),
 /// then the last `tail` of them.
 pub fn merged(
@@ -151,6 +160,19 @@ mod tests {
         let lines = read_service(dir.path(), "web", None).unwrap();
         assert_eq!(lines.len(), 100);
         assert!(lines.iter().enumerate().all(|(n, r)| r.line == format!("line {n}")));
+    }
+
+    #[test]
+    fn last_lines_are_the_end_of_the_rotated_log_and_nothing_without_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = LogFile::with_max(dir.path(), "web", 1000).unwrap();
+        for n in 0..100 {
+            log.append(&record("web", n, &format!("line {n}"))).unwrap();
+        }
+        log.flush().unwrap();
+        let expected: Vec<String> = (80..100).map(|n| format!("line {n}")).collect();
+        assert_eq!(last_lines(dir.path(), "web", 20), expected);
+        assert!(last_lines(dir.path(), "missing", 20).is_empty());
     }
 
     #[test]

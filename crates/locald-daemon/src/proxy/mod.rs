@@ -234,13 +234,10 @@ async fn handle(req: Request<Incoming>, shared: &Shared, peer: Peer) -> Response
         ServiceState::Stopped | ServiceState::Failed | ServiceState::Completed => {
             let dir = route.project.log_dir.clone();
             let name = service.name.clone();
-            let lines = tokio::task::spawn_blocking(move || crate::logs::read_service(&dir, &name, None))
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .unwrap_or_default();
-            let skip = lines.len().saturating_sub(pages::LOG_LINES);
-            let lines: Vec<String> = lines.into_iter().skip(skip).map(|l| l.line).collect();
+            let lines =
+                tokio::task::spawn_blocking(move || crate::logs::last_lines(&dir, &name, pages::LOG_LINES))
+                    .await
+                    .unwrap_or_default();
             pages::down(project, &service.name, state.as_str(), exit, &lines)
         }
     }

@@ -144,9 +144,7 @@ async fn up(supervisor: &Supervisor, proxy: Option<&Proxy>, dir: &Path, out: &mu
                 ServiceState::Running => handle.service.health_check.is_none(),
                 ServiceState::Healthy => true,
                 ServiceState::Failed | ServiceState::Unhealthy | ServiceState::Stopped => {
-                    let last_lines = logs::read_service(&project.log_dir, &handle.service.name, None)
-                        .map(|lines| lines.iter().rev().take(20).rev().map(|l| l.line.clone()).collect())
-                        .unwrap_or_default();
+                    let last_lines = logs::last_lines(&project.log_dir, &handle.service.name, 20);
                     let message = snapshot.detail.unwrap_or_else(|| snapshot.state.as_str().into());
                     return out
                         .send(Response::UpFailed {
