@@ -199,10 +199,10 @@ where
 async fn handle(req: Request<Incoming>, shared: &Shared, peer: Peer) -> Response<Body> {
     let table = shared.routes.current();
     let raw_host = match req.uri().authority() {
-        Some(authority) => Some(authority.as_str().to_owned()),
-        None => req.headers().get(HOST).and_then(|h| h.to_str().ok()).map(str::to_owned),
+        Some(authority) => Some(authority.as_str()),
+        None => req.headers().get(HOST).and_then(|h| h.to_str().ok()),
     };
-    let Some(host) = raw_host.as_deref().and_then(routes::normalize_host).filter(|h| h != INDEX_HOST) else {
+    let Some(host) = raw_host.and_then(routes::normalize_host).filter(|h| h != INDEX_HOST) else {
         return pages::unknown_host(None, &table, &shared.status, peer.tls);
     };
     let Some(route) = table.get(&host).cloned() else {
