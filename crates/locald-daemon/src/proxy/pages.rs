@@ -146,12 +146,7 @@ pub fn redirect(location: &str) -> Response<Body> {
     response
 }
 
-/// A request the proxy cannot make sense of (no host at all).
-pub fn bad_request(why: &str) -> Response<Body> {
-    page(StatusCode::BAD_REQUEST, "Bad request", &format!("<p>{}</p>", escape(why)), None)
-}
-
-pub fn escape(text: &str) -> String {
+fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {
