@@ -26,7 +26,7 @@ pub(super) async fn handle(
             out.send(Response::Pong { version: env!("CARGO_PKG_VERSION").into(), pid: std::process::id() })
                 .await
         }
-        // `up` routes the project and syncs /etc/hosts itself as soon as it is added; nothing
+        // `up` publishes the project itself as soon as it is added; nothing
         // changes the set of projects after that, so there is nothing to redo here.
         Request::Up { dir } => up(supervisor, proxy, &dir, out).await,
         Request::Down { dir } => {
@@ -35,8 +35,7 @@ pub(super) async fn handle(
             } else {
                 Response::Error { message: format!("no project running in {}", dir.display()) }
             };
-            refresh_routes(supervisor, proxy);
-            sync_hosts(supervisor).await;
+            publish(supervisor, proxy).await;
             out.send(response).await
         }
         Request::Status => {
@@ -68,21 +67,13 @@ pub(super) async fn handle(
         }
         Request::Shutdown => {
             supervisor.shutdown().await;
-            refresh_routes(supervisor, proxy);
-            sync_hosts(supervisor).await;
+            publish(supervisor, proxy).await;
             // Gone before the answer: once `server stop` returns, nobody can reach this daemon.
             let _ = std::fs::remove_file(&shutdown.socket);
             shutdown.notify.notify_one();
             out.send(Response::Ok).await?;
             Ok(())
         }
-    }
-}
-
-/// The proxy routes exactly the projects that are up now.
-fn refresh_routes(supervisor: &Supervisor, proxy: Option<&Proxy>) {
-    if let Some(proxy) = proxy {
-        proxy.refresh(&supervisor.all());
     }
 }
 
@@ -94,10 +85,14 @@ fn project_status(proxy: Option<&Proxy>, project: &Project) -> ProjectStatus {
     }
 }
 
-/// `/etc/hosts` lists the names the proxy routes for the projects that are up now (none: the
-/// block goes away).
-async fn sync_hosts(supervisor: &Supervisor) {
+/// Makes the projects that are up now, and only those, reachable: the proxy routes them and
+/// `/etc/hosts` lists the names it routes (none: the block goes away). Called whenever the set
+/// of projects changes, so routes and hosts never disagree.
+async fn publish(supervisor: &Supervisor, proxy: Option<&Proxy>) {
     let projects = supervisor.all();
+    if let Some(proxy) = proxy {
+        proxy.refresh(&projects);
+    }
     let domains = crate::hosts::routed_names(projects.iter().map(|p| &p.config));
     let result = tokio::task::spawn_blocking(move || crate::hosts::sync(&domains)).await;
     if let Ok(Err(message)) = result {
@@ -113,8 +108,7 @@ async fn up(supervisor: &Supervisor, proxy: Option<&Proxy>, dir: &Path, out: &mu
     };
     // Routed and resolvable while it starts, so its URL shows the starting page rather than an
     // unknown host or a name that does not resolve.
-    refresh_routes(supervisor, proxy);
-    sync_hosts(supervisor).await;
+    publish(supervisor, proxy).await;
     if attached {
         // Like a first `up`: whatever was stopped or gave up is started again, in start order.
         for handle in &project.services {
