@@ -45,13 +45,16 @@ pub fn cache_dir() -> Result<PathBuf, PathError> {
     xdg_dir("XDG_CACHE_HOME", ".cache")
 }
 
+/// The directory locald owns inside each XDG base directory.
+const APP_DIR: &str = "locald";
+
 /// `$<var>/locald`, or `~/<default>/locald`; created private to the user.
 fn xdg_dir(var: &str, default: &str) -> Result<PathBuf, PathError> {
     let base = match std::env::var_os(var).filter(|v| !v.is_empty()) {
         Some(base) => PathBuf::from(base),
         None => PathBuf::from(std::env::var_os("HOME").ok_or(PathError::NoHome)?).join(default),
     };
-    let dir = base.join("locald");
+    let dir = base.join(APP_DIR);
     fs::create_dir_all(&base).map_err(|source| PathError::Io { path: base.clone(), source })?;
     private_dir(&dir)?;
     Ok(dir)
@@ -59,8 +62,16 @@ fn xdg_dir(var: &str, default: &str) -> Result<PathBuf, PathError> {
 
 /// `$XDG_DATA_HOME/locald` (default `~/.local/share/locald`): the local CA lives in `ca/` here.
 pub fn data_dir() -> Result<PathBuf, PathError> {
-    xdg_dir("XDG_DATA_HOME", ".local/share")
+    xdg_dir("XDG_DATA_HOME", DATA_HOME)
 }
+
+/// Where [`data_dir`] is for a user whose environment is not at hand (another user's, under
+/// sudo): the default under their home.
+pub fn default_data_dir(home: &Path) -> PathBuf {
+    home.join(DATA_HOME).join(APP_DIR)
+}
+
+const DATA_HOME: &str = ".local/share";
 
 /// Creates `dir` with mode 0700 or accepts an existing one only if it is a real directory owned
 /// by the current user and closed to others.
@@ -85,6 +96,12 @@ pub fn private_dir(dir: &Path) -> Result<(), PathError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What `locald trust` under sudo reads is where the user's own `locald ca` writes by default.
+    #[test]
+    fn the_default_data_dir_is_the_xdg_default_under_home() {
+        assert_eq!(default_data_dir(Path::new("/home/u")), Path::new("/home/u/.local/share/locald"));
+    }
 
     #[test]
     fn private_dir_is_created_0700_and_tightened() {

@@ -5,7 +5,7 @@ pub mod ca;
 pub mod ca_bundle;
 pub mod trust;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use ca::{LocalCa, TlsError};
 use locald_core::paths::{self, PathError};
@@ -25,8 +25,16 @@ pub enum CaError {
 
 /// Where the user's CA lives: `<data dir>/ca` (`~/.local/share/locald/ca`).
 pub fn ca_dir() -> Result<PathBuf, PathError> {
-    Ok(paths::data_dir()?.join("ca"))
+    Ok(paths::data_dir()?.join(CA_DIR))
 }
+
+/// The same for another user, at the default place under their `home` (`locald trust` under
+/// sudo, where that user's `XDG_DATA_HOME` is not known).
+pub fn default_ca_dir(home: &Path) -> PathBuf {
+    paths::default_data_dir(home).join(CA_DIR)
+}
+
+const CA_DIR: &str = "ca";
 
 /// The user's CA, created on first use. A lock keeps the CLI (`locald ca`) and the daemon from
 /// both creating one at the same moment and mixing one's key with the other's certificate.

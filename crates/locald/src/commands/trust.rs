@@ -32,7 +32,7 @@ fn target(ca: Option<PathBuf>) -> anyhow::Result<Target> {
         // Under sudo the CA to trust is the invoking user's, never root's own.
         (None, Some(user)) if root => {
             let user_home = home_of(user).with_context(|| format!("no home directory for {user}"))?;
-            let path = user_home.join(".local/share/locald/ca").join(CA_CERT);
+            let path = tls::default_ca_dir(&user_home).join(CA_CERT);
             if !path.is_file() {
                 bail!("{} does not exist: run `locald ca` as {user} first, or pass --ca", path.display());
             }
