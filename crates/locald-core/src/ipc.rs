@@ -171,10 +171,18 @@ pub struct ProxyStatus {
 }
 
 impl ProxyStatus {
+    pub const HTTPS_PORT: u16 = 443;
+    pub const HTTP_PORT: u16 = 80;
+
+    /// On 443 and 80, so URLs carry no port.
+    pub fn on_standard_ports(&self) -> bool {
+        self.https_port == Self::HTTPS_PORT && self.http_port == Self::HTTP_PORT
+    }
+
     /// `https://<host>`, with the port when it is not 443.
     pub fn https_url(&self, host: &str) -> String {
         match self.https_port {
-            443 => format!("https://{host}"),
+            Self::HTTPS_PORT => format!("https://{host}"),
             port => format!("https://{host}:{port}"),
         }
     }
@@ -182,7 +190,7 @@ impl ProxyStatus {
     /// `http://<host>`, with the port when it is not 80.
     pub fn http_url(&self, host: &str) -> String {
         match self.http_port {
-            80 => format!("http://{host}"),
+            Self::HTTP_PORT => format!("http://{host}"),
             port => format!("http://{host}:{port}"),
         }
     }

@@ -8,10 +8,12 @@
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpListener};
 
+use locald_core::ipc::ProxyStatus;
+
 use crate::shim::Shim;
 
-pub const HTTPS_PORT: u16 = 443;
-pub const HTTP_PORT: u16 = 80;
+const HTTPS_PORT: u16 = ProxyStatus::HTTPS_PORT;
+const HTTP_PORT: u16 = ProxyStatus::HTTP_PORT;
 pub const HTTPS_FALLBACK: u16 = 8443;
 pub const HTTP_FALLBACK: u16 = 8080;
 /// How far above a fallback port to look for a free one.

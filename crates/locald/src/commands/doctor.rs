@@ -28,7 +28,7 @@ pub fn run(json: bool) -> anyhow::Result<ExitCode> {
             "the daemon runs without its proxy (see its log)",
             "locald server stop; locald up",
         ),
-        Some(Some(p)) if p.https_port == 443 && p.http_port == 80 => {
+        Some(Some(p)) if p.on_standard_ports() => {
             Finding::ok("proxy.ports", "serving https on 443 and http on 80")
         }
         Some(Some(p)) => Finding::warn(

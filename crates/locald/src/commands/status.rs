@@ -64,7 +64,7 @@ pub fn run(json: bool) -> anyhow::Result<ExitCode> {
 
 /// One line when the proxy is not on 443/80, saying why and how to get them.
 pub fn print_proxy_note(proxy: &locald_core::ipc::ProxyStatus) {
-    if proxy.https_port != 443 || proxy.http_port != 80 {
+    if !proxy.on_standard_ports() {
         println!(
             "proxy on ports {} (https) and {} (http), not 443/80: {}",
             proxy.https_port,
