@@ -1,7 +1,7 @@
 //! The proxy suites' scene: the calling test thread moves into a fresh network namespace (so 80
 //! and 443 are free whatever the host runs; a netns is per thread, and every process and socket
 //! the test then makes is inside it), and a daemon runs as the throwaway user with the setuid
-//! shim, serving a project whose services run `fixtures/proxy-backend.py`.
+//! shim, serving a project whose services run `proxy-probe serve`.
 
 use std::os::unix::fs::chown;
 use std::path::{Path, PathBuf};
@@ -15,10 +15,11 @@ pub struct Scene {
     pub project: PathBuf,
 }
 
-pub const BACKEND: &str = "proxy-backend.py";
+/// The backend (`proxy-probe`), copied next to `locald.toml`.
+pub const BACKEND: &str = "proxy-probe";
 
 impl Scene {
-    /// A scene named `name` with `toml` as the project's `locald.toml` (the backend script sits
+    /// A scene named `name` with `toml` as the project's `locald.toml` (the backend binary sits
     /// next to it). Moves this thread into a fresh network namespace.
     pub fn new(p: &'static Privileged, name: &str, toml: &str) -> Self {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
@@ -29,8 +30,7 @@ impl Scene {
             std::fs::create_dir_all(sub).unwrap();
             chown(sub, Some(p.user.uid), Some(p.user.gid)).unwrap();
         }
-        let backend = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(BACKEND);
-        std::fs::copy(&backend, project.join(BACKEND)).unwrap();
+        std::fs::copy(crate::built_bin(BACKEND), project.join(BACKEND)).unwrap();
         std::fs::write(project.join("locald.toml"), toml).unwrap();
         for file in [BACKEND, "locald.toml"] {
             chown(project.join(file), Some(p.user.uid), Some(p.user.gid)).unwrap();
@@ -116,7 +116,7 @@ impl Drop for Scene {
 /// A project of one `web` backend (plus `more`, a service of the given TOML).
 pub fn project_toml(name: &str, more: &str) -> String {
     format!(
-        "[project]\nname = \"{name}\"\n\n[services.web]\ncommand = \"exec /usr/bin/python3 {BACKEND}\"\n\
+        "[project]\nname = \"{name}\"\n\n[services.web]\ncommand = \"exec ./{BACKEND} serve\"\n\
          env = {{ NAME = \"web\" }}\nhealth_check = {{ tcp = true, interval = \"50ms\", start_period = \"30s\" }}\n\n{more}"
     )
 }

@@ -1,7 +1,6 @@
 //! Without a usable shim the proxy still serves, on unprivileged ports, and every command that
 //! shows URLs says which port and why. Needs no root.
 
-use std::path::Path;
 use std::process::Command;
 
 use locald_tests::daemon::Daemon;
@@ -10,13 +9,12 @@ use locald_tests::text;
 #[test]
 fn without_a_shim_the_proxy_serves_on_fallback_ports_and_says_so() {
     let daemon = Daemon::new();
-    let backend = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/proxy-backend.py");
+    let backend = env!("CARGO_BIN_EXE_proxy-probe");
     let dir = daemon.project(
         "fallback",
         &format!(
-            "[project]\nname = \"fallback\"\n\n[services.web]\ncommand = [\"python3\", \"{}\"]\n\
-             health_check = {{ tcp = true, interval = \"50ms\", start_period = \"30s\" }}\n",
-            backend.display()
+            "[project]\nname = \"fallback\"\n\n[services.web]\ncommand = [\"{backend}\", \"serve\"]\n\
+             health_check = {{ tcp = true, interval = \"50ms\", start_period = \"30s\" }}\n"
         ),
     );
     // A shim path that does not exist: discovery refuses it, the proxy falls back.

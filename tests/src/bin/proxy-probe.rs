@@ -1,9 +1,11 @@
-//! Test helper for the proxy where neither curl nor Python exist (the VM harness's busybox
-//! guest): both ends of a request through locald's proxy, as one static binary.
+//! Test helper for the proxy: both ends of a request through locald's proxy, as one static
+//! binary, so it also runs where neither curl nor Python exist (the VM harness's busybox guest).
+//! The privileged proxy suites run its backend too.
 //!
 //! proxy-probe serve                          the backend service, on 127.0.0.1:$PORT:
-//!     GET / "hello from $NAME"; GET /sse "data: first", then "data: last" after GET /release;
-//!     PUT /upload answers the byte count; GET /ws echoes WebSocket messages.
+//!     GET / "hello from $NAME"; GET /headers the request's fields, one "name: value" a line;
+//!     GET /sse "data: first", then "data: last" after GET /release; PUT /upload answers the
+//!     byte count; GET /ws echoes WebSocket messages.
 //! proxy-probe get    --cacert CA URL [--h1]  prints `alpn=`, `status=`, then the body
 //! proxy-probe ws     --cacert CA URL [--h2]  WebSocket echo round trip (HTTP/1.1 Upgrade, or
 //!                                            RFC 8441 extended CONNECT over HTTP/2)
@@ -345,7 +347,18 @@ async fn answer(
     };
     let response = match (req.method().clone(), req.uri().path()) {
         (Method::GET, "/") => {
-            text(StatusCode::OK, format!("hello from {}\n", std::env::var("NAME").unwrap_or_default()))
+            let name = std::env::var("NAME").unwrap_or_else(|_| "backend".into());
+            let mut page = text(StatusCode::OK, format!("hello from {name}\n"));
+            page.headers_mut().insert("content-type", hyper::header::HeaderValue::from_static("text/html"));
+            page
+        }
+        (Method::GET, "/headers") => {
+            let lines: String = req
+                .headers()
+                .iter()
+                .map(|(name, value)| format!("{name}: {}\n", String::from_utf8_lossy(value.as_bytes())))
+                .collect();
+            text(StatusCode::OK, lines)
         }
         (Method::GET, "/sse") => {
             let released = release.subscribe();
