@@ -10,8 +10,8 @@ use crate::util;
 /// throwaway users, mkfs.ext4 for the loop-mount images, a static busybox for container rootfs,
 /// openssl to check the CA; for the packaging suite (tests/tests/packaging.rs) Nix to parse the
 /// `.nix` files and read the flake's lock offline, and shellcheck for every shell script.
-/// Also for the proxy suites python3 (the test backend), curl, certutil (libnss3-tools) and
-/// chromium (the browser test); nginx and wrk for `bench/proxy`.
+/// Also python3 (the quickstart example and some CLI suites' services), for the proxy suites
+/// curl, certutil (libnss3-tools) and chromium (the browser test); nginx and wrk for `bench/proxy`.
 pub const TEST_PACKAGES: &[&str] = &[
     "gcc",
     "libc6-dev",
