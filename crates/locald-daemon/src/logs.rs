@@ -148,14 +148,20 @@ mod tests {
         LogLine { service: service.into(), micros, stream: "out".into(), line: line.into() }
     }
 
-    #[test]
-    fn rotation_keeps_every_line_within_the_kept_files() {
+    /// `web`'s log of "line 0" to "line 99", rotated on the way (1000-byte files).
+    fn rotated_log() -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
         let mut log = LogFile::with_max(dir.path(), "web", 1000).unwrap();
         for n in 0..100 {
             log.append(&record("web", n, &format!("line {n}"))).unwrap();
         }
         log.flush().unwrap();
+        dir
+    }
+
+    #[test]
+    fn rotation_keeps_every_line_within_the_kept_files() {
+        let dir = rotated_log();
         assert!(dir.path().join("web.log.1").exists());
         let lines = read_service(dir.path(), "web", None).unwrap();
         assert_eq!(lines.len(), 100);
@@ -164,12 +170,7 @@ mod tests {
 
     #[test]
     fn last_lines_are_the_end_of_the_rotated_log_and_nothing_without_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut log = LogFile::with_max(dir.path(), "web", 1000).unwrap();
-        for n in 0..100 {
-            log.append(&record("web", n, &format!("line {n}"))).unwrap();
-        }
-        log.flush().unwrap();
+        let dir = rotated_log();
         let expected: Vec<String> = (80..100).map(|n| format!("line {n}")).collect();
         assert_eq!(last_lines(dir.path(), "web", 20), expected);
         assert!(last_lines(dir.path(), "missing", 20).is_empty());
