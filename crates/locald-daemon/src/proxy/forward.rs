@@ -6,32 +6,17 @@
 //! HTTP/1.1 upgrade to the service; after the switch, bytes are copied both ways.
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
-use hyper::header::{CONNECTION, EXPECT, HOST, HeaderMap, HeaderName, HeaderValue, UPGRADE};
-use hyper::{Method, Request, Response, StatusCode, Version};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper::header::{
+    CONNECTION, EXPECT, HOST, HeaderMap, HeaderName, HeaderValue, TE, TRANSFER_ENCODING, UPGRADE,
+};
+use hyper::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper_util::rt::TokioIo;
 
 use super::Body;
-
-/// Pooled keep-alive HTTP/1.1 connections to the services.
-pub type Backend = Client<HttpConnector, Body>;
-
-pub fn backend() -> Backend {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(Duration::from_secs(5)));
-    Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(30))
-        // The client's own Host goes through; the service should see the name it was asked by.
-        .set_host(false)
-        .build(connector)
-}
+use super::upstream::{UpstreamError, Upstreams};
 
 /// Who asked, and over what.
 #[derive(Clone, Copy)]
@@ -43,7 +28,7 @@ pub struct Peer {
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
     #[error("{0}")]
-    Backend(#[from] hyper_util::client::legacy::Error),
+    Backend(#[from] UpstreamError),
     #[error("{0}")]
     Request(#[from] hyper::http::Error),
 }
@@ -59,8 +44,15 @@ impl ForwardError {
     }
 }
 
-const HOP_BY_HOP: [&str; 6] =
-    ["connection", "proxy-connection", "keep-alive", "te", "transfer-encoding", "upgrade"];
+// Parsed once: looking a field up by a string name parses the name on every request.
+const HOP_BY_HOP: [HeaderName; 6] = [
+    CONNECTION,
+    HeaderName::from_static("proxy-connection"),
+    HeaderName::from_static("keep-alive"),
+    TE,
+    TRANSFER_ENCODING,
+    UPGRADE,
+];
 
 /// Removes the fields that describe one connection, not the message: the fixed list of RFC 9110
 /// §7.6.1 and every field `Connection` names.
@@ -75,36 +67,51 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
 }
 
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+
 /// `X-Forwarded-For` (appended), `-Proto`, `-Host` and `Forwarded` (appended).
-pub fn add_forwarded(headers: &mut HeaderMap, peer: Peer, host: Option<&str>) {
+pub fn add_forwarded(headers: &mut HeaderMap, peer: Peer, host: Option<&HeaderValue>) {
+    use std::fmt::Write;
     let ip = peer.addr.ip();
     let proto = if peer.tls { "https" } else { "http" };
-    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(earlier) => format!("{earlier}, {ip}"),
-        None => ip.to_string(),
-    };
-    insert(headers, "x-forwarded-for", &xff);
-    insert(headers, "x-forwarded-proto", proto);
-    let node = if ip.is_ipv6() { format!("\"[{ip}]\"") } else { ip.to_string() };
-    let mut element = format!("for={node};proto={proto}");
-    if let Some(host) = host {
-        insert(headers, "x-forwarded-host", host);
-        element.push_str(&format!(";host=\"{}\"", host.replace(['"', '\\'], "")));
+    let mut xff = String::new();
+    if let Some(earlier) = headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        let _ = write!(xff, "{earlier}, ");
     }
-    let forwarded = match headers.get("forwarded").and_then(|v| v.to_str().ok()) {
-        Some(earlier) => format!("{earlier}, {element}"),
-        None => element,
-    };
-    insert(headers, "forwarded", &forwarded);
+    let _ = write!(xff, "{ip}");
+    insert(headers, X_FORWARDED_FOR, xff);
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    let mut forwarded = String::new();
+    if let Some(earlier) = headers.get(&FORWARDED).and_then(|v| v.to_str().ok()) {
+        let _ = write!(forwarded, "{earlier}, ");
+    }
+    match ip {
+        std::net::IpAddr::V6(ip) => write!(forwarded, "for=\"[{ip}]\";proto={proto}"),
+        std::net::IpAddr::V4(ip) => write!(forwarded, "for={ip};proto={proto}"),
+    }
+    .unwrap_or_default();
+    if let Some(value) = host
+        && let Ok(host) = value.to_str()
+    {
+        headers.insert(X_FORWARDED_HOST, value.clone());
+        forwarded.push_str(";host=\"");
+        forwarded.extend(host.chars().filter(|c| !matches!(c, '"' | '\\')));
+        forwarded.push('"');
+    }
+    insert(headers, FORWARDED, forwarded);
 }
 
-fn insert(headers: &mut HeaderMap, name: &'static str, value: &str) {
-    if let Ok(value) = HeaderValue::from_str(value) {
+/// Sets a field to a value made for it (no copy; left out if not a valid field value).
+fn insert(headers: &mut HeaderMap, name: HeaderName, value: String) {
+    if let Ok(value) = HeaderValue::try_from(value) {
         headers.insert(name, value);
     }
 }
@@ -131,9 +138,10 @@ fn extended_connect(req: &Request<Incoming>) -> Option<HeaderValue> {
     HeaderValue::from_str(protocol.as_str()).ok()
 }
 
-/// Sends `req` to the service on `port` and returns its answer, streaming.
+/// Sends `req` to the service on `port` over one of the client connection's `upstreams` and
+/// returns its answer, streaming.
 pub async fn forward(
-    backend: &Backend,
+    upstreams: &Upstreams,
     mut req: Request<Incoming>,
     port: u16,
     peer: Peer,
@@ -154,30 +162,27 @@ pub async fn forward(
     {
         headers.insert(HOST, value);
     }
-    let host = headers.get(HOST).and_then(|h| h.to_str().ok()).map(str::to_owned);
-    add_forwarded(&mut headers, peer, host.as_deref());
+    let host = headers.get(HOST).cloned();
+    add_forwarded(&mut headers, peer, host.as_ref());
     if let Some(protocol) = &protocol {
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(UPGRADE, protocol.clone());
         if h2_protocol.is_some() {
             // RFC 8441 drops the key/accept handshake; the HTTP/1.1 service still wants one.
-            insert(&mut headers, "sec-websocket-key", &websocket_key());
+            insert(&mut headers, HeaderName::from_static("sec-websocket-key"), websocket_key());
         }
     }
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    // Origin-form, as a service expects from a client that is not a proxy (RFC 9112 §3.2.1).
+    let uri = parts.uri.path_and_query().cloned().map_or_else(|| Uri::from_static("/"), Uri::from);
     let (method, body) = if h2_protocol.is_some() {
         (Method::GET, Empty::new().map_err(|never| match never {}).boxed())
     } else {
         (parts.method, body.boxed())
     };
-    let mut out = Request::builder()
-        .method(method)
-        .uri(format!("http://127.0.0.1:{port}{path}"))
-        .version(Version::HTTP_11)
-        .body(body)?;
+    let mut out = Request::builder().method(method).uri(uri).version(Version::HTTP_11).body(body)?;
     *out.headers_mut() = headers;
 
-    let mut response = backend.request(out).await?;
+    let mut response = upstreams.send(port, out).await?;
 
     if let (Some(client_upgrade), Some(protocol)) = (client_upgrade, protocol)
         && response.status() == StatusCode::SWITCHING_PROTOCOLS
@@ -251,11 +256,18 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert("x-forwarded-for", HeaderValue::from_static("192.0.2.7"));
         let peer = Peer { addr: "[::1]:5000".parse().unwrap(), tls: true };
-        add_forwarded(&mut headers, peer, Some("shop.localhost"));
+        add_forwarded(&mut headers, peer, Some(&HeaderValue::from_static("shop.localhost")));
         assert_eq!(headers["x-forwarded-for"], "192.0.2.7, ::1");
         assert_eq!(headers["x-forwarded-proto"], "https");
         assert_eq!(headers["x-forwarded-host"], "shop.localhost");
         assert_eq!(headers["forwarded"], "for=\"[::1]\";proto=https;host=\"shop.localhost\"");
+
+        // A quote in the host cannot end the quoted string early (RFC 7239 §4).
+        let mut headers = HeaderMap::new();
+        let peer = Peer { addr: "127.0.0.1:5000".parse().unwrap(), tls: false };
+        add_forwarded(&mut headers, peer, Some(&HeaderValue::from_static("a\"b\\c.localhost")));
+        assert_eq!(headers["forwarded"], "for=127.0.0.1;proto=http;host=\"abc.localhost\"");
+        assert_eq!(headers["x-forwarded-proto"], "http");
     }
 
     #[test]

@@ -1,14 +1,16 @@
 //! The HTTPS/HTTP reverse proxy: every running service at `https://<name>.localhost`. It runs on
 //! threads of its own (a single-threaded runtime per core), so heavy traffic never delays the
 //! supervisor, on listeners from [`listeners`]; [`routes`] maps host names to services, [`tls`]
-//! issues certificates for routed names only, [`forward`] streams requests to the services, and
-//! [`pages`] answers when a service cannot.
+//! issues certificates for routed names only, [`forward`] streams requests to the services over
+//! each client connection's own [`upstream`] connections, and [`pages`] answers when a service
+//! cannot.
 
 pub mod forward;
 pub mod listeners;
 pub mod pages;
 pub mod routes;
 pub mod tls;
+pub mod upstream;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -28,8 +30,9 @@ use locald_core::ipc::{ProjectStatus, ProxyStatus, ServiceState};
 
 use crate::supervisor::Project;
 use crate::tls::ca::LeafCache;
-use forward::{Backend, Peer};
+use forward::Peer;
 use routes::{INDEX_HOST, Routes};
+use upstream::Upstreams;
 
 /// Every response body the proxy sends: a service's, streamed, or one of its own pages.
 pub type Body = BoxBody<Bytes, hyper::Error>;
@@ -91,8 +94,9 @@ impl Proxy {
             listening.push((listener, tls.then(|| acceptor.clone())));
         }
         // Thread per core: each thread a single-threaded runtime accepting on every listener
-        // (the kernel hands each connection to one of them) with its own pool of connections to
-        // the services, so a request never crosses threads or contends on a shared pool.
+        // (the kernel hands each connection to one of them); a client connection's requests go
+        // over its own connections to the services (`upstream`), so a request never crosses
+        // threads or contends on a shared pool.
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, MAX_THREADS);
         for n in 0..threads {
             let mut mine = Vec::new();
@@ -102,10 +106,6 @@ impl Proxy {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let shared = Arc::new(Shared {
                 routes: routes.clone(),
-                backend: {
-                    let _inside = runtime.enter();
-                    forward::backend()
-                },
                 status: status.clone(),
                 connections: connections.clone(),
             });
@@ -148,7 +148,6 @@ impl Proxy {
 
 struct Shared {
     routes: Arc<Routes>,
-    backend: Backend,
     status: ProxyStatus,
     connections: auto::Builder<TokioExecutor>,
 }
@@ -189,14 +188,21 @@ where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let handler = shared.clone();
+    let upstreams = Arc::new(Upstreams::default());
     let service = service_fn(move |req| {
         let shared = handler.clone();
-        async move { Ok::<_, Infallible>(handle(req, &shared, peer).await) }
+        let upstreams = upstreams.clone();
+        async move { Ok::<_, Infallible>(handle(req, &shared, &upstreams, peer).await) }
     });
     let _ = shared.connections.serve_connection_with_upgrades(io, service).await;
 }
 
-async fn handle(req: Request<Incoming>, shared: &Shared, peer: Peer) -> Response<Body> {
+async fn handle(
+    req: Request<Incoming>,
+    shared: &Shared,
+    upstreams: &Upstreams,
+    peer: Peer,
+) -> Response<Body> {
     let table = shared.routes.current();
     let raw_host = match req.uri().authority() {
         Some(authority) => Some(authority.as_str()),
@@ -223,7 +229,7 @@ async fn handle(req: Request<Incoming>, shared: &Shared, peer: Peer) -> Response
     let service = &handle.service;
     match state {
         ServiceState::Running | ServiceState::Healthy | ServiceState::Unhealthy => {
-            match forward::forward(&shared.backend, req, service.port, peer).await {
+            match forward::forward(upstreams, req, service.port, peer).await {
                 Ok(response) => response,
                 Err(e) => pages::unreachable(project, &service.name, service.port, &e.cause()),
             }
