@@ -77,36 +77,55 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 
+/// This hop's `X-Forwarded-For` and `Forwarded` values, each appended to the earlier hops' value
+/// when there is one, and its `X-Forwarded-Proto`. One formatter for hyper's path and
+/// [`super::h1`]'s, so the service sees the same fields whichever path its request took.
+pub struct Forwarded {
+    pub xff: String,
+    pub proto: &'static str,
+    pub forwarded: String,
+}
+
+impl Forwarded {
+    pub fn new(peer: Peer, earlier_xff: Option<&str>, earlier: Option<&str>, host: Option<&str>) -> Self {
+        use std::fmt::Write;
+        let ip = peer.addr.ip();
+        let proto = if peer.tls { "https" } else { "http" };
+        let mut xff = String::new();
+        if let Some(earlier) = earlier_xff {
+            let _ = write!(xff, "{earlier}, ");
+        }
+        let _ = write!(xff, "{ip}");
+        let mut forwarded = String::new();
+        if let Some(earlier) = earlier {
+            let _ = write!(forwarded, "{earlier}, ");
+        }
+        match ip {
+            std::net::IpAddr::V6(ip) => write!(forwarded, "for=\"[{ip}]\";proto={proto}"),
+            std::net::IpAddr::V4(ip) => write!(forwarded, "for={ip};proto={proto}"),
+        }
+        .unwrap_or_default();
+        if let Some(host) = host {
+            // A quote or backslash could end the quoted string early (RFC 7239 §4).
+            forwarded.push_str(";host=\"");
+            forwarded.extend(host.chars().filter(|c| !matches!(c, '"' | '\\')));
+            forwarded.push('"');
+        }
+        Forwarded { xff, proto, forwarded }
+    }
+}
+
 /// `X-Forwarded-For` (appended), `-Proto`, `-Host` and `Forwarded` (appended).
 pub fn add_forwarded(headers: &mut HeaderMap, peer: Peer, host: Option<&HeaderValue>) {
-    use std::fmt::Write;
-    let ip = peer.addr.ip();
-    let proto = if peer.tls { "https" } else { "http" };
-    let mut xff = String::new();
-    if let Some(earlier) = headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        let _ = write!(xff, "{earlier}, ");
-    }
-    let _ = write!(xff, "{ip}");
-    insert(headers, X_FORWARDED_FOR, xff);
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-    let mut forwarded = String::new();
-    if let Some(earlier) = headers.get(&FORWARDED).and_then(|v| v.to_str().ok()) {
-        let _ = write!(forwarded, "{earlier}, ");
-    }
-    match ip {
-        std::net::IpAddr::V6(ip) => write!(forwarded, "for=\"[{ip}]\";proto={proto}"),
-        std::net::IpAddr::V4(ip) => write!(forwarded, "for={ip};proto={proto}"),
-    }
-    .unwrap_or_default();
-    if let Some(value) = host
-        && let Ok(host) = value.to_str()
-    {
+    let text = |name: &HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    let host_text = host.and_then(|v| v.to_str().ok());
+    let values = Forwarded::new(peer, text(&X_FORWARDED_FOR), text(&FORWARDED), host_text);
+    insert(headers, X_FORWARDED_FOR, values.xff);
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(values.proto));
+    if let (Some(value), Some(_)) = (host, host_text) {
         headers.insert(X_FORWARDED_HOST, value.clone());
-        forwarded.push_str(";host=\"");
-        forwarded.extend(host.chars().filter(|c| !matches!(c, '"' | '\\')));
-        forwarded.push('"');
     }
-    insert(headers, FORWARDED, forwarded);
+    insert(headers, FORWARDED, values.forwarded);
 }
 
 /// Sets a field to a value made for it (no copy; left out if not a valid field value).

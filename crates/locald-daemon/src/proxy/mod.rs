@@ -6,6 +6,7 @@
 //! cannot.
 
 pub mod forward;
+pub mod h1;
 pub mod listeners;
 pub mod pages;
 pub mod routes;
@@ -174,12 +175,50 @@ async fn accept(listener: tokio::net::TcpListener, shared: Arc<Shared>, tls: Opt
                     if let Ok(Ok(stream)) =
                         tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
                     {
-                        serve(TokioIo::new(stream), shared, peer).await;
+                        if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                            serve(TokioIo::new(stream), shared, peer).await;
+                        } else {
+                            serve_h1(stream, shared, peer).await;
+                        }
                     }
                 }
-                None => serve(TokioIo::new(stream), shared, peer).await,
+                None => serve_h1(stream, shared, peer).await,
             }
         });
+    }
+}
+
+/// An HTTP/1 client connection: the fast path ([`h1`]) while it can, then hyper's.
+async fn serve_h1<S>(io: S, shared: Arc<Shared>, peer: Peer)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let route = |host: &str| forwardable(&shared, host, peer.tls);
+    if let h1::Outcome::Fallback(io) = h1::serve(io, peer, HEADER_TIMEOUT, route).await {
+        serve(TokioIo::new(io), shared, peer).await;
+    }
+}
+
+/// The route for `raw_host` when [`handle`] would forward its request as it is: a running
+/// service, and no redirect to HTTPS. Everything else is answered on hyper's path.
+fn forwardable(shared: &Shared, raw_host: &str, tls: bool) -> Option<routes::Route> {
+    let host = routes::normalize_host(raw_host).filter(|h| h != INDEX_HOST)?;
+    let route = shared.routes.current().get(&host)?.clone();
+    if !tls && route.project.config.project.https_redirect {
+        return None;
+    }
+    let state = route.handle().status.borrow().state;
+    matches!(state, ServiceState::Running | ServiceState::Healthy | ServiceState::Unhealthy).then_some(route)
+}
+
+impl h1::Target for routes::Route {
+    fn port(&self) -> u16 {
+        self.handle().service.port
+    }
+
+    fn unreachable(&self, cause: &str) -> Response<Body> {
+        let service = &self.handle().service;
+        pages::unreachable(&self.project.config.project.name, &service.name, service.port, cause)
     }
 }
 
