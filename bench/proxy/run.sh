@@ -23,7 +23,24 @@ chmod 755 "$work"
 export XDG_RUNTIME_DIR=$work/run XDG_STATE_HOME=$work/state XDG_DATA_HOME=$work/data HOME=$work/home LOCALD_ALLOW_ROOT=1
 mkdir -p "$XDG_RUNTIME_DIR" "$XDG_STATE_HOME" "$XDG_DATA_HOME" "$HOME" "$work/project" "$work/peer"
 hosts_added=
+# Scheduler autogroups (one CPU share per session) would decide this benchmark instead of the
+# proxies: the daemon runs in a session of its own and its service, the backend, shares that one
+# share with locald's proxy, while nginx daemonizes into a session and a share of its own. With
+# autogroups off every thread competes alike; as root the script turns them off for the run.
+autogroup=/proc/sys/kernel/sched_autogroup_enabled
+autogroup_restore=
+scheduling="autogroups off"
+if [ -r "$autogroup" ] && [ "$(cat "$autogroup")" = 1 ]; then
+    if [ -w "$autogroup" ]; then
+        echo 0 >"$autogroup"
+        autogroup_restore=1
+    else
+        scheduling="autogroups ON (not root): the backend shares locald's CPU share, locald is at a disadvantage"
+        echo "note: $scheduling" >&2
+    fi
+fi
 cleanup() {
+    if [ -n "$autogroup_restore" ]; then echo 1 >"$autogroup"; fi
     if [ -f "$work/peer/nginx.pid" ]; then kill "$(cat "$work/peer/nginx.pid")" 2>/dev/null || true; fi
     "$locald" server stop >/dev/null 2>&1 || true
     if [ -n "$hosts_added" ]; then sed -i "/# locald-bench-proxy$/d" /etc/hosts; fi
@@ -184,7 +201,7 @@ for t in "${targets[@]}"; do
     r[$t]=$(median "${r[$t]}")
 done
 
-printf '\nbench/proxy: wrk -t2 -c%s -d%ss, median of %s rounds, %s, %s cores; locald proxy on %s/%s\n\n' "$conns" "$secs" "$rounds" "$(date -u +%F)" "$(nproc)" "$https_port" "$http_port"
+printf '\nbench/proxy: wrk -t2 -c%s -d%ss, median of %s rounds, %s, %s cores, %s; locald proxy on %s/%s\n\n' "$conns" "$secs" "$rounds" "$(date -u +%F)" "$(nproc)" "$scheduling" "$https_port" "$http_port"
 printf '| benchmark | direct | nginx | locald | locald/nginx | locald/direct |\n|---|---|---|---|---|---|\n'
 row() { # label direct nginx locald  (each "rps p99")
     python3 - "$@" <<'PY'

@@ -37,8 +37,6 @@ const MAX_HEAD: usize = 64 * 1024;
 const MAX_HEADERS: usize = 100;
 /// Bytes read from a socket at a time.
 const READ_CHUNK: usize = 16 * 1024;
-/// Longest a service may take to accept a connection.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest line of a chunked body's framing (size and extensions, or a trailer field).
 const MAX_CHUNK_LINE: usize = 4096;
 
@@ -274,10 +272,7 @@ fn still_open(stream: &TcpStream) -> bool {
 }
 
 async fn connect(port: u16) -> io::Result<Upstream> {
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(("127.0.0.1", port)))
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the service did not accept within 5 s"))??;
-    stream.set_nodelay(true)?;
+    let stream = super::upstream::connect_service(port).await?;
     Ok(Upstream { port, stream, buf: BytesMut::with_capacity(READ_CHUNK) })
 }
 

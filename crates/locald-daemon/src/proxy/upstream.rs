@@ -113,11 +113,17 @@ fn replayable(req: &Request<Body>) -> Option<Request<Body>> {
     Some(again)
 }
 
-async fn connect(port: u16) -> Result<Connection, UpstreamError> {
+/// A new connection to the service on `port` (both of the proxy's paths connect through here).
+pub async fn connect_service(port: u16) -> io::Result<tokio::net::TcpStream> {
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(("127.0.0.1", port)))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the service did not accept within 5 s"))??;
     stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+async fn connect(port: u16) -> Result<Connection, UpstreamError> {
+    let stream = connect_service(port).await?;
     let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
     // Ends when the response is done and every sender is gone, or when the connection is
     // upgraded (WebSockets), which hands the socket over to the upgrade.
