@@ -18,4 +18,8 @@ while [ "$(wc -l < /sys/fs/cgroup/killme/cgroup.procs)" -lt 3 ]; do sleep 0.05; 
 echo 1 > /sys/fs/cgroup/killme/cgroup.kill
 n=0
 while [ -s /sys/fs/cgroup/killme/cgroup.procs ]; do n=$((n + 1)); [ $n -lt 100 ] || exit 1; sleep 0.05; done
+# cgroup.procs no longer lists a task that has begun to exit, but the cgroup stays populated (and
+# rmdir fails with EBUSY) until every task has finished exiting: cgroup.events says when.
+n=0
+until grep -qx 'populated 0' /sys/fs/cgroup/killme/cgroup.events; do n=$((n + 1)); [ $n -lt 100 ] || exit 1; sleep 0.05; done
 rmdir /sys/fs/cgroup/killme
