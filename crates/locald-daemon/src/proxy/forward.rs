@@ -45,7 +45,7 @@ impl ForwardError {
 }
 
 // Parsed once: looking a field up by a string name parses the name on every request.
-const HOP_BY_HOP: [HeaderName; 6] = [
+pub const HOP_BY_HOP: [HeaderName; 6] = [
     CONNECTION,
     HeaderName::from_static("proxy-connection"),
     HeaderName::from_static("keep-alive"),
@@ -72,10 +72,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 
 /// This hop's `X-Forwarded-For` and `Forwarded` values, each appended to the earlier hops' value
 /// when there is one, and its `X-Forwarded-Proto`. One formatter for hyper's path and

@@ -18,6 +18,7 @@
 //! closed after it. 1xx answers other than 101 are passed on before the final one.
 
 use std::io;
+use std::io::Write as _;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -29,7 +30,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::Body;
-use super::forward::{Forwarded, Peer};
+use super::forward::{
+    FORWARDED, Forwarded, HOP_BY_HOP, Peer, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO,
+};
 
 /// Largest request or response head taken (hyper's path answers a larger request with 431).
 const MAX_HEAD: usize = 64 * 1024;
@@ -177,6 +180,24 @@ fn eq(a: &str, b: &str) -> bool {
     a.eq_ignore_ascii_case(b)
 }
 
+/// One of the fields RFC 9110 §7.6.1 says describe a connection, not the message (the list
+/// hyper's path strips).
+fn hop_by_hop(name: &str) -> bool {
+    HOP_BY_HOP.iter().any(|hop| eq(name, hop.as_str()))
+}
+
+/// The comma-separated tokens of a field value such as `Connection`'s.
+fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value.split(|&b| b == b',').map(<[u8]>::trim_ascii)
+}
+
+fn put_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
 /// Reads the request head in `buf` and, when the fast path can take it, writes the head to send
 /// to the service into `out`.
 fn plan_request<T>(
@@ -220,7 +241,7 @@ fn plan_request<T>(
         } else if ["transfer-encoding", "upgrade", "expect", "http2-settings"].iter().any(|n| eq(name, n)) {
             return Parsed::Other;
         } else if eq(name, "connection") {
-            for token in field.value.split(|&b| b == b',').map(|t| t.trim_ascii()) {
+            for token in tokens(field.value) {
                 if token.eq_ignore_ascii_case(b"close") {
                     close = true;
                 } else if !token.is_empty() && !token.eq_ignore_ascii_case(b"keep-alive") {
@@ -229,40 +250,34 @@ fn plan_request<T>(
                 }
             }
             continue;
-        } else if ["keep-alive", "proxy-connection", "te", "x-forwarded-proto", "x-forwarded-host"]
-            .iter()
-            .any(|n| eq(name, n))
+        } else if hop_by_hop(name)
+            || eq(name, X_FORWARDED_PROTO.as_str())
+            || eq(name, X_FORWARDED_HOST.as_str())
         {
             continue;
-        } else if eq(name, "x-forwarded-for") || eq(name, "forwarded") {
-            let slot = if eq(name, "forwarded") { &mut earlier } else { &mut xff };
+        } else if eq(name, X_FORWARDED_FOR.as_str()) || eq(name, FORWARDED.as_str()) {
+            let slot = if eq(name, FORWARDED.as_str()) { &mut earlier } else { &mut xff };
             if slot.is_some() || text().is_none() {
                 return Parsed::Other;
             }
             *slot = text();
             continue;
         }
-        out.extend_from_slice(name.as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(field.value);
-        out.extend_from_slice(b"\r\n");
+        put_field(out, name.as_bytes(), field.value);
     }
     let Some(host) = host else { return Parsed::Other };
     let Some(target) = route(host) else { return Parsed::Other };
     let values = Forwarded::new(peer, xff, earlier, Some(host));
     for (name, value) in [
-        ("x-forwarded-for", values.xff.as_str()),
-        ("x-forwarded-proto", values.proto),
-        ("x-forwarded-host", host),
-        ("forwarded", values.forwarded.as_str()),
+        (X_FORWARDED_FOR, values.xff.as_str()),
+        (X_FORWARDED_PROTO, values.proto),
+        (X_FORWARDED_HOST, host),
+        (FORWARDED, values.forwarded.as_str()),
     ] {
-        out.extend_from_slice(name.as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        put_field(out, name.as_str().as_bytes(), value.as_bytes());
     }
     out.extend_from_slice(b"\r\n");
-    let replayable = ["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"].contains(&method);
+    let replayable = hyper::Method::from_bytes(method.as_bytes()).is_ok_and(|m| m.is_idempotent());
     Parsed::Complete(RequestPlan { head_len, head_request: method == "HEAD", replayable, close }, target)
 }
 
@@ -369,7 +384,7 @@ fn plan_response(
     let mut length: Option<u64> = None;
     for field in res.headers.iter() {
         if eq(field.name, "connection") {
-            for token in field.value.split(|&b| b == b',').map(|t| t.trim_ascii()) {
+            for token in tokens(field.value) {
                 if token.eq_ignore_ascii_case(b"close") {
                     close = true;
                 } else if token.eq_ignore_ascii_case(b"keep-alive") {
@@ -402,22 +417,19 @@ fn plan_response(
             (None, Some(n)) => Framing::Length(n),
         }
     };
-    out.extend_from_slice(format!("HTTP/1.1 {code} ").as_bytes());
+    let _ = write!(out, "HTTP/1.1 {code} ");
     out.extend_from_slice(res.reason.unwrap_or_default().as_bytes());
     out.extend_from_slice(b"\r\n");
     for field in res.headers.iter() {
         let name = field.name;
-        let hop = ["connection", "keep-alive", "proxy-connection", "upgrade", "te"].iter().any(|n| eq(name, n))
+        // Transfer-Encoding stays: the body passes through in the coding it names.
+        let hop = (hop_by_hop(name) && !eq(name, "transfer-encoding"))
             || named.iter().any(|n| n.eq_ignore_ascii_case(name.as_bytes()))
             // A sender must not send both (RFC 9112 §6.2); the coding frames the message.
             || (chunked.is_some() && eq(name, "content-length"));
-        if hop {
-            continue;
+        if !hop {
+            put_field(out, name.as_bytes(), field.value);
         }
-        out.extend_from_slice(name.as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(field.value);
-        out.extend_from_slice(b"\r\n");
     }
     if framing == Framing::UntilClose || request.close {
         out.extend_from_slice(b"connection: close\r\n");
@@ -620,10 +632,7 @@ async fn write_page<S: AsyncWrite + Unpin>(client: &mut S, page: Response<Body>)
         format!("HTTP/1.1 {} {}\r\n", parts.status.as_u16(), parts.status.canonical_reason().unwrap_or(""))
             .into_bytes();
     for (name, value) in &parts.headers {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        put_field(&mut out, name.as_str().as_bytes(), value.as_bytes());
     }
     out.extend_from_slice(format!("content-length: {}\r\nconnection: close\r\n\r\n", body.len()).as_bytes());
     out.extend_from_slice(&body);

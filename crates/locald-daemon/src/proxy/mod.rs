@@ -202,13 +202,58 @@ where
 /// The route for `raw_host` when [`handle`] would forward its request as it is: a running
 /// service, and no redirect to HTTPS. Everything else is answered on hyper's path.
 fn forwardable(shared: &Shared, raw_host: &str, tls: bool) -> Option<routes::Route> {
-    let host = routes::normalize_host(raw_host).filter(|h| h != INDEX_HOST)?;
-    let route = shared.routes.current().get(&host)?.clone();
-    if !tls && route.project.config.project.https_redirect {
-        return None;
+    match decide(&shared.routes.current(), Some(raw_host), tls) {
+        Decision::Service { route, state, .. } if Traffic::of(state) == Traffic::Forward => Some(route),
+        _ => None,
     }
-    let state = route.handle().status.borrow().state;
-    matches!(state, ServiceState::Running | ServiceState::Healthy | ServiceState::Unhealthy).then_some(route)
+}
+
+/// What a request for a host gets, decided in one place for hyper's path and the fast path.
+enum Decision {
+    /// The unknown-host page, naming the host when there was a usable one.
+    Unknown(Option<String>),
+    /// A 308 to HTTPS for this host (plain HTTP to a project with `https_redirect`).
+    Redirect(String),
+    Service {
+        route: routes::Route,
+        state: ServiceState,
+        exit: Option<i32>,
+    },
+}
+
+fn decide(table: &routes::RouteTable, raw_host: Option<&str>, tls: bool) -> Decision {
+    let Some(host) = raw_host.and_then(routes::normalize_host).filter(|h| h != INDEX_HOST) else {
+        return Decision::Unknown(None);
+    };
+    let Some(route) = table.get(&host).cloned() else {
+        return Decision::Unknown(Some(host));
+    };
+    if !tls && route.project.config.project.https_redirect {
+        return Decision::Redirect(host);
+    }
+    let (state, exit) = {
+        let snapshot = route.handle().status.borrow();
+        (snapshot.state, snapshot.exit.map(crate::supervisor::process::Exit::code))
+    };
+    Decision::Service { route, state, exit }
+}
+
+/// What a service's state means for a request to it.
+#[derive(PartialEq)]
+enum Traffic {
+    Forward,
+    Starting,
+    Down,
+}
+
+impl Traffic {
+    fn of(state: ServiceState) -> Self {
+        match state {
+            ServiceState::Running | ServiceState::Healthy | ServiceState::Unhealthy => Traffic::Forward,
+            ServiceState::Waiting | ServiceState::Starting | ServiceState::BackingOff => Traffic::Starting,
+            ServiceState::Stopped | ServiceState::Failed | ServiceState::Completed => Traffic::Down,
+        }
+    }
 }
 
 impl h1::Target for routes::Route {
@@ -247,36 +292,28 @@ async fn handle(
         Some(authority) => Some(authority.as_str()),
         None => req.headers().get(HOST).and_then(|h| h.to_str().ok()),
     };
-    let Some(host) = raw_host.and_then(routes::normalize_host).filter(|h| h != INDEX_HOST) else {
-        return pages::unknown_host(None, &table, &shared.status, peer.tls);
-    };
-    let Some(route) = table.get(&host).cloned() else {
-        return pages::unknown_host(Some(&host), &table, &shared.status, peer.tls);
+    let (route, state, exit) = match decide(&table, raw_host, peer.tls) {
+        Decision::Unknown(host) => {
+            return pages::unknown_host(host.as_deref(), &table, &shared.status, peer.tls);
+        }
+        Decision::Redirect(host) => {
+            // Upgrades too: a WebSocket client that is sent to https:// must come back with wss://.
+            let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+            return pages::redirect(&pages::https_location(&host, &shared.status, path));
+        }
+        Decision::Service { route, state, exit } => (route, state, exit),
     };
     drop(table);
-    if !peer.tls && route.project.config.project.https_redirect {
-        // Upgrades too: a WebSocket client that is sent to https:// must come back with wss://.
-        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-        return pages::redirect(&pages::https_location(&host, &shared.status, path));
-    }
     let handle = route.handle();
-    let (state, exit) = {
-        let snapshot = handle.status.borrow();
-        (snapshot.state, snapshot.exit.map(crate::supervisor::process::Exit::code))
-    };
     let project = route.project.config.project.name.as_str();
     let service = &handle.service;
-    match state {
-        ServiceState::Running | ServiceState::Healthy | ServiceState::Unhealthy => {
-            match forward::forward(upstreams, req, service.port, peer).await {
-                Ok(response) => response,
-                Err(e) => pages::unreachable(project, &service.name, service.port, &e.cause()),
-            }
-        }
-        ServiceState::Waiting | ServiceState::Starting | ServiceState::BackingOff => {
-            pages::starting(project, &service.name, state.as_str())
-        }
-        ServiceState::Stopped | ServiceState::Failed | ServiceState::Completed => {
+    match Traffic::of(state) {
+        Traffic::Forward => match forward::forward(upstreams, req, service.port, peer).await {
+            Ok(response) => response,
+            Err(e) => pages::unreachable(project, &service.name, service.port, &e.cause()),
+        },
+        Traffic::Starting => pages::starting(project, &service.name, state.as_str()),
+        Traffic::Down => {
             let dir = route.project.log_dir.clone();
             let name = service.name.clone();
             let lines =
