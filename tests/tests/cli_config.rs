@@ -120,3 +120,23 @@ fn image_services_that_cannot_run_are_refused_up_front(#[case] service: &str, #[
     assert!(stderr.contains(expected), "expected {expected:?} in {stderr:?}");
     assert_eq!(daemon.status(), serde_json::json!([]), "nothing may have started");
 }
+
+/// `locald completions bash | head -c0`: the reader is gone before locald writes. Rust ignores
+/// SIGPIPE, so `println!` would panic on EPIPE; the CLI must end as `ls` does, quietly.
+#[rstest]
+#[case::completions(&["completions", "bash"])]
+#[case::status(&["status"])]
+fn a_closed_stdout_ends_the_cli_quietly(#[case] args: &[&str]) {
+    use std::os::unix::process::ExitStatusExt;
+    let daemon = Daemon::new();
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = daemon.cmd().args(args).stdout(writer).stderr(std::process::Stdio::piped()).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "locald {args:?} panicked on a closed stdout: {stderr}");
+    assert!(
+        out.status.signal() == Some(libc::SIGPIPE) || out.status.success(),
+        "locald {args:?} should end by SIGPIPE like ls: {:?} {stderr}",
+        out.status
+    );
+}

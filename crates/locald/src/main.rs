@@ -9,6 +9,9 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
+    if !matches!(cli.command, cli::Command::Server { command: cli::ServerCommand::Start }) {
+        quiet_on_closed_stdout();
+    }
     match commands::run(cli) {
         Ok(code) => code,
         Err(err) => {
@@ -17,4 +20,14 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `locald status | grep -q x` closes our stdout early: end quietly, as `ls | head` does, instead
+/// of panicking in `println!` on EPIPE (Rust ignores SIGPIPE by default). The daemon keeps the
+/// ignored SIGPIPE: a client going away must never kill it.
+fn quiet_on_closed_stdout() {
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    // SAFETY: SIG_DFL installs no handler code, and nothing else in this process has touched
+    // SIGPIPE's disposition or runs threads yet.
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
 }
