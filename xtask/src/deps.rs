@@ -11,7 +11,8 @@ use crate::util;
 /// openssl to check the CA; for the packaging suite (tests/tests/packaging.rs) Nix to parse the
 /// `.nix` files and read the flake's lock offline, and shellcheck for every shell script.
 /// Also python3 (the quickstart example and some CLI suites' services), for the proxy suites
-/// curl, certutil (libnss3-tools) and chromium (the browser test); nginx and wrk for `bench/proxy`.
+/// curl, certutil (libnss3-tools) and chromium (the browser test); nginx, wrk and h2load
+/// (nghttp2-client) for `bench/proxy`.
 pub const TEST_PACKAGES: &[&str] = &[
     "gcc",
     "libc6-dev",
@@ -28,6 +29,7 @@ pub const TEST_PACKAGES: &[&str] = &[
     "chromium",
     "nginx",
     "wrk",
+    "nghttp2-client",
 ];
 
 pub fn ensure(packages: &[&str]) -> anyhow::Result<()> {
