@@ -318,8 +318,10 @@ fn a_mixed_tree_loses_only_root_and_caller_entries() {
     assert_intact(&elsewhere.join("home"));
     assert!(!mix.join("mine").exists(), "the caller's file is removed");
     assert!(!mix.join("root/rootfs").exists(), "root's leftovers are removed");
-    let mut left: Vec<String> =
-        fs::read_dir(mix.join("root")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let mut left: Vec<String> = fs::read_dir(mix.join("root"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
     left.sort();
     assert_eq!(left, ["theirs"], "only the victim's entry keeps its parent");
 }
