@@ -235,3 +235,93 @@ fn a_bind_mount_inside_dot_locald_is_neither_crossed_nor_removed() {
     assert_intact(&victim);
     assert!(!project.join(".locald/vol/other").exists(), "the rest of the tree is still removed");
 }
+
+/// `other_user`'s directory tree: the caller may not remove any of it themselves.
+fn victims_tree(p: &Privileged, dir: &Path) {
+    fs::create_dir_all(dir.join("sub")).unwrap();
+    fs::write(dir.join("precious"), "keep me").unwrap();
+    fs::write(dir.join("sub/precious"), "keep me").unwrap();
+    for path in [dir.to_owned(), dir.join("sub"), dir.join("precious"), dir.join("sub/precious")] {
+        chown(&path, Some(p.other_user.uid), Some(p.other_user.gid)).unwrap();
+    }
+}
+
+fn assert_refused_naming(out: &Output, path: &Path, uid: u32) {
+    assert_refused(out);
+    let message = text(out);
+    assert!(message.contains(&format!("{} (owned by uid {uid})", path.display())), "{message}");
+}
+
+/// Issue 17 finding 6: a directory of the caller's holding another user's subtree, renamed to
+/// `<p>/.locald`, made the victim's files removable through cleanup.
+#[test]
+fn another_users_tree_moved_into_dot_locald_is_refused_and_kept() {
+    let Some(p) = privileged() else { return };
+    let project = p.user_dir("cleanup-moved-in");
+    // The caller's drop box, where the victim made a directory of theirs.
+    let dropbox = project.join("dropbox");
+    fs::create_dir(&dropbox).unwrap();
+    chown(&dropbox, Some(p.user.uid), Some(p.user.gid)).unwrap();
+    fs::set_permissions(&dropbox, fs::Permissions::from_mode(0o777)).unwrap();
+    let vdir = dropbox.join("vdir");
+    victims_tree(p, &vdir);
+    // Control: the caller cannot remove it themselves.
+    let out = p.as_user(Path::new("/bin/rm")).arg("-rf").arg(&vdir).output().unwrap();
+    assert!(!out.status.success() && vdir.join("sub/precious").exists(), "{}", text(&out));
+
+    // The attack: the caller renames their directory to `.locald`, then asks for cleanup.
+    let locald = project.join(".locald");
+    let out = p.as_user(Path::new("/bin/mv")).arg(&dropbox).arg(&locald).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let vdir = locald.join("vdir");
+    let out = cleanup(p, &vdir);
+    assert_refused_naming(&out, &vdir, p.other_user.uid);
+    assert_intact(&vdir);
+    assert_intact(&vdir.join("sub"));
+
+    // Nor through a path below the victim's directory: it is not entered.
+    let out = cleanup(p, &vdir.join("sub"));
+    assert_refused(&out);
+    assert!(text(&out).contains(&format!("{} is owned by uid {}", vdir.display(), p.other_user.uid)));
+    assert_intact(&vdir.join("sub"));
+    assert_intact(&vdir);
+}
+
+/// Root's leftovers and the caller's own files go; another user's directory, file and a hard
+/// link to their file stay, and each is named.
+#[test]
+fn a_mixed_tree_loses_only_root_and_caller_entries() {
+    let Some(p) = privileged() else { return };
+    let project = project(p, "cleanup-mixed");
+    let mix = project.join(".locald/mix");
+    fs::create_dir(&mix).unwrap();
+    chown(&mix, Some(p.user.uid), Some(p.user.gid)).unwrap();
+    root_leftovers(&mix.join("root"));
+    fs::write(mix.join("mine"), "u").unwrap();
+    chown(mix.join("mine"), Some(p.user.uid), Some(p.user.gid)).unwrap();
+    victims_tree(p, &mix.join("root/theirs"));
+    fs::write(mix.join("their-file"), "keep me").unwrap();
+    chown(mix.join("their-file"), Some(p.other_user.uid), Some(p.other_user.gid)).unwrap();
+    // A hard link (where protected_hardlinks is off) to a file only the victim can change.
+    let elsewhere = p.scratch_dir("cleanup-mixed-victim");
+    victims_tree(p, &elsewhere.join("home"));
+    fs::hard_link(elsewhere.join("home/precious"), mix.join("link")).unwrap();
+
+    let out = cleanup(p, &mix);
+    for kept in [mix.join("root/theirs"), mix.join("their-file"), mix.join("link")] {
+        assert_refused_naming(&out, &kept, p.other_user.uid);
+    }
+    assert_intact(&mix.join("root/theirs"));
+    assert_intact(&mix.join("root/theirs/sub"));
+    assert_eq!(fs::read_to_string(mix.join("their-file")).unwrap(), "keep me");
+    assert_eq!(fs::read_to_string(mix.join("link")).unwrap(), "keep me");
+    assert_intact(&elsewhere.join("home"));
+    assert!(!mix.join("mine").exists(), "the caller's file is removed");
+    assert!(!mix.join("root/rootfs").exists(), "root's leftovers are removed");
+    let mut left: Vec<String> = fs::read_dir(mix.join("root"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["theirs"], "only the victim's entry keeps its parent");
+}

@@ -276,6 +276,42 @@ fn unmounting_a_mount_locald_did_not_make_is_refused() {
     assert_eq!(unmount_loop(p, &target).status.code(), Some(77));
 }
 
+/// Issue 17 finding 8: unmount-loop judged the mountinfo line whose path string matched the
+/// target but unmounted whatever was on top there. A foreign mount (older, so listed first)
+/// moved onto the caller's loop mount shares its path string; the caller's request must not
+/// unmount it.
+#[test]
+fn a_foreign_mount_stacked_with_the_same_path_string_is_not_unmounted() {
+    let Some(p) = privileged() else { return };
+    let project = Project::new(p, "mount-stacked");
+    let image = ext4_image(p, &project.root, p.user.uid);
+    let target = project.target();
+    // The foreign mount is made first; its parent is private, as a move needs.
+    let stage = p.scratch_dir("mount-stacked-stage");
+    mount(Some("tmpfs"), &stage, Some("tmpfs"), MsFlags::empty(), None::<&str>).unwrap();
+    mount(None::<&str>, &stage, None::<&str>, MsFlags::MS_PRIVATE, None::<&str>).unwrap();
+    let foreign = stage.join("foreign");
+    fs::create_dir(&foreign).unwrap();
+    mount(Some("tmpfs"), &foreign, Some("tmpfs"), MsFlags::empty(), None::<&str>).unwrap();
+    fs::write(foreign.join("precious"), "keep me").unwrap();
+    let out = mount_loop(p, &image, &target, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    mount(Some(&foreign), &target, None::<&str>, MsFlags::MS_MOVE, None::<&str>).unwrap();
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let shared_string = info.lines().filter(|l| l.split(' ').nth(4) == Some(&*target.to_string_lossy()));
+    assert_eq!(shared_string.count(), 2, "both mounts show the target's path: {info}");
+
+    let out = unmount_loop(p, &target);
+    let foreign_still = fs::read_to_string(target.join("precious")).ok();
+    // Undo: the foreign mount (if still there), the loop mount, the stage.
+    let _ = umount(&target);
+    let _ = umount(&target);
+    umount(&stage).unwrap();
+    assert_eq!(out.status.code(), Some(77), "{}", text(&out));
+    assert_eq!(foreign_still.as_deref(), Some("keep me"), "the foreign mount was unmounted");
+    assert_no_loop_device(&image);
+}
+
 #[test]
 fn locald_mount_and_unmount_work_in_a_project() {
     let Some(p) = privileged() else { return };

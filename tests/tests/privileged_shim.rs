@@ -65,17 +65,26 @@ fn unprivileged_ports_are_refused() {
     assert_eq!(field(&out, "fd"), "yes");
 }
 
+/// Issue 17 finding 8: `--non-loopback` let any user hold a privileged port on every interface
+/// (`0.0.0.0:79`). The flag is gone; no address but loopback is bound, whatever is asked.
 #[test]
-fn non_loopback_addresses_need_the_explicit_flag() {
+fn non_loopback_addresses_are_refused_even_with_the_old_flag() {
     let Some(p) = fixture() else { return };
     for address in ["0.0.0.0", "::", "::ffff:127.0.0.1"] {
-        let out = raw_shim(p, true, &["bind", "--port", "80", "--address", address]);
+        let out = raw_shim(p, true, &["bind", "--port", "79", "--address", address]);
         assert_eq!(field(&out, "exit"), "77", "{address}: {}", text(&out));
         assert_eq!(field(&out, "fd"), "no");
+        assert_eq!(field(&out, "listeners"), "0", "{address}: {}", text(&out));
     }
-    let out = raw_shim(p, true, &["bind", "--port", "80", "--address", "0.0.0.0", "--non-loopback"]);
+    let out = raw_shim(p, true, &["bind", "--port", "79", "--address", "0.0.0.0", "--non-loopback"]);
+    assert_eq!(field(&out, "exit"), "64", "the flag is not in the protocol: {}", text(&out));
+    assert_eq!(field(&out, "fd"), "no");
+    assert_eq!(field(&out, "listeners"), "0", "nothing listens on 0.0.0.0:79: {}", text(&out));
+    // The same port on loopback is bound, and the probe sees that listener.
+    let out = raw_shim(p, true, &["bind", "--port", "79", "--address", "127.0.0.1"]);
     assert_eq!(field(&out, "exit"), "0", "{}", text(&out));
     assert_eq!(field(&out, "fd"), "yes");
+    assert_eq!(field(&out, "listeners"), "1", "{}", text(&out));
 }
 
 #[test]
@@ -249,33 +258,62 @@ fn spawn_blocked_shim(p: &Privileged, control: i32, leaked: &[i32; 2]) -> std::p
     command.spawn().expect("spawn shim")
 }
 
+/// A listener held by a `shim-caller listen` running as `uid`/`gid`, and its port.
+fn listener_of(p: &Privileged, uid: u32, gid: u32) -> (std::process::Child, String) {
+    let mut child = Command::new(p.bin("shim-caller"))
+        .env_clear()
+        .args(["--uid", &uid.to_string(), "--gid", &gid.to_string(), "listen"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line)
+        .unwrap();
+    let port = line.trim().strip_prefix("port=").unwrap_or_else(|| panic!("no port: {line}")).to_owned();
+    (child, port)
+}
+
+fn debug_port(p: &Privileged, port: &str) -> Vec<String> {
+    let out = p.as_user(&p.shim()).args(["debug", "port", port]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect()
+}
+
+/// Issue 17 finding 8: which process of another user holds a socket is not something `ps` or
+/// `/proc` tells the caller; the shim (root) used to print its pid and command. Now another
+/// user's listener (root's, or a second user's) shows only its uid; the caller's own shows all.
 #[test]
-fn debug_port_names_the_listener_and_nothing_more() {
+fn debug_port_shows_other_users_listeners_only_by_uid() {
     let Some(p) = fixture() else { return };
-    // A listener owned by root, which the user could not otherwise attribute to a process.
+    // Root's listener: this test process.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port().to_string();
-    let out = p.as_user(&p.shim()).args(["debug", "port", &port]).output().unwrap();
-    assert!(out.status.success(), "{}", text(&out));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let me = format!("pid={} uid=0 comm=", std::process::id());
-    assert!(stdout.lines().any(|l| l.starts_with(&me)), "{stdout}");
-    for line in stdout.lines() {
-        let keys: Vec<&str> = line.splitn(3, ' ').map(|f| f.split('=').next().unwrap()).collect();
-        assert_eq!(keys, ["pid", "uid", "comm"], "only pid, uid and comm: {line}");
-    }
+    assert_eq!(debug_port(p, &port), ["uid=0"], "no pid or command of root's process");
     let out = p
         .as_user(&p.bin("locald"))
         .args(["debug", "port", &port])
         .env("LOCALD_SHIM", p.shim())
         .output()
         .unwrap();
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains(&format!("pid {}", std::process::id())),
-        "{}",
-        text(&out)
-    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("a process of uid 0"), "{}", text(&out));
+    assert!(!stdout.contains(&std::process::id().to_string()), "{}", text(&out));
     drop(listener);
-    let out = p.as_user(&p.shim()).args(["debug", "port", &port]).output().unwrap();
-    assert!(out.status.success() && out.stdout.is_empty(), "{}", text(&out));
+    assert!(debug_port(p, &port).is_empty());
+
+    // A second user's listener.
+    let other = &p.other_user;
+    let (mut theirs, port) = listener_of(p, other.uid, other.gid);
+    let lines = debug_port(p, &port);
+    drop(theirs.stdin.take());
+    theirs.wait().unwrap();
+    assert_eq!(lines, [format!("uid={}", other.uid)], "pid {} must not be shown", theirs.id());
+
+    // The caller's own listener: pid, uid and command name, reduced to printable ASCII.
+    let (mut mine, port) = listener_of(p, p.user.uid, p.user.gid);
+    let lines = debug_port(p, &port);
+    drop(mine.stdin.take());
+    mine.wait().unwrap();
+    assert_eq!(lines, [format!("pid={} uid={} comm=shim-caller", mine.id(), p.user.uid)]);
 }

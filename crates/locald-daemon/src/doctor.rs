@@ -241,11 +241,12 @@ fn port_free(id: &'static str, addr: SocketAddr) -> Finding {
     }
 }
 
-/// "pid 123 (uid 0, nginx)" through the shim's `debug port`, or a generic phrase without it.
+/// "pid 123 (uid 1000, nginx)" (or "a process of uid 0" for another user's) through the shim's
+/// `debug port`, or a generic phrase without it.
 pub fn port_owner(port: u16) -> String {
     let owners = Shim::discover().and_then(|shim| shim.debug_port(port)).unwrap_or_default();
     match owners.first() {
-        Some(o) => format!("pid {} (uid {}, {})", o.pid, o.uid, o.comm),
+        Some(o) => o.to_string(),
         None => "another program".to_owned(),
     }
 }

@@ -108,18 +108,17 @@ pub struct DebugPortRequest {
     pub port: u16,
 }
 
-/// `bind --port <P> [--address <IP>] [--non-loopback]`
+/// `bind --port <P> [--address <IP>]`: loopback only. Nothing in locald listens elsewhere (Lima
+/// forwards the guest's loopback ports), and a privileged port on every interface is not
+/// something any local user should get.
 #[derive(Debug, Clone, PartialEq, Eq, Args)]
 pub struct BindRequest {
     /// The privileged port to listen on (1-1023).
     #[arg(long)]
     pub port: u16,
-    /// The address to listen on; 127.0.0.1 unless given.
+    /// The address to listen on, a loopback one (127.0.0.0/8 or ::1); 127.0.0.1 unless given.
     #[arg(long)]
     pub address: Option<IpAddr>,
-    /// Allow an address that is not loopback (127.0.0.0/8 or ::1).
-    #[arg(long)]
-    pub non_loopback: bool,
 }
 
 impl BindRequest {
@@ -134,11 +133,11 @@ impl BindRequest {
             )));
         }
         let address = self.address.unwrap_or(Self::DEFAULT_ADDRESS);
-        // `Ipv6Addr::is_loopback` is true only for ::1, so an IPv4-mapped address or the
-        // unspecified address both need the explicit flag.
-        if !address.is_loopback() && !self.non_loopback {
+        // `Ipv6Addr::is_loopback` is true only for ::1, so an IPv4-mapped address and the
+        // unspecified address are both refused.
+        if !address.is_loopback() {
             return Err(ShimError::refused(format!(
-                "address {address} is not loopback; the daemon must ask for it with --non-loopback"
+                "address {address} is not loopback (127.0.0.0/8 or ::1); the shim binds nothing else"
             )));
         }
         Ok(SocketAddr::new(address, self.port))
@@ -247,9 +246,6 @@ impl Request {
                 if let Some(address) = bind.address {
                     args.extend(["--address".into(), address.to_string().into()]);
                 }
-                if bind.non_loopback {
-                    args.push("--non-loopback".into());
-                }
             }
             Request::Cleanup(r) => {
                 args.extend(["admin".into(), "cleanup".into(), "--".into(), r.path.clone().into()]);
@@ -330,12 +326,8 @@ mod tests {
     #[test]
     fn every_request_round_trips() {
         round_trip(Request::Version);
-        round_trip(Request::Bind(BindRequest { port: 80, address: None, non_loopback: false }));
-        round_trip(Request::Bind(BindRequest {
-            port: 443,
-            address: Some("::1".parse().unwrap()),
-            non_loopback: false,
-        }));
+        round_trip(Request::Bind(BindRequest { port: 80, address: None }));
+        round_trip(Request::Bind(BindRequest { port: 443, address: Some("::1".parse().unwrap()) }));
         round_trip(Request::Cleanup(CleanupRequest { path: "/p/.locald/x".into() }));
         // A leading dash must stay a path, not become an option.
         round_trip(Request::Cleanup(CleanupRequest { path: "-rf".into() }));
@@ -358,11 +350,6 @@ mod tests {
         round_trip(Request::BundleRun(BundleRunRequest {
             bundle: "/p/.locald/bundles/web".into(),
             id: "web-1".into(),
-        }));
-        round_trip(Request::Bind(BindRequest {
-            port: 8,
-            address: Some("0.0.0.0".parse().unwrap()),
-            non_loopback: true,
         }));
     }
 
@@ -395,40 +382,44 @@ mod tests {
         assert!(err.to_string().contains("eighty"), "{err}");
     }
 
-    fn bind(port: u16, address: Option<&str>, non_loopback: bool) -> Result<SocketAddr, ShimError> {
-        BindRequest { port, address: address.map(|a| a.parse().unwrap()), non_loopback }.validate()
+    fn bind(port: u16, address: Option<&str>) -> Result<SocketAddr, ShimError> {
+        BindRequest { port, address: address.map(|a| a.parse().unwrap()) }.validate()
     }
 
     #[test]
     fn bind_allows_privileged_ports_on_loopback() {
-        assert_eq!(bind(80, None, false).unwrap(), "127.0.0.1:80".parse().unwrap());
-        assert_eq!(bind(443, Some("::1"), false).unwrap(), "[::1]:443".parse().unwrap());
-        assert_eq!(bind(1, Some("127.0.0.2"), false).unwrap(), "127.0.0.2:1".parse().unwrap());
-        assert_eq!(bind(1023, None, false).unwrap().port(), 1023);
+        assert_eq!(bind(80, None).unwrap(), "127.0.0.1:80".parse().unwrap());
+        assert_eq!(bind(443, Some("::1")).unwrap(), "[::1]:443".parse().unwrap());
+        assert_eq!(bind(1, Some("127.0.0.2")).unwrap(), "127.0.0.2:1".parse().unwrap());
+        assert_eq!(bind(1023, None).unwrap().port(), 1023);
     }
 
     #[test]
     fn bind_refuses_unprivileged_ports() {
         for port in [0, 1024, 8080, 65535] {
-            let err = bind(port, None, false).unwrap_err();
+            let err = bind(port, None).unwrap_err();
             assert_eq!(err.class, crate::ExitClass::Refused, "port {port}");
         }
     }
 
     #[test]
-    fn bind_refuses_non_loopback_without_the_flag() {
+    fn bind_refuses_every_non_loopback_address() {
         for address in ["0.0.0.0", "::", "192.0.2.1", "::ffff:127.0.0.1", "2001:db8::1"] {
-            let err = bind(80, Some(address), false).unwrap_err();
+            let err = bind(80, Some(address)).unwrap_err();
             assert_eq!(err.class, crate::ExitClass::Refused, "{address}");
-            assert!(bind(80, Some(address), true).is_ok(), "{address} with the flag");
         }
+        // The flag that used to allow them is gone from the protocol.
+        assert_eq!(
+            parse(&["bind", "--port", "80", "--address", "0.0.0.0", "--non-loopback"]).unwrap_err().class,
+            crate::ExitClass::Usage
+        );
     }
 
     #[test]
     fn control_fd_and_root_requirements() {
         assert!(!Request::Version.takes_control_fd());
         assert!(!Request::Version.needs_root());
-        let bind = Request::Bind(BindRequest { port: 80, address: None, non_loopback: false });
+        let bind = Request::Bind(BindRequest { port: 80, address: None });
         assert!(bind.takes_control_fd());
         assert!(bind.needs_root());
     }

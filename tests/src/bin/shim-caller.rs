@@ -6,6 +6,7 @@
 //! shim-caller [--netns] --uid U --gid G raw SHIM-ARGS...   (runs the shim with fd 3 = socket)
 //! shim-caller [--netns] --uid U --gid G empty-argv         (execs the shim with argc 0)
 //! shim-caller [--netns] --uid U --gid G remove PATH        (the daemon's force_remove_dir_all)
+//! shim-caller [--netns] --uid U --gid G listen             (listens on 127.0.0.1 until stdin closes)
 //!
 //! shim-caller write-bundle DIR UID GID ID [--memory B] [--pids N] ARGS...  (the daemon's generator)
 //!
@@ -51,6 +52,7 @@ fn main() -> ExitCode {
         "empty-argv" => empty_argv(),
         "remove" => return remove(&args[0]),
         "bundle-control" => bundle_control(&args),
+        "listen" => listen(),
         other => panic!("unknown mode {other}"),
     }
     ExitCode::SUCCESS
@@ -220,6 +222,27 @@ fn raw(args: &[String]) {
     println!("fd={}", if got_fd { "yes" } else { "no" });
     println!("stdout={}", String::from_utf8_lossy(&out.stdout).trim());
     println!("stderr={}", String::from_utf8_lossy(&out.stderr).trim());
+    // In a fresh netns nothing else listens: this counts what the shim's call left listening.
+    println!("listeners={}", listening_sockets());
+}
+
+/// TCP sockets in state LISTEN in this network namespace.
+fn listening_sockets() -> usize {
+    ["/proc/self/net/tcp", "/proc/self/net/tcp6"]
+        .iter()
+        .filter_map(|table| std::fs::read_to_string(table).ok())
+        .map(|text| text.lines().skip(1).filter(|l| l.split_whitespace().nth(3) == Some("0A")).count())
+        .sum()
+}
+
+/// A listener of this user's, for `debug port` to find: prints its port, holds it until stdin
+/// closes.
+fn listen() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    println!("port={}", listener.local_addr().expect("local_addr").port());
+    std::io::stdout().flush().expect("flush");
+    let _ = std::io::stdin().read_to_end(&mut Vec::new());
+    drop(listener);
 }
 
 fn receive_fd(socket: RawFd) -> bool {

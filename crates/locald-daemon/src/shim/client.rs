@@ -109,7 +109,7 @@ impl Shim {
 
     /// A listening socket on privileged `port`, bound by the shim and passed back as an fd.
     pub fn bind(&self, port: u16, address: Option<IpAddr>) -> Result<TcpListener, ShimClientError> {
-        let request = Request::Bind(BindRequest { port, address, non_loopback: false });
+        let request = Request::Bind(BindRequest { port, address });
         // close-on-exec on both ends, as std sets it on every platform.
         let (ours, theirs) =
             std::os::unix::net::UnixStream::pair().map_err(|e| self.os_error("socketpair", e))?;
@@ -270,21 +270,35 @@ fn stderr_line(stderr: &[u8]) -> String {
     line.trim().to_owned()
 }
 
-/// One line of `debug port`: `pid=<pid> uid=<uid> comm=<name>`.
+/// One line of `debug port`: `pid=<pid> uid=<uid> comm=<name>` for the caller's own processes,
+/// `uid=<uid>` alone for another user's.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PortOwner {
-    pub pid: u32,
+    /// The process and its command name: only for the caller's own processes.
+    pub process: Option<(u32, String)>,
     pub uid: u32,
-    pub comm: String,
 }
 
 impl PortOwner {
     pub fn parse(line: &str) -> Option<Self> {
+        if let Some(uid) = line.strip_prefix("uid=") {
+            return Some(Self { process: None, uid: uid.parse().ok()? });
+        }
         let mut fields = line.splitn(3, ' ');
         let pid = fields.next()?.strip_prefix("pid=")?.parse().ok()?;
         let uid = fields.next()?.strip_prefix("uid=")?.parse().ok()?;
         let comm = fields.next()?.strip_prefix("comm=")?.to_owned();
-        Some(Self { pid, uid, comm })
+        Some(Self { process: Some((pid, comm)), uid })
+    }
+}
+
+impl std::fmt::Display for PortOwner {
+    /// "pid 123 (uid 1000, python3)", or "a process of uid 1001".
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.process {
+            Some((pid, comm)) => write!(f, "pid {pid} (uid {}, {comm})", self.uid),
+            None => write!(f, "a process of uid {}", self.uid),
+        }
     }
 }
 
@@ -296,8 +310,10 @@ mod tests {
     fn port_owner_lines_parse() {
         assert_eq!(
             PortOwner::parse("pid=12 uid=1000 comm=python3 x"),
-            Some(PortOwner { pid: 12, uid: 1000, comm: "python3 x".into() })
+            Some(PortOwner { process: Some((12, "python3 x".into())), uid: 1000 })
         );
+        assert_eq!(PortOwner::parse("uid=1001"), Some(PortOwner { process: None, uid: 1001 }));
+        assert_eq!(PortOwner::parse("uid=1001").unwrap().to_string(), "a process of uid 1001");
         assert_eq!(PortOwner::parse("pid=x uid=1 comm=a"), None);
         assert_eq!(PortOwner::parse(""), None);
     }

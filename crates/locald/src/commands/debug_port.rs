@@ -8,7 +8,7 @@ pub fn run(port: u16) -> anyhow::Result<ExitCode> {
         println!("nothing listens on port {port}");
     }
     for owner in owners {
-        println!("port {port}: pid {} (uid {}) {}", owner.pid, owner.uid, owner.comm);
+        println!("port {port}: {owner}");
     }
     Ok(ExitCode::SUCCESS)
 }

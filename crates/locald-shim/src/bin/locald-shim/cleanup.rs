@@ -1,7 +1,9 @@
 //! `admin cleanup`: remove what a container left behind as root inside the caller's `.locald`.
 //!
 //! The walk to `.locald` is made as the caller; the removal below it as root, fd-relative,
-//! never following a symlink, never entering another mount, never removing a mount point.
+//! never following a symlink, never entering another mount, never removing a mount point, and
+//! touching only entries owned by root or the caller: anything else is another user's, which the
+//! caller could have moved into their `.locald` but could not have removed themselves.
 
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
@@ -15,11 +17,13 @@ use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::{SFlag, fstatat};
 use nix::unistd::{UnlinkatFlags, unlinkat};
 
-use crate::privilege::Root;
-use crate::userpath::{open_as_caller, open_child_dir, require_owned_dir};
+use crate::privilege::{Caller, Root};
+use crate::userpath::{is_dir, open_as_caller, open_child_dir, require_owned_dir, stat};
 
 /// Deeper trees are refused rather than risking fd exhaustion; locald's own state is shallow.
 const MAX_DEPTH: usize = 256;
+/// The error line names at most this many kept entries.
+const SHOWN_KEPT: usize = 8;
 
 pub fn run(root: Root, request: &CleanupRequest) -> Result<(), ShimError> {
     let plan = cleanup_path(&request.path)?;
@@ -35,25 +39,42 @@ pub fn run(root: Root, request: &CleanupRequest) -> Result<(), ShimError> {
             Err(Errno::ENOENT) => return Ok(()),
             Err(e) => return Err(descent_error(&plan.anchor, &parents[..=i], e)),
         };
+        // Unlinking inside another user's directory would change what is theirs.
+        let owner = stat(&dir)?.st_uid;
+        if !may_touch(caller, owner) {
+            return Err(ShimError::refused(format!(
+                "{}{} is owned by uid {owner}, not by the caller or root",
+                join(&plan.anchor),
+                join(&parents[..=i])
+            )));
+        }
     }
-    let mut remover = Remover { kept_mounts: Vec::new() };
+    let mut remover = Remover { caller, kept: Vec::new() };
     remover.remove(dir.as_raw_fd(), &last[0], &plan.rest, 0)?;
-    if !remover.kept_mounts.is_empty() {
-        return Err(ShimError::refused(format!(
-            "left mount point(s) in place: {}",
-            remover
-                .kept_mounts
-                .iter()
-                .map(|p| format!("{}{}", join(&plan.anchor), join(p)))
-                .collect::<Vec<_>>()
-                .join(", ")
-        )));
+    if remover.kept.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    let mut shown: Vec<String> = remover
+        .kept
+        .iter()
+        .take(SHOWN_KEPT)
+        .map(|(path, why)| format!("{}{} ({why})", join(&plan.anchor), join(path)))
+        .collect();
+    if remover.kept.len() > SHOWN_KEPT {
+        shown.push(format!("and {} more", remover.kept.len() - SHOWN_KEPT));
+    }
+    Err(ShimError::refused(format!("left in place: {}", shown.join(", "))))
+}
+
+/// Root's leftovers are what cleanup is for; the caller's own entries they could remove anyway.
+fn may_touch(caller: Caller, owner: u32) -> bool {
+    owner == 0 || owner == caller.uid.as_raw()
 }
 
 struct Remover {
-    kept_mounts: Vec<Vec<OsString>>,
+    caller: Caller,
+    /// Entries neither entered nor removed, and why: mount points and other users' entries.
+    kept: Vec<(Vec<OsString>, String)>,
 }
 
 impl Remover {
@@ -69,6 +90,11 @@ impl Remover {
             Err(Errno::ENOENT) => return Ok(()),
             Err(e) => return Err(ShimError::os(&format!("stat {}", name.to_string_lossy()), e)),
         };
+        // A hard link the caller made to someone else's file is theirs too, and stays.
+        if !may_touch(self.caller, st.st_uid) {
+            self.kept.push((shown.to_vec(), format!("owned by uid {}", st.st_uid)));
+            return Ok(());
+        }
         if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFDIR {
             return unlink(dir, name, UnlinkatFlags::NoRemoveDir);
         }
@@ -79,7 +105,7 @@ impl Remover {
             Ok(child) => child,
             // Another filesystem or bind mount: neither entered nor removed.
             Err(Errno::EXDEV) => {
-                self.kept_mounts.push(shown.to_vec());
+                self.kept.push((shown.to_vec(), "a mount point".to_owned()));
                 return Ok(());
             }
             // Swapped for a symlink or a file since the stat: remove the entry itself only.
@@ -87,14 +113,20 @@ impl Remover {
             Err(Errno::ENOENT) => return Ok(()),
             Err(e) => return Err(ShimError::os(&format!("open {}", name.to_string_lossy()), e)),
         };
-        let kept_before = self.kept_mounts.len();
+        // The stat above may describe an entry since swapped: judge the directory actually opened.
+        let opened = stat(&child)?;
+        if !is_dir(&opened) || !may_touch(self.caller, opened.st_uid) {
+            self.kept.push((shown.to_vec(), format!("owned by uid {}", opened.st_uid)));
+            return Ok(());
+        }
+        let kept_before = self.kept.len();
         for entry in entries(child.try_clone().map_err(|e| ShimError::os("dup", e))?)? {
             let mut path = shown.to_vec();
             path.push(entry.clone());
             self.remove(child.as_raw_fd(), &entry, &path, depth + 1)?;
         }
-        if self.kept_mounts.len() > kept_before {
-            return Ok(()); // a mount point below keeps this directory non-empty
+        if self.kept.len() > kept_before {
+            return Ok(()); // a kept entry below keeps this directory non-empty
         }
         unlink(dir, name, UnlinkatFlags::RemoveDir)
     }

@@ -1,5 +1,7 @@
-//! `debug port`: who listens on a TCP port. Root is needed to see other users' fd tables; what is
-//! printed is only what `ps` shows anyone: pid, uid and command name.
+//! `debug port`: who listens on a TCP port. Root is needed to find the holder in other users' fd
+//! tables, but which process of another user holds a socket is theirs to know: for the caller's
+//! own processes the pid, uid and command name are printed, for anyone else's only the uid.
+//! Everything printed is read as the caller after root is dropped, so `hidepid` still hides.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -28,11 +30,20 @@ pub fn run(root: Root, request: &DebugPortRequest) -> Result<(), ShimError> {
             }
         }
     }
-    // Everything is collected; printing needs no privilege.
-    root.drop_to_caller()?;
+    // Everything is collected; what is printed is read with the caller's own rights.
+    let caller = root.drop_to_caller()?.uid.as_raw();
+    let mut others = BTreeSet::new();
     for pid in owners {
-        let (Some(uid), Some(comm)) = (real_uid(pid), command_name(pid)) else { continue };
+        let Some(uid) = real_uid(pid) else { continue };
+        if uid != caller {
+            others.insert(uid);
+            continue;
+        }
+        let Some(comm) = command_name(pid) else { continue };
         println!("pid={pid} uid={uid} comm={comm}");
+    }
+    for uid in others {
+        println!("uid={uid}");
     }
     Ok(())
 }

@@ -95,30 +95,56 @@ pub fn unmount_loop(root: Root, request: &UnmountLoopRequest) -> Result<(), Shim
     let plan = mount_target(&request.target)?;
     let caller = root.caller();
     let mounts = open_mounts_dir(caller, &plan)?;
-    let name = &plan.rest[1];
-    match open_child_dir(mounts.as_raw_fd(), name) {
-        Err(Errno::EXDEV) => {}
-        _ => return Err(ShimError::refused(format!("{} is not a mount point", request.target.display()))),
+    let shown = request.target.display();
+    // Opening the name lands on the root of the topmost mount there, which is what umount2 on
+    // that name acts on: that mount is the one judged, by its id, whatever any path string says.
+    let target = {
+        let _identity = AsCaller::enter(caller);
+        let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        openat(Some(mounts.as_raw_fd()), plan.rest[1].as_os_str(), flags, Mode::empty()).map(own).map_err(
+            |e| match e {
+                Errno::ELOOP | Errno::ENOTDIR => {
+                    ShimError::refused(format!("{shown} is a symlink or not a directory"))
+                }
+                other => ShimError::os(&shown.to_string(), other),
+            },
+        )?
+    };
+    let (parent_id, target_id) = (mount_id(&mounts)?, mount_id(&target)?);
+    if target_id == parent_id {
+        return Err(ShimError::refused(format!("{shown} is not a mount point")));
     }
-    let mounts_path = std::fs::read_link(format!("/proc/self/fd/{}", mounts.as_raw_fd()))
-        .map_err(|e| ShimError::os("resolve the mounts directory", e))?;
-    let mount_point = mounts_path.join(name);
     let mountinfo =
         std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| ShimError::os("read mountinfo", e))?;
-    match find_mount(&mountinfo, &mount_point.to_string_lossy()) {
-        Some(entry) if entry.is_locald_loop_mount() => {}
+    // Mounted directly on the caller's directory (not stacked on another mount), the whole
+    // filesystem, and made the way mount-loop makes them.
+    match mount_by_id(&mountinfo, target_id) {
+        Some(entry) if entry.parent_id == parent_id && entry.root == "/" && entry.is_locald_loop_mount() => {}
         _ => {
             return Err(ShimError::refused(format!(
-                "{} is not a loop mount made by locald (nosuid,nodev,noexec on /dev/loop*)",
-                request.target.display()
+                "{shown} is not a loop mount made by locald (nosuid,nodev,noexec on /dev/loop*, \
+                 directly on the caller's directory)"
             )));
         }
     }
-    // Unmount by name relative to the checked directory, not following a final symlink.
+    // Our fd would keep the mount busy. Unmounting the same name in the same directory meets the
+    // same topmost mount: a mount point cannot be renamed or removed, and only root could mount
+    // or stack anything there meanwhile (mount-loop refuses a target that is a mount point).
+    drop(target);
     nix::unistd::fchdir(mounts.as_raw_fd()).map_err(|e| ShimError::os("fchdir", e))?;
-    let result = umount2(name.as_os_str(), MntFlags::UMOUNT_NOFOLLOW);
+    let result = umount2(plan.rest[1].as_os_str(), MntFlags::UMOUNT_NOFOLLOW);
     let _ = nix::unistd::chdir("/");
-    result.map_err(|e| ShimError::os(&format!("unmount {}", request.target.display()), e))
+    result.map_err(|e| ShimError::os(&format!("unmount {shown}"), e))
+}
+
+/// The id of the mount `fd` is on, as `/proc/self/mountinfo` numbers it.
+fn mount_id(fd: &OwnedFd) -> Result<u64, ShimError> {
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))
+        .map_err(|e| ShimError::os("read fdinfo", e))?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("mnt_id:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| ShimError::os("read fdinfo", "no mnt_id"))
 }
 
 /// `<project>/.locald` and its `mounts/`, both real directories owned by the caller.
@@ -156,6 +182,9 @@ fn is_empty(dir: &OwnedFd) -> Result<bool, ShimError> {
 
 #[derive(Debug, PartialEq, Eq)]
 pub struct MountEntry {
+    pub parent_id: u64,
+    /// The directory of the filesystem mounted there, `/` for a whole filesystem.
+    pub root: String,
     pub options: Vec<String>,
     pub fstype: String,
     pub source: String,
@@ -168,16 +197,18 @@ impl MountEntry {
     }
 }
 
-/// The topmost mount at `mount_point` in a `/proc/self/mountinfo` text.
-pub fn find_mount(mountinfo: &str, mount_point: &str) -> Option<MountEntry> {
-    mountinfo.lines().rev().find_map(|line| {
+/// The mount with id `id` in a `/proc/self/mountinfo` text.
+pub fn mount_by_id(mountinfo: &str, id: u64) -> Option<MountEntry> {
+    mountinfo.lines().find_map(|line| {
         let (left, right) = line.split_once(" - ")?;
         let fields: Vec<&str> = left.split(' ').collect();
         let right: Vec<&str> = right.split(' ').collect();
-        if unescape(fields.get(4)?) != mount_point {
+        if fields.first()?.parse::<u64>().ok()? != id {
             return None;
         }
         Some(MountEntry {
+            parent_id: fields.get(1)?.parse().ok()?,
+            root: unescape(fields.get(3)?),
             options: fields.get(5)?.split(',').map(str::to_owned).collect(),
             fstype: right.first()?.to_string(),
             source: right.get(1)?.to_string(),
@@ -214,24 +245,26 @@ mod tests {
 22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
 40 22 7:0 / /home/u/p/.locald/mounts/data ro,nosuid,nodev,noexec,relatime shared:2 - ext4 /dev/loop0 ro
 41 22 0:50 / /home/u/p/.locald/mounts/tmp rw,nosuid,nodev shared:3 - tmpfs tmpfs rw
-42 22 7:1 / /home/u/p/.locald/mounts/with\\040space ro,nosuid,nodev,noexec - ext4 /dev/loop1 ro
+42 22 7:1 /sub\\040dir /home/u/p/.locald/mounts/with\\040space ro,nosuid,nodev,noexec - ext4 /dev/loop1 ro
 ";
 
     #[test]
-    fn finds_the_loop_mount_and_recognises_it() {
-        let entry = find_mount(INFO, "/home/u/p/.locald/mounts/data").unwrap();
-        assert_eq!(entry.source, "/dev/loop0");
+    fn finds_the_loop_mount_by_id_and_recognises_it() {
+        let entry = mount_by_id(INFO, 40).unwrap();
+        assert_eq!((entry.parent_id, entry.root.as_str(), entry.source.as_str()), (22, "/", "/dev/loop0"));
         assert!(entry.is_locald_loop_mount());
     }
 
     #[test]
     fn other_mounts_are_not_locald_loop_mounts() {
-        assert!(!find_mount(INFO, "/home/u/p/.locald/mounts/tmp").unwrap().is_locald_loop_mount());
-        assert!(find_mount(INFO, "/home/u/p/.locald/mounts/none").is_none());
+        assert!(!mount_by_id(INFO, 41).unwrap().is_locald_loop_mount());
+        assert!(mount_by_id(INFO, 99).is_none());
     }
 
     #[test]
-    fn escaped_mount_points_match() {
-        assert!(find_mount(INFO, "/home/u/p/.locald/mounts/with space").unwrap().is_locald_loop_mount());
+    fn escaped_fields_are_unescaped() {
+        let entry = mount_by_id(INFO, 42).unwrap();
+        assert!(entry.is_locald_loop_mount());
+        assert_eq!(entry.root, "/sub dir");
     }
 }
