@@ -27,8 +27,6 @@ in
       type = lib.types.enum [
         "localhost"
         "test"
-        "internal"
-        "home.arpa"
       ];
       default = "localhost";
       example = "test";

@@ -342,3 +342,32 @@ fn a_unified_cgroup_write_of_a_host_pid_is_refused() {
     assert!(text(&out).contains("linux.resources.unified"), "{}", text(&out));
     assert_eq!(fs::read_to_string("/proc/1/cgroup").unwrap(), init_cgroup, "pid 1 was moved");
 }
+
+/// The preamble lifts the caller's `RLIMIT_FSIZE` for the shim's own writes (issue 17, finding 5);
+/// the container, which inherits the shim's limits, must get the caller's back, or a caller (or an
+/// administrator's limits.conf) could be escaped through `bundle run`.
+#[test]
+fn the_container_runs_with_the_callers_file_size_limit_not_the_shims() {
+    let Some(p) = privileged() else { return };
+    let id = "fsize";
+    let bundle = busybox_bundle(p, "ct-fsize", &config(p, id, "cat /proc/self/limits"));
+    let mut command = p.as_user(&p.shim());
+    command.args(["bundle", "run", "--bundle"]).arg(&bundle).args(["--id", id]);
+    // SAFETY: only setrlimit between fork and exec. A soft limit under an unlimited hard one: the
+    // shim can lift that even without CAP_SYS_RESOURCE.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+            let limit = libc::rlimit { rlim_cur: 1 << 20, rlim_max: libc::RLIM_INFINITY };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = command.output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let limits = String::from_utf8_lossy(&out.stdout);
+    let fsize = limits.lines().find(|l| l.starts_with("Max file size")).expect("Max file size line");
+    let fields: Vec<&str> = fsize.split_whitespace().collect();
+    assert_eq!(fields[3..5], ["1048576", "unlimited"], "{fsize}");
+}

@@ -22,6 +22,18 @@ fn scratch_etc(p: &Privileged, name: &str) -> PathBuf {
 
 /// The shim's `sync-hosts` as `user`, with `etc` in place of /etc.
 fn spawn_sync(p: &Privileged, user: &User, etc: &Path, domains: &[&str]) -> Child {
+    spawn_sync_limited(p, user, etc, domains, None)
+}
+
+/// The same with the caller's `RLIMIT_FSIZE` (soft and hard) set to `fsize` bytes, as
+/// `prlimit --fsize=N` would.
+fn spawn_sync_limited(
+    p: &Privileged,
+    user: &User,
+    etc: &Path,
+    domains: &[&str],
+    fsize: Option<u64>,
+) -> Child {
     let source = CString::new(etc.as_os_str().as_encoded_bytes()).unwrap();
     let (uid, gid) = (user.uid, user.gid);
     let mut command = Command::new(p.shim());
@@ -48,6 +60,10 @@ fn spawn_sync(p: &Privileged, user: &User, etc: &Path, domains: &[&str]) -> Chil
                 libc::MS_BIND,
                 std::ptr::null(),
             ))?;
+            if let Some(bytes) = fsize {
+                let limit = libc::rlimit { rlim_cur: bytes, rlim_max: bytes };
+                check(libc::setrlimit(libc::RLIMIT_FSIZE, &limit))?;
+            }
             check(libc::setgroups(0, std::ptr::null()))?;
             check(libc::setgid(gid))?;
             check(libc::setuid(uid))?;
@@ -241,4 +257,152 @@ fn writers_wait_for_the_exclusive_lock() {
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
     assert!(hosts(&etc).contains("locked.localhost"));
+}
+
+/// Finding 2 of issue 17: `internal` and `home.arpa` are reserved, but name real hosts on cloud
+/// and home networks (the GCE metadata server, `*.ec2.internal`, routers); pointing them at
+/// 127.0.0.1 would hand another user's requests to whoever listens there.
+#[test]
+fn private_network_names_are_refused_and_change_nothing() {
+    let Some(p) = privileged() else { return };
+    let real = RealHosts::snapshot();
+    let etc = scratch_etc(p, "hosts-private-networks");
+    let out = sync(p, &p.user, &etc, &["metadata.google.internal", "db.corp.internal", "nas.home.arpa"]);
+    assert_eq!(out.status.code(), Some(77), "{}", text(&out));
+    assert!(text(&out).contains("metadata.google.internal"), "the refusal names the host: {}", text(&out));
+    for name in ["metadata.google.internal", "x.ec2.internal", "internal", "nas.home.arpa", "home.arpa"] {
+        let out = sync(p, &p.user, &etc, &["ok.localhost", name]);
+        assert_eq!(out.status.code(), Some(77), "{name}: {}", text(&out));
+    }
+    assert_eq!(hosts(&etc), BASE, "a private-network name reached the file");
+    real.assert_untouched();
+}
+
+/// `/etc/.hosts.locald*`: what a sync-hosts run may leave in /etc.
+fn temp_files(etc: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(etc)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".hosts.locald"))
+        .collect();
+    names.sort();
+    names
+}
+
+/// Whether root here may raise a hard rlimit (CAP_SYS_RESOURCE, bit 24, in the bounding set; container
+/// runtimes often leave it out).
+fn can_raise_hard_limits() -> bool {
+    let status = fs::read_to_string("/proc/self/status").unwrap();
+    let bounding = status.lines().find_map(|l| l.strip_prefix("CapBnd:")).expect("CapBnd");
+    u64::from_str_radix(bounding.trim(), 16).unwrap() & (1 << 24) != 0
+}
+
+/// Finding 5: a caller's `RLIMIT_FSIZE` made the root write of the temp file die of SIGXFSZ
+/// halfway, leaving `/etc/.hosts.locald-<pid>` behind, one per run. The shim lifts the limit
+/// (succeeds) or, without CAP_SYS_RESOURCE, gets EFBIG and removes its file (fails cleanly).
+#[test]
+fn a_tiny_file_size_limit_neither_breaks_the_write_nor_leaves_a_temp_file() {
+    let Some(p) = privileged() else { return };
+    let etc = scratch_etc(p, "hosts-fsize");
+    let lifted = can_raise_hard_limits();
+    for round in 0..3 {
+        let name = format!("r{round}.localhost");
+        let out =
+            spawn_sync_limited(p, &p.user, &etc, &[name.as_str()], Some(100)).wait_with_output().unwrap();
+        if lifted {
+            assert!(out.status.success(), "round {round}: {:?} {}", out.status, text(&out));
+            let lines = block(&hosts(&etc), p.user.uid).unwrap();
+            assert_eq!(lines, [format!("127.0.0.1\t{name}"), format!("::1\t{name}")]);
+            assert!(hosts(&etc).starts_with(BASE));
+        } else {
+            assert_eq!(
+                out.status.code(),
+                Some(71),
+                "round {round}: not a clean failure: {:?} {}",
+                out.status,
+                text(&out)
+            );
+            assert!(text(&out).contains("replace /etc/hosts"), "{}", text(&out));
+            assert_eq!(hosts(&etc), BASE, "round {round}");
+        }
+        assert_eq!(temp_files(&etc), Vec::<String>::new(), "round {round} left a temp file");
+    }
+}
+
+/// Waits on inotify for the creation of a `.hosts.locald*` file in a directory.
+struct CreateWatch(std::os::fd::OwnedFd);
+
+impl CreateWatch {
+    fn new(dir: &Path) -> Self {
+        use std::os::fd::FromRawFd;
+        let path = CString::new(dir.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: plain syscalls on a fresh fd that is owned right away; `path` outlives the call.
+        unsafe {
+            let fd = libc::inotify_init1(libc::IN_CLOEXEC);
+            assert!(fd >= 0, "inotify_init1: {}", std::io::Error::last_os_error());
+            let fd = std::os::fd::OwnedFd::from_raw_fd(fd);
+            let watch =
+                libc::inotify_add_watch(std::os::fd::AsRawFd::as_raw_fd(&fd), path.as_ptr(), libc::IN_CREATE);
+            assert!(watch >= 0, "inotify_add_watch: {}", std::io::Error::last_os_error());
+            Self(fd)
+        }
+    }
+
+    /// Blocks until a temp file appears (the shim holds the lock and is about to write it).
+    fn wait_for_temp(&self) {
+        let mut buffer = [0u8; 4096];
+        loop {
+            let n = nix::unistd::read(std::os::fd::AsRawFd::as_raw_fd(&self.0), &mut buffer)
+                .expect("read inotify");
+            let mut at = 0;
+            while at + 16 <= n {
+                // struct inotify_event: wd, mask, cookie (3 × 4 bytes), len (4 bytes), name[len].
+                let len = u32::from_ne_bytes(buffer[at + 12..at + 16].try_into().unwrap()) as usize;
+                let name = &buffer[at + 16..at + 16 + len];
+                if name.starts_with(b".hosts.locald") {
+                    return;
+                }
+                at += 16 + len;
+            }
+        }
+    }
+}
+
+/// Finding 5: the caller may SIGKILL the shim (same real uid). Killed between creating the temp
+/// file and renaming it over /etc/hosts, the old shim left one `.hosts.locald-<pid>` per run; now
+/// there is one fixed name, replaced by the next run, and the old per-pid leftovers go too.
+#[test]
+fn a_shim_killed_mid_write_leaves_at_most_the_one_fixed_temp_file() {
+    let Some(p) = privileged() else { return };
+    let etc = scratch_etc(p, "hosts-killed");
+    // A big file, so each write spends long enough between create and rename to be killed there.
+    let big = format!(
+        "{BASE}{}",
+        "# padding padding padding padding padding padding padding pad\n".repeat(200_000)
+    );
+    fs::write(etc.join("hosts"), &big).unwrap();
+    fs::write(etc.join(".hosts.locald-4242"), "what an older shim left\n").unwrap();
+    let watch = CreateWatch::new(&etc);
+    for round in 0..8 {
+        let name = format!("k{round}.localhost");
+        let mut child = spawn_sync(p, &p.user, &etc, &[name.as_str()]);
+        watch.wait_for_temp();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        child.wait().unwrap();
+        let left = temp_files(&etc);
+        assert!(left.is_empty() || left == [".hosts.locald.tmp"], "round {round} left {left:?}");
+        let content = hosts(&etc);
+        assert!(content.starts_with(&big), "round {round} tore /etc/hosts");
+    }
+    let out = sync(p, &p.user, &etc, &["done.localhost"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        block(&hosts(&etc), p.user.uid).unwrap(),
+        ["127.0.0.1\tdone.localhost", "::1\tdone.localhost"]
+    );
+    assert_eq!(temp_files(&etc), Vec::<String>::new(), "a completed run leaves no temp file");
 }

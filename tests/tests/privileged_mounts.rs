@@ -341,3 +341,81 @@ fn locald_mount_and_unmount_work_in_a_project() {
     assert!(!target.exists());
     assert_no_loop_device(&image);
 }
+
+/// `/proc/fs/ext4/<loopN>/options` of the ext4 mount at `target`: what the kernel applies.
+fn ext4_options(target: &Path) -> String {
+    let line = mountinfo_line(target).expect("mounted");
+    let after = line.split(" - ").nth(1).expect("mountinfo separator");
+    let source = after.split(' ').nth(1).expect("mount source");
+    let device = source.strip_prefix("/dev/").expect("a /dev/loop source");
+    fs::read_to_string(format!("/proc/fs/ext4/{device}/options")).unwrap()
+}
+
+fn tune2fs(image: &Path, args: &[&str]) {
+    let out = Command::new("tune2fs").args(args).arg(image).output().expect("tune2fs (e2fsprogs)");
+    assert!(out.status.success(), "tune2fs {args:?}: {}", text(&out));
+}
+
+/// Finding 3 of issue 17: the image's superblock chose `errors=panic` (both ways it can: the
+/// error behaviour and the stored mount options), so any ext4 error on the loop mount panicked the
+/// machine. The shim's explicit `errors=remount-ro` wins, read-only and read-write.
+#[test]
+fn an_images_errors_panic_is_overridden_read_only_and_read_write() {
+    let Some(p) = privileged() else { return };
+    let project = Project::new(p, "mount-errors-panic");
+    let image = ext4_image(p, &project.root, p.user.uid);
+    tune2fs(&image, &["-e", "panic"]);
+    tune2fs(&image, &["-E", "mount_opts=errors=panic"]);
+    let header = Command::new("dumpe2fs").arg("-h").arg(&image).output().unwrap();
+    let header = String::from_utf8_lossy(&header.stdout).into_owned();
+    assert!(header.contains("Errors behavior:          Panic"), "the image asks for a panic:\n{header}");
+    assert!(header.contains("errors=panic"), "and stores it as a mount option:\n{header}");
+
+    let target = project.target();
+    for extra in [&[][..], &["--read-write"][..]] {
+        let out = mount_loop(p, &image, &target, extra);
+        assert!(out.status.success(), "{extra:?}: {}", text(&out));
+        let options = ext4_options(&target);
+        let unmounted = unmount_loop(p, &target);
+        assert!(unmounted.status.success(), "{}", text(&unmounted));
+        assert!(options.lines().any(|o| o == "errors=remount-ro"), "{extra:?}: {options}");
+        assert!(!options.contains("panic"), "{extra:?}: the image's errors=panic applies:\n{options}");
+        assert_no_loop_device(&image);
+    }
+}
+
+/// The fstypes locald has no use for are refused before any loop device exists; an ext2 image
+/// still mounts, through the ext4 driver (and so with the ext4 error override).
+#[test]
+fn ext2_ext3_and_vfat_are_refused_and_an_ext2_image_mounts_as_ext4() {
+    let Some(p) = privileged() else { return };
+    let project = Project::new(p, "mount-narrowed-fstypes");
+    let content = project.root.join("content-ext2");
+    fs::create_dir(&content).unwrap();
+    fs::write(content.join("hello.txt"), "ext2\n").unwrap();
+    let image = project.root.join("old.ext2");
+    let out = Command::new("mkfs.ext2")
+        .args(["-q", "-F", "-d"])
+        .arg(&content)
+        .arg(&image)
+        .arg("4M")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "mkfs.ext2: {}", text(&out));
+    chown(&image, Some(p.user.uid), Some(p.user.gid)).unwrap();
+    tune2fs(&image, &["-e", "panic"]);
+    let target = project.target();
+    for fstype in ["ext2", "ext3", "vfat"] {
+        let out = mount_loop(p, &image, &target, &["--fstype", fstype]);
+        assert_refused(&out, &target);
+        assert!(text(&out).contains("is not one of ext4, squashfs, erofs"), "{}", text(&out));
+        assert!(loop_devices_of(&image).is_empty(), "{fstype}: a loop device was attached");
+    }
+    let out = mount_loop(p, &image, &target, &["--fstype", "ext4"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(fs::read_to_string(target.join("hello.txt")).unwrap(), "ext2\n");
+    let options = ext4_options(&target);
+    assert!(unmount_loop(p, &target).status.success());
+    assert!(options.lines().any(|o| o == "errors=remount-ro"), "{options}");
+    assert_no_loop_device(&image);
+}

@@ -107,6 +107,17 @@ mod tests {
         assert_eq!(names_needing_hosts(&domains, &nothing), ["a.localhost", "b.localhost"]);
     }
 
+    /// The default project suffix (locald-core) is always one the shim writes and the CA permits,
+    /// and `.internal`/`home.arpa` names, real on cloud and home networks, are neither.
+    #[test]
+    fn default_suffixes_are_the_shims_and_private_network_names_are_unwritable() {
+        assert_eq!(locald_core::config::LOCAL_SUFFIXES, HOSTS_SUFFIXES);
+        let private = names(&["metadata.google.internal", "db.corp.internal", "nas.home.arpa"]);
+        assert_eq!(unwritable(&private), private);
+        let nothing = |_: &str| vec![];
+        assert!(names_needing_hosts(&private, &nothing).is_empty());
+    }
+
     fn config(toml: &str) -> Config {
         let dir = std::env::temp_dir();
         locald_core::config::resolve_toml(&dir, std::path::Path::new("locald.toml"), toml, &mut vec![41_000])

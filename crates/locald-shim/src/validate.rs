@@ -14,12 +14,16 @@ pub const LOCALD_DIR: &str = ".locald";
 pub const MOUNTS_DIR: &str = "mounts";
 /// Upper bound on names in one `/etc/hosts` block.
 pub const MAX_HOSTS_DOMAINS: usize = 2048;
-/// Hostname suffixes the shim writes into `/etc/hosts`. All are reserved for local or testing
-/// use (RFC 6761, RFC 8375, ICANN's .internal), so no user can redirect a real site for the
-/// machine's other users.
-pub const HOSTS_SUFFIXES: &[&str] = &["localhost", "test", "internal", "home.arpa"];
-/// Filesystems `mount-loop` accepts: common image formats with no special mount semantics.
-pub const LOOP_FSTYPES: &[&str] = &["ext2", "ext3", "ext4", "squashfs", "erofs", "vfat"];
+/// Hostname suffixes the shim writes into `/etc/hosts`: the two RFC 6761 names that can never
+/// exist outside this machine, so no user can redirect a real host for the machine's other users.
+/// `internal` and `home.arpa` are reserved too, but for private networks that do use them
+/// (`metadata.google.internal`, `*.ec2.internal`, corporate zones, home routers), so they are not
+/// here.
+pub const HOSTS_SUFFIXES: &[&str] = &["localhost", "test"];
+/// Filesystems `mount-loop` accepts: what `locald mount` needs for data images (ext4, whose
+/// driver also mounts ext2/3 images) and read-only images (squashfs, erofs). Each is a kernel
+/// parser fed a user-made image; fewer is less of that surface.
+pub const LOOP_FSTYPES: &[&str] = &["ext4", "squashfs", "erofs"];
 
 /// The normal components of an absolute path with no `.`, `..` or empty segment.
 pub fn absolute_components(path: &Path) -> Result<Vec<OsString>, ShimError> {
@@ -90,6 +94,16 @@ pub fn loop_fstype(fstype: &str) -> Result<(), ShimError> {
             LOOP_FSTYPES.join(", ")
         )))
     }
+}
+
+/// The mount options locald sets whatever the image says. An ext4 superblock chooses what an
+/// error does (`tune2fs -e panic`, or `errors=panic` among its stored mount options), and a
+/// user-made image must not be able to panic the machine: an explicit `errors=` is parsed after
+/// both and wins. squashfs and erofs take no error policy from the image (squashfs panics only
+/// when mounted with `errors=panic`, erofs never), so they get nothing an older kernel could
+/// refuse.
+pub fn loop_mount_data(fstype: &str) -> Option<&'static str> {
+    (fstype == "ext4").then_some("errors=remount-ro")
 }
 
 /// A lowercase RFC 1123 hostname under one of [`HOSTS_SUFFIXES`].
@@ -193,14 +207,25 @@ mod tests {
     fn only_allow_listed_filesystems() {
         assert!(loop_fstype("ext4").is_ok());
         assert!(loop_fstype("squashfs").is_ok());
-        for bad in ["", "EXT4", "nfs", "fuse", "proc", "overlay", "ext4,nosuid"] {
+        assert!(loop_fstype("erofs").is_ok());
+        // ext2/3 images mount through the ext4 driver; vfat is no image format locald needs.
+        for bad in ["", "EXT4", "nfs", "fuse", "proc", "overlay", "ext4,nosuid", "ext2", "ext3", "vfat"] {
             assert!(refused(loop_fstype(bad)), "{bad}");
         }
     }
 
     #[test]
+    fn every_allowed_ext_mount_overrides_the_images_error_policy() {
+        for fstype in LOOP_FSTYPES {
+            let data = loop_mount_data(fstype);
+            assert_eq!(data.is_some(), fstype.starts_with("ext"), "{fstype}");
+            assert!(data.is_none_or(|d| d.contains("errors=remount-ro") && !d.contains("panic")), "{fstype}");
+        }
+    }
+
+    #[test]
     fn hostnames_are_lowercase_rfc1123_under_a_reserved_suffix() {
-        for ok in ["web.shop.localhost", "localhost", "a-b.test", "x.internal", "n1.home.arpa"] {
+        for ok in ["web.shop.localhost", "localhost", "a-b.test", "test"] {
             assert!(hosts_domain(ok).is_ok(), "{ok}");
         }
         let long_label = format!("{}.localhost", "a".repeat(64));
@@ -225,6 +250,14 @@ mod tests {
             long_name.as_str(),
             "a.localhost\0",
             "a#b.localhost",
+            // Reserved, but real hosts on cloud and home networks.
+            "metadata.google.internal",
+            "db.corp.internal",
+            "internal",
+            "nas.home.arpa",
+            "home.arpa",
+            "test.internal",
+            "localhost.home.arpa",
         ] {
             assert!(refused(hosts_domain(bad)), "{bad:?}");
         }

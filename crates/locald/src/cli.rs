@@ -26,7 +26,7 @@ pub enum Command {
     },
     /// Loop-mount a filesystem image at <project>/.locald/mounts/<name> (read-only unless asked).
     Mount {
-        /// The image file (ext2/3/4, squashfs, erofs, vfat); you must own it.
+        /// The image file (ext4, which also mounts ext2/3 images, squashfs or erofs); you must own it.
         image: PathBuf,
         /// Mount name; defaults to the image's file stem.
         #[arg(long)]

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 pub use error::{ConfigError, line_col};
 pub use raw::{Condition, RestartPolicy};
-pub use resolve::{PortSource, resolve_procfile, resolve_toml};
+pub use resolve::{LOCAL_SUFFIXES, PortSource, resolve_procfile, resolve_toml};
 
 pub const FILE_NAME: &str = "locald.toml";
 pub const PROCFILE: &str = "Procfile";

@@ -584,8 +584,9 @@ fn check_domain(domain: &str) -> Result<(), String> {
 
 /// Set by the NixOS module (`services.locald.domainSuffix`): the suffix of default project names.
 pub const DOMAIN_SUFFIX_VAR: &str = "LOCALD_DOMAIN_SUFFIX";
-/// Suffixes reserved for local use (RFC 6761, RFC 8375, ICANN's .internal): the shim's list.
-const LOCAL_SUFFIXES: &[&str] = &["localhost", "test", "internal", "home.arpa"];
+/// The RFC 6761 suffixes no name outside this machine can have: the shim's `HOSTS_SUFFIXES`
+/// (the daemon's tests hold the two lists equal).
+pub const LOCAL_SUFFIXES: &[&str] = &["localhost", "test"];
 
 /// `<project>.<suffix>` unless `locald.toml` names a domain: `$LOCALD_DOMAIN_SUFFIX` when it is one
 /// of the local suffixes, else `localhost`.

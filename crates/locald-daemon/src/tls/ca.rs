@@ -37,6 +37,7 @@ pub struct LocalCa {
     cert_pem: String,
     issuer: Issuer<'static, KeyPair>,
     suffixes: Vec<String>,
+    replaced: Vec<String>,
 }
 
 /// A leaf certificate and its key, PEM-encoded. The CA is not appended: every client that can
@@ -51,7 +52,10 @@ pub struct Leaf {
 
 impl LocalCa {
     /// Loads the CA from `dir`, creating it (and `dir`, 0700) on first use. `suffixes` are the
-    /// domain suffixes besides `localhost` that the name constraints permit.
+    /// domain suffixes besides `localhost` that the name constraints permit. A CA whose
+    /// constraints permit more (one made by a locald that still allowed `internal` and
+    /// `home.arpa`, or one without constraints) is replaced, key and certificate: it stays in the
+    /// trust stores it was added to, and its key could sign for real hosts there.
     pub fn load_or_create(dir: &Path, suffixes: &[String]) -> Result<Self, TlsError> {
         let io = |path: &Path| {
             let path = path.to_owned();
@@ -64,11 +68,15 @@ impl LocalCa {
 
         let cert_path = dir.join(CA_CERT);
         let key_path = dir.join(CA_KEY);
+        let mut replaced = Vec::new();
         if cert_path.is_file() && key_path.is_file() {
-            let key = KeyPair::from_pem(&fs::read_to_string(&key_path).map_err(io(&key_path))?)?;
             let cert_pem = fs::read_to_string(&cert_path).map_err(io(&cert_path))?;
-            let issuer = Issuer::from_ca_cert_pem(&cert_pem, key)?;
-            return Ok(Self { cert_path, cert_pem, issuer, suffixes: permitted });
+            replaced = beyond(&cert_pem, &permitted)?;
+            if replaced.is_empty() {
+                let key = KeyPair::from_pem(&fs::read_to_string(&key_path).map_err(io(&key_path))?)?;
+                let issuer = Issuer::from_ca_cert_pem(&cert_pem, key)?;
+                return Ok(Self { cert_path, cert_pem, issuer, suffixes: permitted, replaced });
+            }
         }
 
         fs::create_dir_all(dir).map_err(io(dir))?;
@@ -102,10 +110,17 @@ impl LocalCa {
         let cert_pem = cert.pem();
 
         // Key first, 0600 from its creation; then the certificate, which marks the CA complete.
+        // Replacing a stale CA overwrites its key here, so it can sign nothing more.
         crate::atomic_file::write(&key_path, key.serialize_pem().as_bytes(), 0o600).map_err(io(&key_path))?;
         crate::atomic_file::write(&cert_path, cert_pem.as_bytes(), 0o644).map_err(io(&cert_path))?;
         let issuer = Issuer::new(params, key);
-        Ok(Self { cert_path, cert_pem, issuer, suffixes: permitted })
+        Ok(Self { cert_path, cert_pem, issuer, suffixes: permitted, replaced })
+    }
+
+    /// What the CA found in `dir` permitted beyond today's constraints, when this call replaced
+    /// it; empty otherwise. The caller says so: the new CA must be trusted again.
+    pub fn replaced(&self) -> &[String] {
+        &self.replaced
     }
 
     /// What `locald ca` prints and what `curl --cacert` takes.
@@ -152,6 +167,30 @@ impl LocalCa {
             });
         valid && self.suffixes.iter().any(|s| name == s || name.ends_with(&format!(".{s}")))
     }
+}
+
+/// What the CA certificate `cert_pem` permits that `permitted` (DNS suffixes) and the loopback
+/// ranges do not: empty for a CA locald would make today.
+fn beyond(cert_pem: &str, permitted: &[String]) -> Result<Vec<String>, TlsError> {
+    use x509_parser::extensions::GeneralName;
+    let unreadable = || TlsError::Cert(rcgen::Error::CouldNotParseCertificate);
+    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).map_err(|_| unreadable())?;
+    let cert = pem.parse_x509().map_err(|_| unreadable())?;
+    let constraints = cert.name_constraints().map_err(|_| unreadable())?;
+    let Some(subtrees) = constraints.and_then(|c| c.value.permitted_subtrees.as_ref()) else {
+        return Ok(vec!["any name (no name constraints)".to_owned()]);
+    };
+    let v4: &[u8] = &[127, 0, 0, 0, 255, 0, 0, 0];
+    let v6: Vec<u8> = std::net::Ipv6Addr::LOCALHOST.octets().into_iter().chain([0xff; 16]).collect();
+    Ok(subtrees
+        .iter()
+        .filter_map(|subtree| match &subtree.base {
+            GeneralName::DNSName(name) if permitted.iter().any(|p| p == name) => None,
+            GeneralName::DNSName(name) => Some((*name).to_owned()),
+            GeneralName::IPAddress(range) if *range == v4 || *range == v6.as_slice() => None,
+            other => Some(format!("{other:?}")),
+        })
+        .collect())
 }
 
 /// Leaves per SNI name, issued on first use and renewed before they expire.
@@ -214,6 +253,48 @@ mod tests {
         // Loading again gives the same CA, not a new one.
         let again = LocalCa::load_or_create(&ca_dir, &["test".into()]).unwrap();
         assert_eq!(again.cert_pem(), ca.cert_pem());
+    }
+
+    /// A CA made by a locald that still permitted `internal` and `home.arpa`: its key could sign
+    /// `metadata.google.internal` for every store that trusts it. It is replaced, key and all.
+    #[test]
+    fn a_ca_permitting_more_than_today_is_replaced_with_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let old_suffixes = ["test".to_owned(), "internal".to_owned(), "home.arpa".to_owned()];
+        let old = LocalCa::load_or_create(dir.path(), &old_suffixes).unwrap();
+        assert!(old.issue("metadata.google.internal").is_ok(), "the old CA did permit it");
+        let old_key = fs::read(dir.path().join(CA_KEY)).unwrap();
+
+        let new = LocalCa::load_or_create(dir.path(), &["test".into()]).unwrap();
+        assert_eq!(new.replaced(), ["home.arpa", "internal"]);
+        assert_ne!(new.cert_pem(), old.cert_pem());
+        assert_ne!(fs::read(dir.path().join(CA_KEY)).unwrap(), old_key, "the old key is overwritten");
+        assert_eq!(fs::metadata(dir.path().join(CA_KEY)).unwrap().mode() & 0o777, 0o600);
+        let text = openssl(&["x509", "-noout", "-text", "-in", new.cert_path().to_str().unwrap()]);
+        let text = String::from_utf8_lossy(&text.stdout);
+        assert!(
+            text.contains("DNS:test") && !text.contains("DNS:internal") && !text.contains("arpa"),
+            "{text}"
+        );
+        assert!(matches!(new.issue("metadata.google.internal"), Err(TlsError::NotLocal(_))));
+
+        let again = LocalCa::load_or_create(dir.path(), &["test".into()]).unwrap();
+        assert!(again.replaced().is_empty(), "a current CA is kept");
+        assert_eq!(again.cert_pem(), new.cert_pem());
+    }
+
+    #[test]
+    fn a_ca_without_name_constraints_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        let cert = params.self_signed(&key).unwrap();
+        fs::write(dir.path().join(CA_KEY), key.serialize_pem()).unwrap();
+        fs::write(dir.path().join(CA_CERT), cert.pem()).unwrap();
+        let ca = LocalCa::load_or_create(dir.path(), &[]).unwrap();
+        assert_eq!(ca.replaced().len(), 1, "{:?}", ca.replaced());
+        assert_ne!(ca.cert_pem(), cert.pem());
     }
 
     #[test]

@@ -49,10 +49,19 @@ pub fn user_ca() -> Result<LocalCa, CaError> {
         .map_err(|e| CaError::Lock(lock_path.clone(), e))?;
     let _lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
         .map_err(|(_, e)| CaError::Lock(lock_path, e.into()))?;
-    // Besides `localhost` (always permitted), the suffixes reserved for local use that the shim
-    // also writes to /etc/hosts (RFC 6761 `test`, ICANN's `internal`, RFC 8375 `home.arpa`), so
-    // no real site is ever within the CA's reach.
+    // Besides `localhost` (always permitted), the suffixes the shim also writes to /etc/hosts
+    // (RFC 6761 `test`), so no real host, not even one on a private network, is within the CA's
+    // reach.
     let suffixes: Vec<String> =
         HOSTS_SUFFIXES.iter().filter(|s| **s != "localhost").map(|s| s.to_string()).collect();
-    Ok(LocalCa::load_or_create(&dir, &suffixes)?)
+    let ca = LocalCa::load_or_create(&dir, &suffixes)?;
+    if !ca.replaced().is_empty() {
+        eprintln!(
+            "locald: replaced the local CA in {}: it also permitted {}, names real hosts can have; \
+             its key is gone, so it can sign nothing more — run `sudo locald trust` to trust the new one",
+            dir.display(),
+            ca.replaced().join(", ")
+        );
+    }
+    Ok(ca)
 }

@@ -315,7 +315,9 @@ fn container_keys_are_checked_where_they_are_written() {
 fn the_default_suffix_is_a_local_one_or_localhost() {
     assert_eq!(suffix_from(None), "localhost");
     assert_eq!(suffix_from(Some("test")), "test");
-    assert_eq!(suffix_from(Some("home.arpa")), "home.arpa");
+    // Real names on cloud and home networks: never a default suffix.
+    assert_eq!(suffix_from(Some("home.arpa")), "localhost");
+    assert_eq!(suffix_from(Some("internal")), "localhost");
     assert_eq!(suffix_from(Some("com")), "localhost");
     assert_eq!(suffix_from(Some("")), "localhost");
 }

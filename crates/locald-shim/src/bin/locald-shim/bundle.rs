@@ -59,7 +59,9 @@ pub fn run(root: Root, request: &BundleRunRequest) -> Result<i32, ShimError> {
     write_spec_copy(&copy, &spec)?;
 
     let control = control_channel();
-    let result = run_container(&state, &copy, caller.uid.as_raw(), &request.id, control);
+    // The copy is written with the limits the preamble lifted; the container runs with the caller's.
+    let result = crate::preamble::restore_caller_limits()
+        .and_then(|()| run_container(&state, &copy, caller.uid.as_raw(), &request.id, control));
     let _ = fs::remove_dir_all(&copy);
     result
 }

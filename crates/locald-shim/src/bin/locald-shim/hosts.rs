@@ -18,6 +18,11 @@ const ETC: &str = "/etc";
 const HOSTS: &str = "hosts";
 /// Refuse to slurp something absurd: a real hosts file is kilobytes.
 const MAX_HOSTS_BYTES: u64 = 16 << 20;
+/// The one temp name, only ever used under the lock on /etc: a run killed between creating and
+/// renaming it leaves this single file, which the next run replaces, never one per pid.
+const TEMP: &str = ".hosts.locald.tmp";
+/// What shims before the fixed name left when killed mid-write: `.hosts.locald-<pid>`.
+const OLD_TEMP_PREFIX: &str = ".hosts.locald-";
 
 pub fn run(root: Root, request: &SyncHostsRequest) -> Result<(), ShimError> {
     let domains = hosts_domains(&request.domains)?;
@@ -51,6 +56,7 @@ pub fn run(root: Root, request: &SyncHostsRequest) -> Result<(), ShimError> {
     if kind != SFlag::S_IFREG {
         return Err(ShimError::refused("/etc/hosts is not a regular file"));
     }
+    remove_old_temps(&etc);
     let current = read_hosts(&etc)?;
     let updated = rewrite(&current, uid, &domains).map_err(ShimError::refused)?;
     if updated == current {
@@ -81,12 +87,12 @@ fn read_hosts(etc: &OwnedFd) -> Result<Vec<u8>, ShimError> {
 /// Temp file in /etc, same owner and mode, fsync, rename over, fsync the directory: readers see
 /// the old file or the new one, never a torn one.
 fn replace(etc: &OwnedFd, content: &[u8], uid: u32, gid: u32, mode: Mode) -> Result<(), ShimError> {
-    let temp = format!(".hosts.locald-{}", std::process::id());
+    let temp = TEMP;
     let dir = etc.as_raw_fd();
-    // A leftover of a crashed run with our pid; we hold the lock, so nobody is writing it.
-    let _ = unlinkat(Some(dir), temp.as_str(), UnlinkatFlags::NoRemoveDir);
+    // A leftover of a killed run; we hold the lock, so nobody is writing it.
+    let _ = unlinkat(Some(dir), temp, UnlinkatFlags::NoRemoveDir);
     let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-    let fd = own(openat(Some(dir), temp.as_str(), flags, Mode::from_bits_truncate(0o600))
+    let fd = own(openat(Some(dir), temp, flags, Mode::from_bits_truncate(0o600))
         .map_err(|e| ShimError::os("create temp hosts file", e))?);
     let result = (|| {
         fchown(fd.as_raw_fd(), Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))?;
@@ -94,14 +100,41 @@ fn replace(etc: &OwnedFd, content: &[u8], uid: u32, gid: u32, mode: Mode) -> Res
         let mut file = std::fs::File::from(fd);
         file.write_all(content).map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
         fsync(file.as_raw_fd())?;
-        renameat(Some(dir), temp.as_str(), Some(dir), HOSTS)?;
+        renameat(Some(dir), temp, Some(dir), HOSTS)?;
         fsync(dir)
     })();
     if let Err(e) = result {
-        let _ = unlinkat(Some(dir), temp.as_str(), UnlinkatFlags::NoRemoveDir);
+        let _ = unlinkat(Some(dir), temp, UnlinkatFlags::NoRemoveDir);
         return Err(ShimError::os("replace /etc/hosts", e));
     }
     Ok(())
+}
+
+/// Temp files of earlier shims, one per killed pid; we hold the lock, so none is being written.
+fn remove_old_temps(etc: &OwnedFd) {
+    let Ok(mut entries) = nix::dir::Dir::openat(
+        Some(etc.as_raw_fd()),
+        ".",
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    ) else {
+        return;
+    };
+    let names: Vec<std::ffi::CString> = entries
+        .iter()
+        .flatten()
+        .filter(|entry| entry.file_type() == Some(nix::dir::Type::File))
+        .map(|entry| entry.file_name().to_owned())
+        .filter(|name| is_old_temp(name.to_bytes()))
+        .collect();
+    for name in names {
+        let _ = unlinkat(Some(etc.as_raw_fd()), name.as_c_str(), UnlinkatFlags::NoRemoveDir);
+    }
+}
+
+fn is_old_temp(name: &[u8]) -> bool {
+    name.strip_prefix(OLD_TEMP_PREFIX.as_bytes())
+        .is_some_and(|pid| !pid.is_empty() && pid.len() <= 10 && pid.iter().all(u8::is_ascii_digit))
 }
 
 pub fn begin_marker(uid: u32) -> String {
@@ -204,6 +237,20 @@ mod tests {
         assert!(rewrite(&broken, 5, &[]).is_err());
         // Another uid's broken block is not ours to judge.
         assert!(rewrite(&broken, 6, &[]).is_ok());
+    }
+
+    #[test]
+    fn only_the_old_per_pid_temp_names_are_cleared() {
+        assert!(is_old_temp(b".hosts.locald-4242"));
+        for kept in [
+            &b"hosts"[..],
+            b".hosts.locald-",
+            b".hosts.locald-12a",
+            b".hosts.locald.tmp",
+            b"x.hosts.locald-1",
+        ] {
+            assert!(!is_old_temp(kept), "{}", String::from_utf8_lossy(kept));
+        }
     }
 
     #[test]

@@ -7,7 +7,9 @@ use std::os::fd::{AsRawFd, OwnedFd};
 
 use locald_shim::ShimError;
 use locald_shim::protocol::{MountLoopRequest, UnmountLoopRequest};
-use locald_shim::validate::{Anchored, MOUNTS_DIR, absolute_components, join, loop_fstype, mount_target};
+use locald_shim::validate::{
+    Anchored, MOUNTS_DIR, absolute_components, join, loop_fstype, loop_mount_data, mount_target,
+};
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, openat};
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
@@ -64,17 +66,12 @@ pub fn mount_loop(root: Root, request: &MountLoopRequest) -> Result<(), ShimErro
     if !request.read_write {
         flags |= MsFlags::MS_RDONLY;
     }
-    // vfat has no owners; make the files the caller's rather than root's.
-    let data = (request.fstype == "vfat").then(|| format!("uid={},gid={}", caller.uid, caller.gid));
+    let data = loop_mount_data(&request.fstype);
     // The magic link names exactly the directory we checked, whatever happens to its path.
     let onto = format!("/proc/self/fd/{}", target.as_raw_fd());
-    if let Err(e) = mount(
-        Some(device.path.as_str()),
-        onto.as_str(),
-        Some(request.fstype.as_str()),
-        flags,
-        data.as_deref(),
-    ) {
+    if let Err(e) =
+        mount(Some(device.path.as_str()), onto.as_str(), Some(request.fstype.as_str()), flags, data)
+    {
         device.detach();
         return Err(ShimError::os(
             &format!(

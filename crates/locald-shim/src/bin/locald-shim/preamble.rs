@@ -2,11 +2,12 @@
 //! environment, the inherited fds, the umask, the rlimits and the signal dispositions.
 
 use std::ffi::OsString;
+use std::sync::OnceLock;
 
 use locald_shim::{CONTROL_FD, ShimError};
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, OFlag, fcntl, open};
-use nix::sys::resource::{Resource, getrlimit, setrlimit};
+use nix::sys::resource::{RLIM_INFINITY, Resource, getrlimit, rlim_t, setrlimit};
 use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, Signal, signal, sigprocmask};
 use nix::sys::stat::{Mode, umask};
 
@@ -26,6 +27,58 @@ pub fn harden() -> Result<(), ShimError> {
     reset_signals();
     set_non_dumpable()?;
     setrlimit(Resource::RLIMIT_CORE, 0, 0).map_err(|e| ShimError::os("disable core dumps", e))?;
+    lift_limits()
+}
+
+/// Limits a caller can lower so that a privileged write stops halfway (SIGXFSZ past a file size,
+/// ENOMEM on an allocation, SIGXCPU after some CPU seconds, a crash on stack growth, EMFILE) and
+/// leaves a partial file behind in /etc or /run; each with the floor the shim raises it to.
+/// RLIMIT_CORE is not here: it stays 0.
+const LIFTED: [(Resource, rlim_t); 6] = [
+    (Resource::RLIMIT_FSIZE, RLIM_INFINITY),
+    (Resource::RLIMIT_CPU, RLIM_INFINITY),
+    (Resource::RLIMIT_AS, RLIM_INFINITY),
+    (Resource::RLIMIT_DATA, RLIM_INFINITY),
+    (Resource::RLIMIT_STACK, 8 << 20),
+    (Resource::RLIMIT_NOFILE, 1024),
+];
+
+/// The caller's own values of [`LIFTED`], for what runs on the caller's behalf.
+static CALLER_LIMITS: OnceLock<Vec<(Resource, rlim_t, rlim_t)>> = OnceLock::new();
+
+fn lift_limits() -> Result<(), ShimError> {
+    let mut caller = Vec::with_capacity(LIFTED.len());
+    for (resource, floor) in LIFTED {
+        let (soft, hard) = getrlimit(resource).map_err(|e| ShimError::os("getrlimit", e))?;
+        caller.push((resource, soft, hard));
+        // Raising a hard limit needs root; without it no privileged work happens anyway
+        // (`version`, `--help`, or a shim that is not setuid, which the request then refuses).
+        if soft < floor && nix::unistd::geteuid().is_root() {
+            // Root without CAP_SYS_RESOURCE (a container's bounding set) cannot pass the hard
+            // limit: go as far as it allows; the writes then fail cleanly (see SIGXFSZ below).
+            setrlimit(resource, floor, hard.max(floor))
+                .or_else(|_| setrlimit(resource, floor.min(hard), hard))
+                .map_err(|e| ShimError::os(&format!("raise {resource:?}"), e))?;
+        }
+    }
+    let _ = CALLER_LIMITS.set(caller);
+    // Past a file size limit that could not be lifted, a write returns EFBIG, so the shim removes
+    // its partial file, instead of being killed with it in place.
+    // SAFETY: SIG_IGN installs no handler code.
+    let _ = unsafe { signal(Signal::SIGXFSZ, SigHandler::SigIgn) };
+    Ok(())
+}
+
+/// Puts the caller's limits back, and SIGXFSZ's default with RLIMIT_FSIZE: a container inherits
+/// both (the policy refuses bundle rlimits), so it must not run with what the shim lifted for its
+/// own writes.
+#[cfg(target_os = "linux")]
+pub fn restore_caller_limits() -> Result<(), ShimError> {
+    for &(resource, soft, hard) in CALLER_LIMITS.get().into_iter().flatten() {
+        setrlimit(resource, soft, hard).map_err(|e| ShimError::os(&format!("restore {resource:?}"), e))?;
+    }
+    // SAFETY: SIG_DFL installs no handler code.
+    let _ = unsafe { signal(Signal::SIGXFSZ, SigHandler::SigDfl) };
     Ok(())
 }
 
