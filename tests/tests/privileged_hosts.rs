@@ -196,8 +196,11 @@ fn twenty_concurrent_calls_leave_one_well_formed_file() {
     let mut got = lines.clone();
     got.sort();
     assert_eq!(got, expected, "a torn or merged block:\n{content}");
-    let leftovers: Vec<_> =
-        fs::read_dir(&etc).unwrap().map(|e| e.unwrap().file_name()).filter(|n| n != "hosts").collect();
+    let leftovers: Vec<_> = fs::read_dir(&etc)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n != "hosts" && n != LOCK_FILE)
+        .collect();
     assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
 }
 
@@ -232,17 +235,9 @@ fn a_symlinked_hosts_file_is_left_to_the_system_that_manages_it() {
     assert!(fs::symlink_metadata(etc.join("hosts")).unwrap().file_type().is_symlink());
 }
 
-#[test]
-fn writers_wait_for_the_exclusive_lock() {
-    let Some(p) = privileged() else { return };
-    let etc = scratch_etc(p, "hosts-lock");
-    let dir = fs::File::open(&etc).unwrap();
-    let held = nix::fcntl::Flock::lock(dir, nix::fcntl::FlockArg::LockExclusive).unwrap();
-    let child = spawn_sync(p, &p.user, &etc, &["locked.localhost"]);
-    let pid = child.id();
-    // The shim must be queued on the lock (a `->` waiter line in /proc/locks) and must not
-    // have written anything meanwhile.
-    let blocked = locald_tests::wait_for(std::time::Duration::from_secs(20), || {
+/// The shim queued on the lock (a `->` waiter line in /proc/locks for its pid).
+fn waits_on_a_lock(pid: u32) -> bool {
+    let found = locald_tests::wait_for(std::time::Duration::from_secs(20), || {
         let locks = fs::read_to_string("/proc/locks").ok()?;
         locks
             .lines()
@@ -251,12 +246,63 @@ fn writers_wait_for_the_exclusive_lock() {
             })
             .then_some(())
     });
-    assert!(blocked.is_some(), "the shim did not wait for the lock");
+    found.is_some()
+}
+
+#[test]
+fn writers_wait_for_the_exclusive_lock() {
+    let Some(p) = privileged() else { return };
+    let etc = scratch_etc(p, "hosts-lock");
+    // Another shim's lock: root's file, which the shim creates on first use.
+    assert!(sync(p, &p.user, &etc, &[]).status.success());
+    let lock = fs::File::open(etc.join(LOCK_FILE)).unwrap();
+    let held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).unwrap();
+    let child = spawn_sync(p, &p.user, &etc, &["locked.localhost"]);
+    assert!(waits_on_a_lock(child.id()), "the shim did not wait for the lock");
+    // Nothing written meanwhile.
     assert_eq!(hosts(&etc), BASE);
     drop(held);
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
     assert!(hosts(&etc).contains("locked.localhost"));
+}
+
+/// Protocol 3 locked /etc itself, which every user can open: one `flock /etc sleep inf` parked
+/// every other user's sync-hosts for good. The lock is now a root-only file no user can open.
+#[test]
+fn a_user_holding_a_lock_on_etc_blocks_nobody() {
+    let Some(p) = privileged() else { return };
+    let etc = scratch_etc(p, "hosts-lock-dos");
+    // The attacker: the other user opens /etc (anyone may) and holds an exclusive flock on it.
+    let mut attacker = p
+        .as_user(Path::new("/usr/bin/flock"))
+        .args(["--exclusive"])
+        .arg(&etc)
+        .args(["-c", "echo held; exec sleep 600"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("flock(1) from util-linux");
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(attacker.stdout.as_mut().unwrap()), &mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "held", "the attacker got its lock on /etc");
+    let mut child = spawn_sync(p, &p.other_user, &etc, &["victim.localhost"]);
+    let finished = locald_tests::wait_for(std::time::Duration::from_secs(20), || child.try_wait().unwrap());
+    let _ = attacker.kill();
+    let _ = attacker.wait();
+    let Some(status) = finished else {
+        let _ = child.kill();
+        panic!("sync-hosts waited on the user's lock of /etc");
+    };
+    assert!(status.success(), "sync-hosts failed while a user held /etc");
+    assert!(hosts(&etc).contains("victim.localhost"));
+    // And the lock the shim takes cannot be opened by a user, so it cannot be held by one.
+    let lock = etc.join(LOCK_FILE);
+    let meta = fs::metadata(&lock).unwrap();
+    assert_eq!((meta.uid(), meta.mode() & 0o777), (0, 0o600), "the lock file is root's and private");
+    let open =
+        p.as_user(Path::new("/bin/sh")).arg("-c").arg(format!("exec 3<{}", lock.display())).output().unwrap();
+    assert!(!open.status.success(), "a user could open the lock file: {}", text(&open));
 }
 
 /// Finding 2 of issue 17: `internal` and `home.arpa` are reserved, but name real hosts on cloud
@@ -278,12 +324,15 @@ fn private_network_names_are_refused_and_change_nothing() {
     real.assert_untouched();
 }
 
-/// `/etc/.hosts.locald*`: what a sync-hosts run may leave in /etc.
+/// The root-only lock file every run shares; it stays by design and holds no data.
+const LOCK_FILE: &str = ".hosts.locald.lock";
+
+/// `/etc/.hosts.locald*` but the lock: what a sync-hosts run may leave in /etc.
 fn temp_files(etc: &Path) -> Vec<String> {
     let mut names: Vec<String> = fs::read_dir(etc)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with(".hosts.locald"))
+        .filter(|n| n.starts_with(".hosts.locald") && n != LOCK_FILE)
         .collect();
     names.sort();
     names
@@ -329,7 +378,7 @@ fn a_tiny_file_size_limit_neither_breaks_the_write_nor_leaves_a_temp_file() {
     }
 }
 
-/// Waits on inotify for the creation of a `.hosts.locald*` file in a directory.
+/// Waits on inotify for the creation of a `.hosts.locald*` temp file (not the lock) in a directory.
 struct CreateWatch(std::os::fd::OwnedFd);
 
 impl CreateWatch {
@@ -359,7 +408,7 @@ impl CreateWatch {
                 // struct inotify_event: wd, mask, cookie (3 × 4 bytes), len (4 bytes), name[len].
                 let len = u32::from_ne_bytes(buffer[at + 12..at + 16].try_into().unwrap()) as usize;
                 let name = &buffer[at + 16..at + 16 + len];
-                if name.starts_with(b".hosts.locald") {
+                if name.starts_with(b".hosts.locald") && !name.starts_with(LOCK_FILE.as_bytes()) {
                     return;
                 }
                 at += 16 + len;

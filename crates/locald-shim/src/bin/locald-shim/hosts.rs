@@ -21,6 +21,9 @@ const MAX_HOSTS_BYTES: u64 = 16 << 20;
 /// The one temp name, only ever used under the lock on /etc: a run killed between creating and
 /// renaming it leaves this single file, which the next run replaces, never one per pid.
 const TEMP: &str = ".hosts.locald.tmp";
+/// The lock every sync-hosts takes, root's and 0600: /etc itself (the lock of protocol 3) can be
+/// opened and flocked by any user, who could then park every other user's sync-hosts forever.
+const LOCK: &str = ".hosts.locald.lock";
 /// What shims before the fixed name left when killed mid-write: `.hosts.locald-<pid>`.
 const OLD_TEMP_PREFIX: &str = ".hosts.locald-";
 
@@ -35,9 +38,9 @@ pub fn run(root: Root, request: &SyncHostsRequest) -> Result<(), ShimError> {
         Mode::empty(),
     )
     .map_err(|e| ShimError::os("open /etc", e))?);
-    // Concurrent callers serialize on /etc itself: the hosts file is replaced by rename, so a
-    // lock on it would be a lock on an inode that is about to go away.
-    let etc = Flock::lock(etc, FlockArg::LockExclusive).map_err(|(_, e)| ShimError::os("lock /etc", e))?;
+    // Not a lock on /etc/hosts: that file is replaced by rename, so a lock on it would be a lock
+    // on an inode that is about to go away.
+    let _lock = lock(&etc)?;
 
     let st = fstatat(Some(etc.as_raw_fd()), HOSTS, AtFlags::AT_SYMLINK_NOFOLLOW)
         .map_err(|e| ShimError::os("stat /etc/hosts", e))?;
@@ -63,6 +66,27 @@ pub fn run(root: Root, request: &SyncHostsRequest) -> Result<(), ShimError> {
         return Ok(());
     }
     replace(&etc, &updated, st.st_uid, st.st_gid, Mode::from_bits_truncate(st.st_mode & 0o7777))
+}
+
+/// Concurrent callers serialize on a root-only file next to the hosts file, which no other user
+/// can open and so none can hold.
+fn lock(etc: &OwnedFd) -> Result<Flock<OwnedFd>, ShimError> {
+    let flags = OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let fd = own(openat(Some(etc.as_raw_fd()), LOCK, flags, Mode::from_bits_truncate(0o600))
+        .map_err(|e| ShimError::os("open /etc/.hosts.locald.lock", e))?);
+    let st = nix::sys::stat::fstat(fd.as_raw_fd())
+        .map_err(|e| ShimError::os("stat /etc/.hosts.locald.lock", e))?;
+    // Only root can create files in /etc, so this is ours; still, a lock others could open would
+    // be no lock at all.
+    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG || st.st_uid != 0 {
+        return Err(ShimError::refused("/etc/.hosts.locald.lock is not a regular file owned by root"));
+    }
+    if st.st_mode & 0o077 != 0 {
+        fchmod(fd.as_raw_fd(), Mode::from_bits_truncate(0o600))
+            .map_err(|e| ShimError::os("chmod lock", e))?;
+    }
+    Flock::lock(fd, FlockArg::LockExclusive)
+        .map_err(|(_, e)| ShimError::os("lock /etc/.hosts.locald.lock", e))
 }
 
 fn read_hosts(etc: &OwnedFd) -> Result<Vec<u8>, ShimError> {
