@@ -2,8 +2,8 @@
 
 use std::io;
 
-use super::MAX_CHUNK_LINE;
 use super::codec::Framing;
+use super::{MAX_CHUNK_LINE, MAX_HEADERS};
 
 /// How much of the body is still to come.
 pub(super) enum Remaining {
@@ -46,35 +46,43 @@ impl Remaining {
     }
 }
 
-/// Finds where a chunked body ends (RFC 9112 §7.1) while it passes through unchanged.
+/// Most bytes of chunk extensions in one body, and of its trailer section (hyper's limits).
+const MAX_EXTENSIONS: usize = 16 * 1024;
+const MAX_TRAILERS: usize = 16 * 1024;
+
+/// Finds where a chunked body ends (RFC 9112 §7.1) while it passes through unchanged. It takes
+/// exactly what hyper's client decoder takes, so the two paths agree on every body: CRLF after
+/// each line (a bare LF is an error), whitespace only before extensions, trailer fields that
+/// parse as fields.
 #[derive(Default)]
 pub(super) struct ChunkScan {
     state: Chunk,
     /// Bytes in the current framing line, bounded by [`MAX_CHUNK_LINE`].
     line: usize,
+    extensions: usize,
+    /// The trailer section so far, checked once it ends.
+    trailers: Vec<u8>,
 }
 
 #[derive(Default, Debug, PartialEq)]
 enum Chunk {
-    /// At the start of a size line.
+    /// At the start of a size line: a hex digit must come.
     #[default]
     SizeStart,
-    /// In a size line: the size so far, whether in the extensions after it.
-    Size {
-        size: u64,
-        ext: bool,
-    },
+    Size(u64),
+    /// Whitespace after the size: only more of it, extensions or the line end may follow.
+    SizeLws(u64),
+    Extension(u64),
     /// `\r` seen at the end of a size line.
-    SizeLf {
-        size: u64,
-    },
+    SizeLf(u64),
     Data(u64),
     DataCr,
     DataLf,
-    /// At the start of a trailer line, or inside one (`empty`: nothing but a `\r` in it yet).
-    Trailer {
-        empty: bool,
-    },
+    /// After the last chunk's size line, and after each trailer field: the empty line or a field.
+    EndCr,
+    EndLf,
+    Trailer,
+    TrailerLf,
     Done,
 }
 
@@ -96,6 +104,9 @@ impl ChunkScan {
                 }
                 continue;
             }
+            if self.state == Chunk::Done {
+                return Ok(i);
+            }
             let b = bytes[i];
             i += 1;
             self.line += 1;
@@ -103,50 +114,94 @@ impl ChunkScan {
                 return Err("a chunk framing line is too long");
             }
             self.state = match std::mem::take(&mut self.state) {
-                Chunk::SizeStart => match hex(b) {
-                    Some(d) => Chunk::Size { size: u64::from(d), ext: false },
-                    None => return Err("a chunk size is not hexadecimal"),
+                Chunk::SizeStart => Chunk::Size(u64::from(hex(b).ok_or("a chunk size is not hexadecimal")?)),
+                Chunk::Size(size) => match b {
+                    b'\r' => Chunk::SizeLf(size),
+                    b' ' | b'\t' => Chunk::SizeLws(size),
+                    b';' => Chunk::Extension(size),
+                    _ => {
+                        let d = u64::from(hex(b).ok_or("a chunk size line is malformed")?);
+                        Chunk::Size(
+                            size.checked_mul(16)
+                                .and_then(|s| s.checked_add(d))
+                                .ok_or("a chunk is too large")?,
+                        )
+                    }
                 },
-                Chunk::Size { size, ext: false } if hex(b).is_some() => {
-                    let d = u64::from(hex(b).unwrap_or_default());
-                    let size =
-                        size.checked_mul(16).and_then(|s| s.checked_add(d)).ok_or("a chunk is too large")?;
-                    Chunk::Size { size, ext: false }
-                }
-                Chunk::Size { size, .. } if b == b'\r' => Chunk::SizeLf { size },
-                Chunk::Size { size, .. } | Chunk::SizeLf { size } if b == b'\n' => {
+                Chunk::SizeLws(size) => match b {
+                    b'\r' => Chunk::SizeLf(size),
+                    b' ' | b'\t' => Chunk::SizeLws(size),
+                    b';' => Chunk::Extension(size),
+                    _ => return Err("a chunk size line is malformed"),
+                },
+                Chunk::Extension(size) => match b {
+                    b'\r' => Chunk::SizeLf(size),
+                    b'\n' => return Err("a chunk extension holds a bare LF"),
+                    _ => {
+                        self.extensions += 1;
+                        if self.extensions >= MAX_EXTENSIONS {
+                            return Err("chunk extensions are too long");
+                        }
+                        Chunk::Extension(size)
+                    }
+                },
+                Chunk::SizeLf(size) if b == b'\n' => {
                     self.line = 0;
-                    if size == 0 { Chunk::Trailer { empty: true } } else { Chunk::Data(size) }
+                    if size == 0 { Chunk::EndCr } else { Chunk::Data(size) }
                 }
-                Chunk::Size { size, ext: false } if matches!(b, b';' | b' ' | b'\t') => {
-                    Chunk::Size { size, ext: true }
-                }
-                Chunk::Size { size, ext: true } if b != b'\r' => Chunk::Size { size, ext: true },
-                Chunk::Size { .. } | Chunk::SizeLf { .. } => return Err("a chunk size line is malformed"),
+                Chunk::SizeLf(_) => return Err("a chunk size line does not end with CRLF"),
                 Chunk::DataCr if b == b'\r' => Chunk::DataLf,
-                Chunk::DataCr | Chunk::DataLf if b == b'\n' => {
+                Chunk::DataLf if b == b'\n' => {
                     self.line = 0;
                     Chunk::SizeStart
                 }
                 Chunk::DataCr | Chunk::DataLf => return Err("a chunk does not end with CRLF"),
-                Chunk::Trailer { empty } if b == b'\n' => {
-                    self.line = 0;
-                    if empty {
-                        self.state = Chunk::Done;
-                        return Ok(i);
-                    }
-                    Chunk::Trailer { empty: true }
-                }
-                Chunk::Trailer { empty } if b == b'\r' => Chunk::Trailer { empty },
-                Chunk::Trailer { .. } => Chunk::Trailer { empty: false },
-                Chunk::Data(_) => unreachable!("handled above"),
-                Chunk::Done => {
+                Chunk::EndCr if b == b'\r' => Chunk::EndLf,
+                Chunk::EndLf if b == b'\n' => {
                     self.state = Chunk::Done;
-                    return Ok(i - 1);
+                    self.check_trailers()?;
+                    return Ok(i);
                 }
+                Chunk::EndLf => return Err("a chunked body does not end with CRLF"),
+                Chunk::EndCr | Chunk::Trailer => {
+                    self.trailer_byte(b)?;
+                    if b == b'\r' { Chunk::TrailerLf } else { Chunk::Trailer }
+                }
+                Chunk::TrailerLf if b == b'\n' => {
+                    self.trailer_byte(b)?;
+                    self.line = 0;
+                    Chunk::EndCr
+                }
+                Chunk::TrailerLf => return Err("a trailer field does not end with CRLF"),
+                Chunk::Data(_) | Chunk::Done => unreachable!("handled above"),
             };
         }
         Ok(i)
+    }
+
+    fn trailer_byte(&mut self, b: u8) -> Result<(), &'static str> {
+        if self.trailers.len() >= MAX_TRAILERS {
+            return Err("the trailer fields are too long");
+        }
+        self.trailers.push(b);
+        Ok(())
+    }
+
+    /// Trailer fields must read as fields (hyper's client fails the body otherwise).
+    fn check_trailers(&mut self) -> Result<(), &'static str> {
+        if self.trailers.is_empty() {
+            return Ok(());
+        }
+        self.trailers.extend_from_slice(b"\r\n");
+        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        match httparse::parse_headers(&self.trailers, &mut fields) {
+            Ok(httparse::Status::Complete((_, fields)))
+                if fields.iter().all(|f| hyper::header::HeaderValue::from_bytes(f.value).is_ok()) =>
+            {
+                Ok(())
+            }
+            _ => Err("a trailer field is malformed"),
+        }
     }
 }
 
@@ -175,7 +230,19 @@ mod tests {
 
     #[test]
     fn malformed_chunk_framing_is_an_error() {
-        for bad in [&b"x\r\n"[..], b"4\r\nwikiXX", b"ffffffffffffffffff\r\n", b"4\rx"] {
+        for bad in [
+            &b"x\r\n"[..],
+            b"4\r\nwikiXX",
+            b"ffffffffffffffffff\r\n",
+            b"4\rx",
+            // Bare LF where hyper's client wants CRLF: the two paths must frame alike.
+            b"5\nhello\r\n",
+            b"5\r\nhello\n0\r\n\r\n",
+            b"5;ext\nhello",
+            b"0\n\n",
+            b"5 x\r\n",
+            b"0\r\nnot a field\r\n\r\n",
+        ] {
             let mut scan = ChunkScan::default();
             assert!(scan.scan(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
         }

@@ -13,8 +13,10 @@ use crate::proxy::forward::{
 pub(super) struct RequestPlan {
     pub(super) head_len: usize,
     pub(super) head_request: bool,
-    /// Safe to send again over a new connection when a kept one failed before any answer.
-    pub(super) replayable: bool,
+    /// A safe method (RFC 9110 §9.2.1): sent again over a new connection when a kept one
+    /// closed before a byte of an answer. Idempotent PUT and DELETE are not: the service may
+    /// have acted on them before it closed.
+    pub(super) safe: bool,
     /// The client asked to close after this exchange.
     pub(super) close: bool,
 }
@@ -143,8 +145,8 @@ pub(super) fn plan_request<T>(
         put_field(out, name.as_str().as_bytes(), value.as_bytes());
     }
     out.extend_from_slice(b"\r\n");
-    let replayable = hyper::Method::from_bytes(method.as_bytes()).is_ok_and(|m| m.is_idempotent());
-    Parsed::Complete(RequestPlan { head_len, head_request: method == "HEAD", replayable, close }, target)
+    let safe = matches!(method, "GET" | "HEAD" | "OPTIONS" | "TRACE");
+    Parsed::Complete(RequestPlan { head_len, head_request: method == "HEAD", safe, close }, target)
 }
 
 /// Why a response head is not a final answer to relay.
@@ -153,6 +155,24 @@ pub(super) enum NotFinal {
     Invalid(&'static str),
 }
 use NotFinal::{Informational, Invalid};
+
+/// A `Content-Length` value as hyper reads it: comma-separated copies of one number, digits
+/// only (no sign, no space inside), the same as `earlier` if there was one.
+fn content_length(value: &[u8], earlier: Option<u64>) -> Option<u64> {
+    let mut length = earlier;
+    for item in value.split(|&b| b == b',') {
+        let digits = item.trim_ascii();
+        if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let n = digits.iter().try_fold(0u64, |n, d| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))?;
+        if length.is_some_and(|l| l != n) {
+            return None;
+        }
+        length = Some(n);
+    }
+    length
+}
 
 /// Reads the response head in `buf`; `Ok(None)` while incomplete. Writes the head for the client
 /// into `out`.
@@ -180,7 +200,7 @@ pub(super) fn plan_response(
     let (mut close, mut keep_alive) = (false, false);
     let mut named: Vec<&[u8]> = Vec::new();
     let mut chunked = None;
-    let mut length: Option<u64> = None;
+    let mut length: Option<Option<u64>> = None;
     for field in res.headers.iter() {
         if eq(field.name, "connection") {
             for token in tokens(field.value) {
@@ -197,23 +217,24 @@ pub(super) fn plan_response(
             let last = field.value.rsplit(|&b| b == b',').next().unwrap_or_default().trim_ascii();
             chunked = Some(last.eq_ignore_ascii_case(b"chunked"));
         } else if eq(field.name, "content-length") {
-            let value = std::str::from_utf8(field.value).ok().and_then(|v| v.trim().parse::<u64>().ok());
-            match (value, length) {
-                (None, _) => return Err(Invalid("its Content-Length is not a number")),
-                (Some(v), Some(earlier)) if v != earlier => {
-                    return Err(Invalid("it sent two different Content-Length fields"));
-                }
-                (Some(v), _) => length = Some(v),
-            }
+            // `Some(None)`: not one length, read as hyper's client reads it; it stays so.
+            length = Some(match length {
+                Some(None) => None,
+                earlier => content_length(field.value, earlier.flatten()),
+            });
         }
     }
+    // RFC 9112 §6.3 in hyper's client's order: no body whatever the fields say, then the
+    // coding (HTTP/1.0 has none), then the length, then the close.
     let framing = if request.head_request || code == 204 || code == 304 {
         Framing::Empty
     } else {
         match (chunked, length) {
+            (Some(_), _) if version == 0 => return Err(Invalid("it sent Transfer-Encoding in HTTP/1.0")),
             (Some(true), _) => Framing::Chunked,
             (Some(false), _) | (None, None) => Framing::UntilClose,
-            (None, Some(n)) => Framing::Length(n),
+            (None, Some(Some(n))) => Framing::Length(n),
+            (None, Some(None)) => return Err(Invalid("its Content-Length is not one number")),
         }
     };
     let _ = write!(out, "HTTP/1.1 {code} ");
@@ -221,14 +242,19 @@ pub(super) fn plan_response(
     out.extend_from_slice(b"\r\n");
     for field in res.headers.iter() {
         let name = field.name;
-        // Transfer-Encoding stays: the body passes through in the coding it names.
-        let hop = (hop_by_hop(name) && !eq(name, "transfer-encoding"))
+        // A chunked body passes through in its coding, so its Transfer-Encoding stays; any
+        // other coding is read to the close and sent as it came (what hyper's path does).
+        let hop = (hop_by_hop(name) && !(framing == Framing::Chunked && eq(name, "transfer-encoding")))
             || named.iter().any(|n| n.eq_ignore_ascii_case(name.as_bytes()))
-            // A sender must not send both (RFC 9112 §6.2); the coding frames the message.
-            || (chunked.is_some() && eq(name, "content-length"));
+            // A sender must not send both (RFC 9112 §6.2); the coding frames the message. A
+            // length is sent once, as the number it framed the body with (not `5, 5`).
+            || (eq(name, "content-length") && (chunked.is_some() || matches!(framing, Framing::Length(_))));
         if !hop {
             put_field(out, name.as_bytes(), field.value);
         }
+    }
+    if let Framing::Length(n) = framing {
+        let _ = write!(out, "content-length: {n}\r\n");
     }
     if framing == Framing::UntilClose || request.close {
         out.extend_from_slice(b"connection: close\r\n");

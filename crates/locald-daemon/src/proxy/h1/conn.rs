@@ -58,24 +58,23 @@ where
         };
         let port = target.port();
 
-        let mut reused = false;
-        let mut upstream = match kept.take().filter(|u| u.port == port) {
-            // A request that cannot be sent again gets a connection known to be open.
-            Some(u) if plan.replayable || still_open(&u.stream) => {
-                reused = true;
-                u
-            }
-            _ => match connect(port).await {
-                Ok(u) => u,
+        // Every reuse is checked: bytes the service sent after the end of its last answer (a
+        // body after a HEAD, 204 or 304, more than its length, a response ahead of any request)
+        // answer nothing, and must never be read as the answer to this request.
+        let (mut upstream, reused) = match kept.take().filter(|u| u.port == port && quiet(&u.stream)) {
+            Some(u) => (u, true),
+            None => match connect(port).await {
+                Ok(u) => (u, false),
                 Err(_) => return Outcome::Fallback(Prefixed { prefix: buf, inner: client }),
             },
         };
         let mut response = send(&mut upstream, &out, &mut client, &plan).await;
-        if let Err(Failed { answered: false, .. }) = &response
+        if let Err(Failed { silent: true, .. }) = &response
             && reused
-            && plan.replayable
+            && plan.safe
         {
-            // The service closed the kept connection in between (say, it restarted).
+            // The service closed the kept connection in between (say, it restarted) without a
+            // byte of an answer: a safe request goes again, as hyper's path does (RFC 9110 §9.2.1).
             upstream = match connect(port).await {
                 Ok(u) => u,
                 Err(_) => return Outcome::Fallback(Prefixed { prefix: buf, inner: client }),
@@ -85,7 +84,7 @@ where
         let (response, head) = match response {
             Ok(sent) => sent,
             Err(Failed { answered: true, .. }) => return Outcome::Done,
-            Err(Failed { answered: false, cause }) => {
+            Err(Failed { answered: false, cause, .. }) => {
                 let _ = write_page(&mut client, target.unreachable(&cause)).await;
                 return Outcome::Done;
             }
@@ -105,8 +104,13 @@ where
 }
 
 /// Whether a kept connection is still open and quiet (no close, no stray bytes from the service).
-fn still_open(stream: &TcpStream) -> bool {
-    matches!(stream.try_read(&mut [0u8; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+fn quiet(stream: &TcpStream) -> bool {
+    use nix::sys::socket::{MsgFlags, recv};
+    use std::os::fd::AsRawFd;
+    // Asks the kernel, not tokio's readiness, which may not have seen bytes that came while
+    // this task was busy: one system call per reuse.
+    let peeked = recv(stream.as_raw_fd(), &mut [0u8; 1], MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT);
+    matches!(peeked, Err(nix::errno::Errno::EAGAIN))
 }
 
 async fn connect(port: u16) -> io::Result<Upstream> {
@@ -114,15 +118,17 @@ async fn connect(port: u16) -> io::Result<Upstream> {
     Ok(Upstream { port, stream, buf: BytesMut::with_capacity(READ_CHUNK) })
 }
 
-/// An exchange that ended early; `answered`: the client already got part of an answer.
+/// An exchange that ended early; `answered`: the client already got part of an answer;
+/// `silent`: the service sent no byte of an answer (it closed, or reset, first).
 struct Failed {
     answered: bool,
+    silent: bool,
     cause: String,
 }
 
 impl Failed {
-    fn before_answer(cause: impl ToString) -> Self {
-        Failed { answered: false, cause: cause.to_string() }
+    fn unsent(cause: impl ToString) -> Self {
+        Failed { answered: false, silent: true, cause: cause.to_string() }
     }
 }
 
@@ -134,16 +140,18 @@ async fn send<S: AsyncWrite + Unpin>(
     client: &mut S,
     request_plan: &RequestPlan,
 ) -> Result<(ResponsePlan, Vec<u8>), Failed> {
+    debug_assert!(upstream.buf.is_empty(), "a kept connection is only reused when quiet");
     upstream.buf.clear();
-    upstream.stream.write_all(request).await.map_err(Failed::before_answer)?;
-    let mut answered = false;
+    upstream.stream.write_all(request).await.map_err(Failed::unsent)?;
+    let (mut answered, mut received) = (false, false);
     loop {
         if !upstream.buf.is_empty() {
             let mut head = Vec::with_capacity(512);
             match plan_response(&upstream.buf, request_plan, &mut head) {
                 Ok(Some(plan)) => return Ok((plan, head)),
                 Ok(None) if upstream.buf.len() >= MAX_HEAD => {
-                    return Err(Failed { answered, cause: "its answer's head is too large".into() });
+                    let cause = "its answer's head is too large".into();
+                    return Err(Failed { answered, silent: false, cause });
                 }
                 Ok(None) => {}
                 Err(Informational(n)) => {
@@ -154,19 +162,20 @@ async fn send<S: AsyncWrite + Unpin>(
                         client.write_all(&interim).await?;
                         client.flush().await
                     };
-                    sent.await.map_err(|e| Failed { answered, cause: e.to_string() })?;
+                    sent.await.map_err(|e| Failed { answered, silent: false, cause: e.to_string() })?;
                     continue;
                 }
-                Err(Invalid(cause)) => return Err(Failed { answered, cause: cause.into() }),
+                Err(Invalid(cause)) => return Err(Failed { answered, silent: false, cause: cause.into() }),
             }
         }
         upstream.buf.reserve(READ_CHUNK);
         match upstream.stream.read_buf(&mut upstream.buf).await {
             Ok(0) => {
-                return Err(Failed { answered, cause: "it closed the connection without an answer".into() });
+                let cause = "it closed the connection without an answer".into();
+                return Err(Failed { answered, silent: !received, cause });
             }
-            Ok(_) => {}
-            Err(e) => return Err(Failed { answered, cause: e.to_string() }),
+            Ok(_) => received = true,
+            Err(e) => return Err(Failed { answered, silent: !received, cause: e.to_string() }),
         }
     }
 }

@@ -1,5 +1,9 @@
 //! The fast path against test services on 127.0.0.1.
 
+mod differential;
+mod raw;
+mod reuse;
+
 use std::io::{BufRead, BufReader, Write};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -83,20 +87,20 @@ fn hello(_: &str, stream: &mut std::net::TcpStream) -> bool {
     stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nx-service: 1\r\n\r\nhello").is_ok()
 }
 
-const PEER: Peer = Peer {
+pub(super) const PEER: Peer = Peer {
     addr: std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 4000),
     tls: false,
 };
 
 /// The fast path serving one client connection to the service on `port` for `app.localhost`.
-fn proxy(port: u16) -> (DuplexStream, tokio::task::JoinHandle<Outcome<DuplexStream>>) {
+pub(super) fn proxy(port: u16) -> (DuplexStream, tokio::task::JoinHandle<Outcome<DuplexStream>>) {
     let (client, server) = tokio::io::duplex(1 << 20);
     let route = move |host: &str| (host == "app.localhost").then_some(Port(port));
     (client, tokio::spawn(serve(server, PEER, Duration::from_secs(30), route)))
 }
 
 /// Reads one response with a `content-length` (or none: until the end) from the client side.
-async fn response(client: &mut DuplexStream) -> (String, Vec<u8>) {
+pub(super) async fn response(client: &mut DuplexStream) -> (String, Vec<u8>) {
     let mut bytes = Vec::new();
     let head_end = loop {
         if let Some(end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -294,7 +298,7 @@ async fn head_204_and_304_have_no_body_and_an_interim_103_is_passed_on() {
 }
 
 /// Reads exactly one head, byte by byte, so nothing after it is consumed.
-async fn read_head(client: &mut DuplexStream) -> String {
+pub(super) async fn read_head(client: &mut DuplexStream) -> String {
     let mut head = Vec::new();
     while !head.ends_with(b"\r\n\r\n") {
         head.push(client.read_u8().await.unwrap());
