@@ -9,7 +9,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -34,6 +34,10 @@ pub enum UpstreamError {
     Connect(#[from] io::Error),
     #[error("{0}")]
     Http(#[from] hyper::Error),
+    /// The client's request body failed (say, malformed chunked coding): the client's fault,
+    /// not the service's.
+    #[error("the request body: {0}")]
+    RequestBody(hyper::Error),
 }
 
 struct Connection {
@@ -58,6 +62,28 @@ impl Upstreams {
     /// after a service restarts, its first request must not fail. Anything else is the service's
     /// answer or its error.
     pub async fn send(&self, port: u16, req: Request<Body>) -> Result<Response<Incoming>, UpstreamError> {
+        if req.body().is_end_stream() {
+            return self.send_once(port, req).await;
+        }
+        // Notes whether an error came from reading the client's body.
+        let failed = Arc::new(AtomicBool::new(false));
+        let flag = failed.clone();
+        let req = req.map(|body| {
+            body.map_err(move |e| {
+                flag.store(true, Ordering::Relaxed);
+                e
+            })
+            .boxed()
+        });
+        match self.send_once(port, req).await {
+            Err(UpstreamError::Http(e)) if failed.load(Ordering::Relaxed) => {
+                Err(UpstreamError::RequestBody(e))
+            }
+            other => other,
+        }
+    }
+
+    async fn send_once(&self, port: u16, req: Request<Body>) -> Result<Response<Incoming>, UpstreamError> {
         let mut req = req;
         if let Some(mut kept) = self.take(port) {
             let replay = replayable(&req);

@@ -107,6 +107,7 @@ const REQUESTS: &[&str] = &[
     "GET {t} HTTP/1.1\r\nHost: app.localhost\r\nHost: other.localhost\r\n\r\n",
     "GET {t} HTTP/1.1\r\nHost: other.localhost\r\n\r\n",
     "GET {t} HTTP/1.1\r\nHost: app.localhost\r\nConnection: x-private\r\nX-Private: 1\r\n\r\n",
+    "POST {t} HTTP/1.1\r\nHost: app.localhost\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n\r\n",
 ];
 
 #[derive(Clone, Debug)]
@@ -179,7 +180,7 @@ fn routed(raw_host: &str) -> bool {
 }
 
 /// Hyper's path as `proxy::serve` runs it, with one route: `app.localhost` to `port`.
-async fn hyper_path<S>(io: S, port: u16)
+pub(super) async fn hyper_path<S>(io: S, port: u16)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -205,7 +206,7 @@ where
             }
             Ok(match forward::forward(&upstreams, req, port, PEER).await {
                 Ok(response) => response,
-                Err(e) => pages::unreachable("app", "web", port, &e.cause()),
+                Err(e) => crate::proxy::forward_failed("app", "web", port, &e),
             })
         }
     });

@@ -146,3 +146,18 @@ async fn framing_hyper_refuses_is_refused_here_too() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_malformed_chunked_request_body_is_a_400_not_the_service_page() {
+    // The service never answers: only the body can end the exchange.
+    let service = Raw::start(|_| Script::default()).await;
+    let (mut client, served) = proxy(service.port);
+    let request = b"POST /up HTTP/1.1\r\nHost: app.localhost\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n\r\n";
+    client.write_all(request).await.unwrap();
+    // The fast path hands a body over; hyper's path (as the proxy runs it) answers.
+    let super::super::Outcome::Fallback(rest) = served.await.unwrap() else { panic!("not handed over") };
+    tokio::spawn(super::differential::hyper_path(rest, service.port));
+    let (head, body) = response(&mut client).await;
+    assert!(head.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{head}");
+    assert!(!String::from_utf8_lossy(&body).contains("not answering"));
+}
