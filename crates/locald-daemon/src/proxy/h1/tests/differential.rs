@@ -107,8 +107,9 @@ const REQUESTS: &[&str] = &[
     "GET {t} HTTP/1.1\r\nHost: app.localhost\r\nHost: other.localhost\r\n\r\n",
     "GET {t} HTTP/1.1\r\nHost: other.localhost\r\n\r\n",
     "GET {t} HTTP/1.1\r\nHost: app.localhost\r\nConnection: x-private\r\nX-Private: 1\r\n\r\n",
-    "POST {t} HTTP/1.1\r\nHost: app.localhost\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n\r\n",
 ];
+// A malformed request body is not drawn: whether the service answers before hyper finds the
+// error is a race on both paths alike. `reuse.rs` tests it against a service that waits.
 
 #[derive(Clone, Debug)]
 struct Exchange {
@@ -255,7 +256,10 @@ async fn run(path: Path, exchanges: &[Exchange]) -> Run {
         if !go_on {
             break;
         }
-        if script(exchange.answer).later.is_some() {
+        // Only a request that reached the service has bytes to come after its answer (one for
+        // another host, or one hyper's path refused, was answered by the proxy).
+        let reached = service.requests().iter().any(|(_, head)| target(head).ends_with(&format!("/r{n}")));
+        if script(exchange.answer).later.is_some() && reached {
             service.inject().await;
         }
     }
@@ -265,11 +269,14 @@ async fn run(path: Path, exchanges: &[Exchange]) -> Run {
         .into_iter()
         .map(|(_, head)| {
             let mut lines = head.lines().filter(|l| !l.is_empty());
-            // hyper's client speaks HTTP/1.0 (with keep-alive) to a service that answered in
-            // it: not a difference in framing.
+            // hyper's client speaks HTTP/1.0 (with keep-alive, and a body without chunks) to a
+            // service that answered in it: not a difference in framing.
             let line = lines.next().unwrap_or_default().replace(" HTTP/1.0", " HTTP/1.1");
             let mut fields: Vec<String> = lines
-                .filter(|l| !l.eq_ignore_ascii_case("connection: keep-alive"))
+                .filter(|l| {
+                    !l.eq_ignore_ascii_case("connection: keep-alive")
+                        && !l.eq_ignore_ascii_case("transfer-encoding: chunked")
+                })
                 .map(|l| match l.split_once(':') {
                     Some((name, value)) => format!("{}: {}", name.to_ascii_lowercase(), value.trim()),
                     None => l.to_owned(),

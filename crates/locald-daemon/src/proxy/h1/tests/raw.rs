@@ -56,7 +56,9 @@ impl Raw {
     /// Has the service write its `later` bytes, and returns once they are written.
     pub async fn inject(&mut self) {
         self.inject.notify_one();
-        self.injected.recv().await.unwrap();
+        // Bounded, so a test that injects where no answer waits fails instead of hanging.
+        let written = tokio::time::timeout(std::time::Duration::from_secs(5), self.injected.recv()).await;
+        assert!(matches!(written, Ok(Some(()))), "no answer was waiting to write its later bytes");
         // Lets the proxy's tasks see the bytes arrive (tokio wakes yielded tasks after the
         // I/O driver has run).
         for _ in 0..4 {
@@ -105,6 +107,39 @@ async fn connection(
             }
         }
         buf.drain(..length);
+        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+            // hyper's client sends a body it has no length for chunked: read it to its end.
+            loop {
+                let line = loop {
+                    if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
+                        break i;
+                    }
+                    let mut chunk = [0u8; 4096];
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(read) => buf.extend_from_slice(&chunk[..read]),
+                    }
+                };
+                let text = String::from_utf8_lossy(&buf[..line]).into_owned();
+                let Ok(size) = usize::from_str_radix(text.split(';').next().unwrap_or_default().trim(), 16)
+                else {
+                    return;
+                };
+                // The data and its CRLF; for the last chunk, the empty line (no trailers sent).
+                let end = line + 2 + size + 2;
+                while buf.len() < end {
+                    let mut chunk = [0u8; 4096];
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(read) => buf.extend_from_slice(&chunk[..read]),
+                    }
+                }
+                buf.drain(..end);
+                if size == 0 {
+                    break;
+                }
+            }
+        }
         log.lock().unwrap().push((n, head.clone()));
         let answer = script(&head);
         if stream.write_all(&answer.now).await.is_err() {
