@@ -310,7 +310,7 @@ async fn handle(
     match Traffic::of(state) {
         Traffic::Forward => match forward::forward(upstreams, req, service.port, peer).await {
             Ok(response) => response,
-            Err(e) => pages::unreachable(project, &service.name, service.port, &e.cause()),
+            Err(e) => forward_failed(project, &service.name, service.port, &e),
         },
         Traffic::Starting => pages::starting(project, &service.name, state.as_str()),
         Traffic::Down => {
@@ -322,5 +322,21 @@ async fn handle(
                     .unwrap_or_default();
             pages::down(project, &service.name, state.as_str(), exit, &lines)
         }
+    }
+}
+
+/// The page for a request that could not be forwarded: 400 when the client's own body was
+/// malformed, else the service's "not answering" page.
+pub(crate) fn forward_failed(
+    project: &str,
+    service: &str,
+    port: u16,
+    e: &forward::ForwardError,
+) -> Response<Body> {
+    match e {
+        forward::ForwardError::Backend(upstream::UpstreamError::RequestBody(_)) => {
+            pages::bad_request(&e.cause())
+        }
+        _ => pages::unreachable(project, service, port, &e.cause()),
     }
 }

@@ -88,6 +88,16 @@ pub fn unreachable(project: &str, service: &str, port: u16, error: &str) -> Resp
     )
 }
 
+/// A request the proxy could not read to its end (a malformed body).
+pub fn bad_request(error: &str) -> Response<Body> {
+    page(
+        StatusCode::BAD_REQUEST,
+        "Bad request",
+        &format!("<p>The request could not be read: {}.</p>", escape(error)),
+        None,
+    )
+}
+
 /// A host no running project has: the list of those that are up.
 pub fn unknown_host(
     host: Option<&str>,

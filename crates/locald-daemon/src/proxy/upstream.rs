@@ -8,7 +8,10 @@
 //! out. The connections close with the client's.
 
 use std::io;
-use std::sync::Mutex;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Empty};
@@ -16,6 +19,7 @@ use hyper::body::{Body as _, Incoming};
 use hyper::client::conn::http1;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::Body;
 
@@ -30,11 +34,17 @@ pub enum UpstreamError {
     Connect(#[from] io::Error),
     #[error("{0}")]
     Http(#[from] hyper::Error),
+    /// The client's request body failed (say, malformed chunked coding): the client's fault,
+    /// not the service's.
+    #[error("the request body: {0}")]
+    RequestBody(hyper::Error),
 }
 
 struct Connection {
     port: u16,
     sender: http1::SendRequest<Body>,
+    /// Bytes read from the service so far.
+    received: Arc<AtomicU64>,
 }
 
 /// One client connection's connections to services on 127.0.0.1.
@@ -46,31 +56,60 @@ pub struct Upstreams {
 impl Upstreams {
     /// Sends `req` (origin-form URI) to the service on `port`. A request that a kept connection
     /// could not even start to send (the service had closed it in between) goes again over a new
-    /// one, and so does an idempotent request without a body that the service closed a kept
-    /// connection on before answering (RFC 9110 §9.2.2; browsers and nginx retry these too):
+    /// one, and so does a request with a safe method and no body that the service closed a kept
+    /// connection on before a byte of an answer (RFC 9110 §9.2.1; browsers and nginx retry
+    /// these too; not PUT or DELETE, which the service may have carried out before it closed):
     /// after a service restarts, its first request must not fail. Anything else is the service's
     /// answer or its error.
     pub async fn send(&self, port: u16, req: Request<Body>) -> Result<Response<Incoming>, UpstreamError> {
+        if req.body().is_end_stream() {
+            return self.send_once(port, req).await;
+        }
+        // Notes whether an error came from reading the client's body.
+        let failed = Arc::new(AtomicBool::new(false));
+        let flag = failed.clone();
+        let req = req.map(|body| {
+            body.map_err(move |e| {
+                flag.store(true, Ordering::Relaxed);
+                e
+            })
+            .boxed()
+        });
+        match self.send_once(port, req).await {
+            Err(UpstreamError::Http(e)) if failed.load(Ordering::Relaxed) => {
+                Err(UpstreamError::RequestBody(e))
+            }
+            other => other,
+        }
+    }
+
+    async fn send_once(&self, port: u16, req: Request<Body>) -> Result<Response<Incoming>, UpstreamError> {
         let mut req = req;
         if let Some(mut kept) = self.take(port) {
             let replay = replayable(&req);
+            let before = kept.received.load(Ordering::Relaxed);
             match kept.sender.try_send_request(req).await {
-                Ok(response) => {
+                Ok(mut response) => {
                     self.keep(kept);
+                    one_length(response.headers_mut());
                     return Ok(response);
                 }
                 Err(mut e) => {
+                    // hyper calls a close after part of a head "incomplete" too: only a close
+                    // before any byte of an answer means the service did not act on it.
+                    let silent = kept.received.load(Ordering::Relaxed) == before;
                     req = match (e.take_message(), replay) {
                         (Some(unsent), _) => unsent,
-                        (None, Some(again)) if e.error().is_incomplete_message() => again,
+                        (None, Some(again)) if e.error().is_incomplete_message() && silent => again,
                         _ => return Err(e.into_error().into()),
                     }
                 }
             }
         }
         let mut fresh = connect(port).await?;
-        let response = fresh.sender.send_request(req).await?;
+        let mut response = fresh.sender.send_request(req).await?;
         self.keep(fresh);
+        one_length(response.headers_mut());
         Ok(response)
     }
 
@@ -100,9 +139,38 @@ impl Upstreams {
     }
 }
 
-/// A copy of an idempotent request without a body, to send again.
+/// The framing fields of a response as hyper's client framed its body, for the client's side:
+/// no `Content-Length` beside a `Transfer-Encoding` (RFC 9112 §6.3: the coding wins, and an
+/// intermediary removes the length), and one length for `5, 5` or two equal lines (hyper's
+/// client reads those as 5; its server would not send them). The fast path does the same.
+fn one_length(headers: &mut hyper::HeaderMap) {
+    use hyper::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+    if headers.contains_key(TRANSFER_ENCODING) {
+        headers.remove(CONTENT_LENGTH);
+        return;
+    }
+    let mut values = headers.get_all(CONTENT_LENGTH).iter();
+    let (Some(first), None) = (values.next(), values.next()) else {
+        // Several lines: hyper's client only took them when they all name one number.
+        if let Some(first) = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok())
+            && let Some(n) = first.split(',').next().map(str::trim)
+            && let Ok(value) = hyper::header::HeaderValue::from_str(n)
+        {
+            headers.insert(CONTENT_LENGTH, value);
+        }
+        return;
+    };
+    if first.as_bytes().contains(&b',')
+        && let Some(n) = first.to_str().ok().and_then(|v| v.split(',').next()).map(str::trim)
+        && let Ok(value) = hyper::header::HeaderValue::from_str(n)
+    {
+        headers.insert(CONTENT_LENGTH, value);
+    }
+}
+
+/// A copy of a request with a safe method and no body, to send again.
 fn replayable(req: &Request<Body>) -> Option<Request<Body>> {
-    if !req.method().is_idempotent() || !req.body().is_end_stream() {
+    if !req.method().is_safe() || !req.body().is_end_stream() {
         return None;
     }
     let mut again = Request::new(Empty::new().map_err(|never| match never {}).boxed());
@@ -124,13 +192,61 @@ pub async fn connect_service(port: u16) -> io::Result<tokio::net::TcpStream> {
 
 async fn connect(port: u16) -> Result<Connection, UpstreamError> {
     let stream = connect_service(port).await?;
-    let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
+    let received = Arc::new(AtomicU64::new(0));
+    let counted = Counted { inner: stream, received: received.clone() };
+    let (sender, connection) = http1::handshake(TokioIo::new(counted)).await?;
     // Ends when the response is done and every sender is gone, or when the connection is
     // upgraded (WebSockets), which hands the socket over to the upgrade.
     tokio::spawn(async move {
         let _ = connection.with_upgrades().await;
     });
-    Ok(Connection { port, sender })
+    Ok(Connection { port, sender, received })
+}
+
+/// A service connection that counts the bytes read from it.
+struct Counted {
+    inner: tokio::net::TcpStream,
+    received: Arc<AtomicU64>,
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let read = (buf.filled().len() - before) as u64;
+        self.received.fetch_add(read, Ordering::Relaxed);
+        polled
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 #[cfg(test)]
@@ -296,6 +412,61 @@ mod tests {
             Ok(_) => panic!("the POST was sent again"),
         }
         assert_eq!(requests.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_delete_a_closing_connection_failed_is_not_sent_twice() {
+        let (port, close, closed, requests) = closing_service();
+        let upstreams = Upstreams::default();
+        assert_eq!(text(upstreams.send(port, get()).await.unwrap()).await, "hello 1");
+        close.send(()).unwrap();
+        closed.recv().unwrap();
+        let delete = Request::delete("/orders/1")
+            .header("host", "web.app.localhost")
+            .body(Empty::new().map_err(|n| match n {}).boxed())
+            .unwrap();
+        // Idempotent, but not safe: the service may have deleted before it closed.
+        assert!(upstreams.send(port, delete).await.is_err(), "the DELETE was sent again");
+        assert_eq!(requests.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_get_answered_in_part_is_not_sent_again() {
+        // The first connection answers one request, then begins an answer to the next and
+        // closes; any further connection answers in full.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let requests = Arc::new(AtomicUsize::new(0));
+        let seen = requests.clone();
+        tokio::spawn(async move {
+            for n in 1.. {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    for answered in 0.. {
+                        let mut head = Vec::new();
+                        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                            let mut chunk = [0u8; 1024];
+                            match stream.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(read) => head.extend_from_slice(&chunk[..read]),
+                            }
+                        }
+                        seen.fetch_add(1, Ordering::SeqCst);
+                        if n == 1 && answered == 1 {
+                            let _ = stream.write_all(b"HTTP/1.1 200").await;
+                            return;
+                        }
+                        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+                    }
+                });
+            }
+        });
+        let upstreams = Upstreams::default();
+        assert_eq!(text(upstreams.send(port, get()).await.unwrap()).await, "ok");
+        let second = upstreams.send(port, get()).await;
+        assert!(second.is_err(), "a request the service had begun to answer went again");
+        assert_eq!(requests.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
