@@ -32,6 +32,7 @@ use tokio::net::TcpStream;
 use super::Body;
 use super::forward::{
     FORWARDED, Forwarded, HOP_BY_HOP, Peer, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO,
+    dropped_request_field,
 };
 
 /// Largest request or response head taken (hyper's path answers a larger request with 431).
@@ -220,7 +221,7 @@ fn plan_request<T>(
     if !path.starts_with('/') || method == "CONNECT" {
         return Parsed::Other;
     }
-    let (mut host, mut xff, mut earlier, mut close) = (None, None, None, false);
+    let (mut host, mut close) = (None, false);
     out.extend_from_slice(method.as_bytes());
     out.push(b' ');
     out.extend_from_slice(path.as_bytes());
@@ -250,24 +251,14 @@ fn plan_request<T>(
                 }
             }
             continue;
-        } else if hop_by_hop(name)
-            || eq(name, X_FORWARDED_PROTO.as_str())
-            || eq(name, X_FORWARDED_HOST.as_str())
-        {
-            continue;
-        } else if eq(name, X_FORWARDED_FOR.as_str()) || eq(name, FORWARDED.as_str()) {
-            let slot = if eq(name, FORWARDED.as_str()) { &mut earlier } else { &mut xff };
-            if slot.is_some() || text().is_none() {
-                return Parsed::Other;
-            }
-            *slot = text();
+        } else if dropped_request_field(name) {
             continue;
         }
         put_field(out, name.as_bytes(), field.value);
     }
     let Some(host) = host else { return Parsed::Other };
     let Some(target) = route(host) else { return Parsed::Other };
-    let values = Forwarded::new(peer, xff, earlier, Some(host));
+    let values = Forwarded::new(peer, host);
     for (name, value) in [
         (X_FORWARDED_FOR, values.xff.as_str()),
         (X_FORWARDED_PROTO, values.proto),
@@ -834,7 +825,8 @@ mod tests {
                     format!(
                         "GET {path} HTTP/1.1\r\nHost: app.localhost\r\nConnection: keep-alive\r\n\
                          Keep-Alive: timeout=5\r\nTE: trailers\r\nX-Forwarded-Proto: https\r\n\
-                         X-Forwarded-For: 192.0.2.7\r\nAccept: */*\r\n\r\n"
+                         X-Forwarded-For: 192.0.2.7\r\nX_Forwarded_Proto: https\r\nForwarded: for=6.6.6.6;host=\"x\r\n\
+                         Accept: */*\r\n\r\n"
                     )
                     .as_bytes(),
                 )
@@ -852,10 +844,18 @@ mod tests {
         let head = &heads[0];
         assert_eq!(field(head, "host"), ["app.localhost"]);
         assert_eq!(field(head, "accept"), ["*/*"]);
-        assert_eq!(field(head, "x-forwarded-for"), ["192.0.2.7, 127.0.0.1"]);
+        assert_eq!(
+            field(head, "x-forwarded-for"),
+            ["127.0.0.1"],
+            "locald is the first hop: the client's value is dropped"
+        );
         assert_eq!(field(head, "x-forwarded-proto"), ["http"], "the client's own value is replaced");
         assert_eq!(field(head, "x-forwarded-host"), ["app.localhost"]);
         assert_eq!(field(head, "forwarded"), ["for=127.0.0.1;proto=http;host=\"app.localhost\""]);
+        assert!(
+            !head.contains('_') && !head.contains("6.6.6.6"),
+            "underscore twins and the client's Forwarded go: {head}"
+        );
         for hop in ["connection", "keep-alive", "te"] {
             assert!(field(head, hop).is_empty(), "{hop} reached the service:\n{head}");
         }
