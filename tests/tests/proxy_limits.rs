@@ -59,7 +59,12 @@ fn an_idle_http2_flood_past_the_fd_limit_leaves_requests_and_the_control_socket_
     assert!(flood.len() > NOFILE as usize, "only {} of the flood got through a handshake", flood.len());
 
     // With the flood still connected: a request, and the control socket.
-    let out = scene.curl("shop.localhost").args(["--max-time", "10"]).arg("https://shop.localhost/").output().unwrap();
+    let out = scene
+        .curl("shop.localhost")
+        .args(["--max-time", "10"])
+        .arg("https://shop.localhost/")
+        .output()
+        .unwrap();
     assert!(out.status.success(), "curl during the flood: {}", text(&out));
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("hello from web"), "{}", text(&out));
     let mut status = scene.locald();
