@@ -3,7 +3,7 @@
 //! supervisor, on listeners from [`listeners`]; [`routes`] maps host names to services, [`tls`]
 //! issues certificates for routed names only, [`forward`] streams requests to the services over
 //! each client connection's own [`upstream`] connections, and [`pages`] answers when a service
-//! cannot.
+//! cannot. [`limits`] bounds connections' time and number, from what [`activity`] records.
 
 pub mod activity;
 pub mod forward;
