@@ -69,6 +69,12 @@ impl Activity {
         Open(self.clone())
     }
 
+    /// Starts the idle time afresh: for a connection hyper's path takes over from the fast
+    /// path, whose requests this does not see, so it is not judged idle since its accept.
+    pub fn restart(&self) {
+        self.idle_since.store(now_ms(), Ordering::Relaxed);
+    }
+
     pub fn evict(&self) {
         self.evicted.store(true, Ordering::Relaxed);
         self.evict.notify_one();

@@ -325,6 +325,7 @@ async fn serve<I>(io: I, shared: Arc<Shared>, peer: Peer, sni: Option<String>, a
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
+    activity.restart();
     let handler = shared.clone();
     let upstreams = Arc::new(Upstreams::default());
     let forwards = Arc::new(tokio::sync::Semaphore::new(shared.limits.forwards_per_client));
