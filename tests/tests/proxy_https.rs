@@ -153,6 +153,61 @@ fn starting_down_unknown_and_refusing_services_get_pages() {
 }
 
 #[test]
+fn forged_host_and_forwarded_fields_never_reach_the_service() {
+    let Some(p) = privileged() else { return };
+    let scene = Scene::new(p, "proxy-forged", &project_toml("shop", ""));
+    scene.ok(&["up"]);
+    let forged = [
+        "Connection: host, x-forwarded-host",
+        "X-Forwarded-Host: evil.com",
+        "X-Forwarded-For: 6.6.6.6",
+        "Forwarded: for=6.6.6.6;proto=https;host=\"x",
+        "X_Forwarded_Proto: http",
+        "X_Forwarded_Host: evil.com",
+        "X_Forwarded_For: 6.6.6.6",
+    ];
+    // Routed by the absolute-form target, with another Host beside it (HTTPS and port 80).
+    for (scheme, proto) in [("https", "https"), ("http", "http")] {
+        let mut curl = scene.curl("web.shop.localhost");
+        curl.args([
+            "--http1.1",
+            "--request-target",
+            "http://web.shop.localhost/headers",
+            "-H",
+            "Host: evil.com",
+        ]);
+        for field in forged {
+            curl.args(["-H", field]);
+        }
+        let headers = body(&curl.arg(format!("{scheme}://web.shop.localhost/")).output().unwrap());
+        assert_eq!(headers.matches("host: ").count(), 2, "one Host and one X-Forwarded-Host:\n{headers}");
+        for expected in [
+            "host: web.shop.localhost\n".to_owned(),
+            "x-forwarded-host: web.shop.localhost\n".to_owned(),
+            "x-forwarded-for: 127.0.0.1\n".to_owned(),
+            format!("x-forwarded-proto: {proto}\n"),
+            format!("forwarded: for=127.0.0.1;proto={proto};host=\"web.shop.localhost\"\n"),
+        ] {
+            assert!(headers.contains(&expected), "{scheme}: missing {expected:?} in:\n{headers}");
+        }
+        assert!(
+            !headers.contains("evil") && !headers.contains("6.6.6.6") && !headers.contains('_'),
+            "{headers}"
+        );
+    }
+    // HTTP/2 whose :authority (curl takes it from Host) is not the name the TLS connection is
+    // for: 421, nothing forwarded.
+    let out = scene
+        .curl("web.shop.localhost")
+        .args(["--http2", "-H", "Host: evil.com", "-w", "\n%{http_code}"])
+        .arg("https://web.shop.localhost/headers")
+        .output()
+        .unwrap();
+    let page = body(&out);
+    assert!(page.ends_with("\n421") && !page.contains("x-forwarded"), "{page}");
+}
+
+#[test]
 fn server_sent_events_arrive_before_the_stream_ends() {
     let Some(p) = privileged() else { return };
     let scene = Scene::new(p, "proxy-sse", &project_toml("shop", ""));

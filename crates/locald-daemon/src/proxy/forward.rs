@@ -1,21 +1,34 @@
 //! Forwarding one request to a service on 127.0.0.1:<port> over HTTP/1.1, whatever the client
 //! spoke. Bodies stream through in both directions as hyper frames (nothing is collected), so
-//! SSE and large uploads or downloads pass with bounded memory. Hop-by-hop headers (RFC 9110
-//! §7.6.1) are dropped both ways; `X-Forwarded-*` and `Forwarded` (RFC 7239) are set. WebSocket
-//! upgrades pass through: HTTP/1.1 `Upgrade` as is, and HTTP/2 extended CONNECT (RFC 8441) as an
-//! HTTP/1.1 upgrade to the service; after the switch, bytes are copied both ways.
+//! SSE and large uploads or downloads pass with bounded memory. WebSocket upgrades pass
+//! through: HTTP/1.1 `Upgrade` as is, and HTTP/2 extended CONNECT (RFC 8441) with `:protocol
+//! websocket` as an HTTP/1.1 upgrade to the service; after the switch, bytes are copied both
+//! ways.
+//!
+//! The fields a service sees (both paths; [`super::h1`] uses [`dropped_request_field`] and
+//! [`Forwarded`] too): `Host` is the authority the request was routed by (the absolute-form
+//! target's or HTTP/2's `:authority` when there is one, RFC 9112 §3.2.2, RFC 9113 §8.3.1);
+//! hop-by-hop fields (RFC 9110 §7.6.1) and those `Connection` names are dropped, except `Host`
+//! and `Content-Length`, which `Connection` cannot remove; the client's `X-Forwarded-For`,
+//! `-Proto`, `-Host` and `Forwarded` are dropped and locald's own set, since locald is the
+//! first hop (a client's value would be believed as if locald had vouched for it); fields whose
+//! name has `_` are dropped (nginx's `underscores_in_headers off`: CGI-style servers fold `_`
+//! and `-`, so `X_Forwarded_For` could stand in for the real one).
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper::header::{
-    CONNECTION, EXPECT, HOST, HeaderMap, HeaderName, HeaderValue, TE, TRANSFER_ENCODING, UPGRADE,
+    CONNECTION, CONTENT_LENGTH, EXPECT, HOST, HeaderMap, HeaderName, HeaderValue, TE, TRANSFER_ENCODING,
+    UPGRADE,
 };
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::TokioIo;
 
 use super::Body;
+use super::activity::{HoldBody, TimedBody};
 use super::upstream::{UpstreamError, Upstreams};
 
 /// Who asked, and over what.
@@ -31,6 +44,8 @@ pub enum ForwardError {
     Backend(#[from] UpstreamError),
     #[error("{0}")]
     Request(#[from] hyper::http::Error),
+    #[error("the request body paused too long")]
+    BodyTimeout,
 }
 
 impl ForwardError {
@@ -55,7 +70,8 @@ pub const HOP_BY_HOP: [HeaderName; 6] = [
 ];
 
 /// Removes the fields that describe one connection, not the message: the fixed list of RFC 9110
-/// §7.6.1 and every field `Connection` names.
+/// §7.6.1 and every field `Connection` names, but never `Host` or `Content-Length` (a client's
+/// `Connection: host` must not take the routed name away from the service).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(CONNECTION)
@@ -63,6 +79,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .filter(|name| *name != HOST && *name != CONTENT_LENGTH)
         .collect();
     for name in named {
         headers.remove(name);
@@ -77,9 +94,20 @@ pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-p
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 
-/// This hop's `X-Forwarded-For` and `Forwarded` values, each appended to the earlier hops' value
-/// when there is one, and its `X-Forwarded-Proto`. One formatter for hyper's path and
-/// [`super::h1`]'s, so the service sees the same fields whichever path its request took.
+/// Whether a client's request field is left out of what the service gets: hop-by-hop ones of
+/// the fixed list, those locald sets itself (`X-Forwarded-*`, `Forwarded`) and any name with
+/// `_`. The fast path must drop exactly these too.
+pub fn dropped_request_field(name: &str) -> bool {
+    name.contains('_')
+        || HOP_BY_HOP.iter().any(|hop| name.eq_ignore_ascii_case(hop.as_str()))
+        || [&X_FORWARDED_FOR, &X_FORWARDED_PROTO, &X_FORWARDED_HOST, &FORWARDED]
+            .iter()
+            .any(|own| name.eq_ignore_ascii_case(own.as_str()))
+}
+
+/// This hop's `X-Forwarded-For`, `X-Forwarded-Proto` and `Forwarded` (RFC 7239) values; no
+/// earlier hop's are kept. One formatter for hyper's path and [`super::h1`]'s, so the service
+/// sees the same fields whichever path its request took.
 pub struct Forwarded {
     pub xff: String,
     pub proto: &'static str,
@@ -87,44 +115,41 @@ pub struct Forwarded {
 }
 
 impl Forwarded {
-    pub fn new(peer: Peer, earlier_xff: Option<&str>, earlier: Option<&str>, host: Option<&str>) -> Self {
+    pub fn new(peer: Peer, host: &str) -> Self {
         use std::fmt::Write;
         let ip = peer.addr.ip();
         let proto = if peer.tls { "https" } else { "http" };
-        let mut xff = String::new();
-        if let Some(earlier) = earlier_xff {
-            let _ = write!(xff, "{earlier}, ");
-        }
-        let _ = write!(xff, "{ip}");
         let mut forwarded = String::new();
-        if let Some(earlier) = earlier {
-            let _ = write!(forwarded, "{earlier}, ");
-        }
         match ip {
             std::net::IpAddr::V6(ip) => write!(forwarded, "for=\"[{ip}]\";proto={proto}"),
             std::net::IpAddr::V4(ip) => write!(forwarded, "for={ip};proto={proto}"),
         }
         .unwrap_or_default();
-        if let Some(host) = host {
-            // A quote or backslash could end the quoted string early (RFC 7239 §4).
-            forwarded.push_str(";host=\"");
-            forwarded.extend(host.chars().filter(|c| !matches!(c, '"' | '\\')));
-            forwarded.push('"');
-        }
-        Forwarded { xff, proto, forwarded }
+        // A quote or backslash could end the quoted string early (RFC 7239 §4).
+        forwarded.push_str(";host=\"");
+        forwarded.extend(host.chars().filter(|c| !matches!(c, '"' | '\\')));
+        forwarded.push('"');
+        Forwarded { xff: ip.to_string(), proto, forwarded }
     }
 }
 
-/// `X-Forwarded-For` (appended), `-Proto`, `-Host` and `Forwarded` (appended).
-pub fn add_forwarded(headers: &mut HeaderMap, peer: Peer, host: Option<&HeaderValue>) {
-    let text = |name: &HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
-    let host_text = host.and_then(|v| v.to_str().ok());
-    let values = Forwarded::new(peer, text(&X_FORWARDED_FOR), text(&FORWARDED), host_text);
+/// The request fields the service gets (see the module's documentation): `authority` is the
+/// one the request was routed by.
+pub fn request_headers(headers: &mut HeaderMap, authority: &HeaderValue, peer: Peer) {
+    strip_hop_by_hop(headers);
+    // The proxy answers `Expect: 100-continue` itself when it starts reading the body.
+    headers.remove(EXPECT);
+    let dropped: Vec<HeaderName> =
+        headers.keys().filter(|name| dropped_request_field(name.as_str())).cloned().collect();
+    for name in dropped {
+        headers.remove(name);
+    }
+    headers.insert(HOST, authority.clone());
+    let host = authority.to_str().unwrap_or_default();
+    let values = Forwarded::new(peer, host);
     insert(headers, X_FORWARDED_FOR, values.xff);
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(values.proto));
-    if let (Some(value), Some(_)) = (host, host_text) {
-        headers.insert(X_FORWARDED_HOST, value.clone());
-    }
+    headers.insert(X_FORWARDED_HOST, authority.clone());
     insert(headers, FORWARDED, values.forwarded);
 }
 
@@ -157,13 +182,49 @@ fn extended_connect(req: &Request<Incoming>) -> Option<HeaderValue> {
     HeaderValue::from_str(protocol.as_str()).ok()
 }
 
+/// Why locald answers a request itself instead of forwarding it, if it does: more than one
+/// `Host` (RFC 9112 §3.2: 400), a CONNECT that is not an extended CONNECT for `websocket` (locald
+/// is no forward proxy, and opens no tunnel of another protocol: 501).
+pub fn refusal(req: &Request<Incoming>) -> Option<(StatusCode, &'static str)> {
+    if req.headers().get_all(HOST).iter().nth(1).is_some() {
+        return Some((StatusCode::BAD_REQUEST, "The request has more than one Host field."));
+    }
+    if req.method() == Method::CONNECT {
+        return match req.extensions().get::<hyper::ext::Protocol>() {
+            None => Some((StatusCode::NOT_IMPLEMENTED, "locald is not a forward proxy: no CONNECT tunnels.")),
+            Some(p) if !p.as_str().eq_ignore_ascii_case("websocket") => {
+                Some((StatusCode::NOT_IMPLEMENTED, "Extended CONNECT is for WebSockets only."))
+            }
+            Some(_) => None,
+        };
+    }
+    None
+}
+
+/// The authority a request is routed by, and forwarded with as `Host`: the absolute-form
+/// target's or HTTP/2's `:authority` when it has one (RFC 9112 §3.2.2, RFC 9113 §8.3.1), else
+/// its `Host`.
+pub fn routed_authority<B>(req: &Request<B>) -> Option<&str> {
+    match req.uri().authority() {
+        Some(authority) => Some(authority.as_str()),
+        None => req.headers().get(HOST).and_then(|h| h.to_str().ok()),
+    }
+}
+
+/// What a forwarded request keeps until its response is sent or its tunnel closes.
+pub type Hold = Box<dyn Send + Sync + Unpin>;
+
 /// Sends `req` to the service on `port` over one of the client connection's `upstreams` and
-/// returns its answer, streaming.
+/// returns its answer, streaming. `authority` is what the request was routed by; a request body
+/// may pause `body_timeout` at most.
 pub async fn forward(
     upstreams: &Upstreams,
     mut req: Request<Incoming>,
+    authority: &HeaderValue,
     port: u16,
     peer: Peer,
+    hold: Hold,
+    body_timeout: Duration,
 ) -> Result<Response<Body>, ForwardError> {
     let h1_protocol = h1_upgrade(&req);
     let h2_protocol = if h1_protocol.is_none() { extended_connect(&req) } else { None };
@@ -172,17 +233,7 @@ pub async fn forward(
 
     let (parts, body) = req.into_parts();
     let mut headers = parts.headers;
-    strip_hop_by_hop(&mut headers);
-    // The proxy answers `Expect: 100-continue` itself when it starts reading the body.
-    headers.remove(EXPECT);
-    if !headers.contains_key(HOST)
-        && let Some(authority) = parts.uri.authority()
-        && let Ok(value) = HeaderValue::from_str(authority.as_str())
-    {
-        headers.insert(HOST, value);
-    }
-    let host = headers.get(HOST).cloned();
-    add_forwarded(&mut headers, peer, host.as_ref());
+    request_headers(&mut headers, authority, peer);
     if let Some(protocol) = &protocol {
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(UPGRADE, protocol.clone());
@@ -193,6 +244,8 @@ pub async fn forward(
     }
     // Origin-form, as a service expects from a client that is not a proxy (RFC 9112 §3.2.1).
     let uri = parts.uri.path_and_query().cloned().map_or_else(|| Uri::from_static("/"), Uri::from);
+    let body = TimedBody::new(body, body_timeout);
+    let timed_out = body.timed_out.clone();
     let (method, body) = if h2_protocol.is_some() {
         (Method::GET, Empty::new().map_err(|never| match never {}).boxed())
     } else {
@@ -201,13 +254,21 @@ pub async fn forward(
     let mut out = Request::builder().method(method).uri(uri).version(Version::HTTP_11).body(body)?;
     *out.headers_mut() = headers;
 
-    let mut response = upstreams.send(port, out).await?;
+    let mut response = match upstreams.send(port, out).await {
+        Ok(response) => response,
+        Err(_) if timed_out.load(std::sync::atomic::Ordering::Relaxed) => {
+            return Err(ForwardError::BodyTimeout);
+        }
+        Err(e) => return Err(e.into()),
+    };
 
     if let (Some(client_upgrade), Some(protocol)) = (client_upgrade, protocol)
         && response.status() == StatusCode::SWITCHING_PROTOCOLS
     {
         let backend_upgrade = hyper::upgrade::on(&mut response);
         tokio::spawn(async move {
+            // The tunnel is an open request of the client connection while it lasts.
+            let _hold = hold;
             let (Ok(client), Ok(service)) = (client_upgrade.await, backend_upgrade.await) else { return };
             let _ =
                 tokio::io::copy_bidirectional(&mut TokioIo::new(client), &mut TokioIo::new(service)).await;
@@ -228,7 +289,8 @@ pub async fn forward(
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     parts.version = Version::default();
-    Ok(Response::from_parts(parts, body.boxed()))
+    let body = HoldBody { inner: body.map_err(Into::into), hold };
+    Ok(Response::from_parts(parts, BodyExt::boxed(body)))
 }
 
 /// 16 unpredictable-enough bytes, base64: the key only has to differ between handshakes.
@@ -271,20 +333,19 @@ mod tests {
     }
 
     #[test]
-    fn forwarded_fields_are_appended_to_earlier_hops() {
+    fn forwarded_fields_are_locald_s_own_and_a_quote_cannot_end_the_host_early() {
         let mut headers = HeaderMap::new();
-        headers.insert("x-forwarded-for", HeaderValue::from_static("192.0.2.7"));
         let peer = Peer { addr: "[::1]:5000".parse().unwrap(), tls: true };
-        add_forwarded(&mut headers, peer, Some(&HeaderValue::from_static("shop.localhost")));
-        assert_eq!(headers["x-forwarded-for"], "192.0.2.7, ::1");
+        request_headers(&mut headers, &HeaderValue::from_static("shop.localhost"), peer);
+        assert_eq!(headers["x-forwarded-for"], "::1");
         assert_eq!(headers["x-forwarded-proto"], "https");
         assert_eq!(headers["x-forwarded-host"], "shop.localhost");
         assert_eq!(headers["forwarded"], "for=\"[::1]\";proto=https;host=\"shop.localhost\"");
 
-        // A quote in the host cannot end the quoted string early (RFC 7239 §4).
+        // RFC 7239 §4.
         let mut headers = HeaderMap::new();
         let peer = Peer { addr: "127.0.0.1:5000".parse().unwrap(), tls: false };
-        add_forwarded(&mut headers, peer, Some(&HeaderValue::from_static("a\"b\\c.localhost")));
+        request_headers(&mut headers, &HeaderValue::from_static("a\"b\\c.localhost"), peer);
         assert_eq!(headers["forwarded"], "for=127.0.0.1;proto=http;host=\"abc.localhost\"");
         assert_eq!(headers["x-forwarded-proto"], "http");
     }

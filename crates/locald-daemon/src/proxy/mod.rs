@@ -3,15 +3,20 @@
 //! supervisor, on listeners from [`listeners`]; [`routes`] maps host names to services, [`tls`]
 //! issues certificates for routed names only, [`forward`] streams requests to the services over
 //! each client connection's own [`upstream`] connections, and [`pages`] answers when a service
-//! cannot.
+//! cannot. [`limits`] bounds connections' time and number, from what [`activity`] records.
 
+pub mod activity;
 pub mod forward;
 pub mod h1;
+pub mod limits;
 pub mod listeners;
 pub mod pages;
 pub mod routes;
 pub mod tls;
 pub mod upstream;
+
+#[cfg(test)]
+mod tests;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -20,9 +25,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
-use hyper::header::HOST;
+use hyper::header::HeaderValue;
 use hyper::service::service_fn;
-use hyper::{Request, Response};
+use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio_rustls::TlsAcceptor;
@@ -31,19 +36,16 @@ use locald_core::ipc::{ProjectStatus, ProxyStatus, ServiceState};
 
 use crate::supervisor::Project;
 use crate::tls::ca::LeafCache;
+use activity::Activity;
 use forward::Peer;
 use routes::{INDEX_HOST, Routes};
 use upstream::Upstreams;
 
-/// Every response body the proxy sends: a service's, streamed, or one of its own pages.
-pub type Body = BoxBody<Bytes, hyper::Error>;
+/// Every body the proxy sends: a service's, streamed, one of its own pages, or a request body.
+pub type Body = BoxBody<Bytes, activity::BoxError>;
 
 /// Most threads serving the proxy (one per core up to this).
 const MAX_THREADS: usize = 4;
-/// Longest a client may take over its TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest a client may take to send a request's header (slowloris).
-const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -79,9 +81,8 @@ impl Proxy {
             ipv6_note: opened.ipv6_note,
             ca: ca_path,
         };
-        let mut connections = auto::Builder::new(TokioExecutor::new());
-        connections.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
-        connections.http2().timer(TokioTimer::new()).enable_connect_protocol();
+        let limits = limits::Limits::for_nofile(limits::nofile());
+        let shared = Arc::new(Shared::new(routes.clone(), status.clone(), limits));
         let acceptor = TlsAcceptor::from(tls_config);
         let mut listening = Vec::new();
         for (listener, tls) in [
@@ -105,11 +106,7 @@ impl Proxy {
                 mine.push((listener.try_clone()?, tls.clone()));
             }
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            let shared = Arc::new(Shared {
-                routes: routes.clone(),
-                status: status.clone(),
-                connections: connections.clone(),
-            });
+            let shared = shared.clone();
             std::thread::Builder::new().name(format!("locald-proxy-{n}")).spawn(move || {
                 runtime.block_on(async move {
                     let mut tasks = tokio::task::JoinSet::new();
@@ -147,61 +144,116 @@ impl Proxy {
     }
 }
 
-struct Shared {
+/// What every thread's connections share.
+pub struct Shared {
     routes: Arc<Routes>,
     status: ProxyStatus,
     connections: auto::Builder<TokioExecutor>,
+    limits: limits::Limits,
+    admission: Arc<limits::Admission>,
 }
 
-async fn accept(listener: tokio::net::TcpListener, shared: Arc<Shared>, tls: Option<TlsAcceptor>) {
+impl Shared {
+    pub fn new(routes: Arc<Routes>, status: ProxyStatus, limits: limits::Limits) -> Self {
+        let mut connections = auto::Builder::new(TokioExecutor::new());
+        connections.http1().timer(TokioTimer::new()).header_read_timeout(limits.header);
+        connections
+            .http2()
+            .timer(TokioTimer::new())
+            .enable_connect_protocol()
+            .max_concurrent_streams(limits.max_streams)
+            .keep_alive_interval(limits.ping)
+            .keep_alive_timeout(limits.ping);
+        let admission = limits::Admission::new(limits.max_clients);
+        Shared { routes, status, connections, limits, admission }
+    }
+}
+
+/// Accept errors (out of descriptors, say) are logged once per this at most.
+static ACCEPT_ERRORS: limits::LogLimiter = limits::LogLimiter::new(Duration::from_secs(10));
+/// The pause after an accept error, doubled while they repeat: a listener whose next accept
+/// would fail the same way is not spun on.
+const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(1));
+
+pub async fn accept(listener: tokio::net::TcpListener, shared: Arc<Shared>, tls: Option<TlsAcceptor>) {
+    let mut backoff = ACCEPT_BACKOFF.0;
     loop {
         let (stream, addr) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
-                // Out of fds and the like: pause instead of spinning.
-                eprintln!("locald: proxy accept: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                if let Some(line) = ACCEPT_ERRORS.line(limits::now_ms(), format_args!("proxy accept: {e}")) {
+                    eprintln!("locald: {line}");
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF.1);
                 continue;
             }
         };
-        let _ = stream.set_nodelay(true);
-        let shared = shared.clone();
-        let tls = tls.clone();
-        tokio::spawn(async move {
-            let peer = Peer { addr, tls: tls.is_some() };
-            match tls {
-                Some(acceptor) => {
-                    // A failed handshake (say, for a name locald does not route) just ends here.
-                    if let Ok(Ok(stream)) =
-                        tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
-                    {
-                        if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-                            serve(TokioIo::new(stream), shared, peer).await;
-                        } else {
-                            serve_h1(stream, shared, peer).await;
-                        }
-                    }
-                }
-                None => serve_h1(stream, shared, peer).await,
-            }
-        });
+        backoff = ACCEPT_BACKOFF.0;
+        // At the cap with every connection busy: this one is closed at once.
+        let Some(admitted) = shared.admission.admit() else { continue };
+        tokio::spawn(connection(stream, addr, shared.clone(), tls.clone(), admitted));
     }
 }
 
+/// One client connection, from its TLS handshake to its end, or until it is evicted.
+async fn connection(
+    stream: tokio::net::TcpStream,
+    addr: std::net::SocketAddr,
+    shared: Arc<Shared>,
+    tls: Option<TlsAcceptor>,
+    admitted: limits::Admitted,
+) {
+    let _ = stream.set_nodelay(true);
+    let activity = admitted.activity.clone();
+    let peer = Peer { addr, tls: tls.is_some() };
+    let io = activity::Watched { inner: stream, activity: activity.clone() };
+    let served = async {
+        let Some(acceptor) = tls else {
+            return serve_h1(io, shared.clone(), peer, None, activity.clone()).await;
+        };
+        // A failed handshake (say, for a name locald does not route) just ends here.
+        let Ok(Ok(stream)) = tokio::time::timeout(shared.limits.handshake, acceptor.accept(io)).await else {
+            return;
+        };
+        // Each name has a certificate of its own, so the connection is for its SNI name only.
+        let sni = stream.get_ref().1.server_name().and_then(routes::normalize_host);
+        if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+            serve(TokioIo::new(stream), shared.clone(), peer, sni, activity.clone()).await;
+        } else {
+            serve_h1(stream, shared.clone(), peer, sni, activity.clone()).await;
+        }
+    };
+    tokio::select! {
+        () = served => {}
+        () = activity.evicted_wait() => {}
+    }
+    drop(admitted);
+}
+
 /// An HTTP/1 client connection: the fast path ([`h1`]) while it can, then hyper's.
-async fn serve_h1<S>(io: S, shared: Arc<Shared>, peer: Peer)
+async fn serve_h1<S>(io: S, shared: Arc<Shared>, peer: Peer, sni: Option<String>, activity: Arc<Activity>)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let route = |host: &str| forwardable(&shared, host, peer.tls);
-    if let h1::Outcome::Fallback(io) = h1::serve(io, peer, HEADER_TIMEOUT, route).await {
-        serve(TokioIo::new(io), shared, peer).await;
+    let route = |host: &str| forwardable(&shared, host, peer.tls, sni.as_deref());
+    if let h1::Outcome::Fallback(io) = h1::serve(io, peer, shared.limits.header, route).await {
+        serve(TokioIo::new(io), shared.clone(), peer, sni, activity).await;
     }
+}
+
+/// Whether a request for `raw_host` on a connection for `sni` is misdirected (RFC 9110
+/// §15.5.20): a TLS connection serves the one name its certificate was issued for.
+fn misdirected(raw_host: Option<&str>, sni: Option<&str>) -> bool {
+    sni.is_some() && raw_host.and_then(routes::normalize_host).as_deref() != sni
 }
 
 /// The route for `raw_host` when [`handle`] would forward its request as it is: a running
 /// service, and no redirect to HTTPS. Everything else is answered on hyper's path.
-fn forwardable(shared: &Shared, raw_host: &str, tls: bool) -> Option<routes::Route> {
+fn forwardable(shared: &Shared, raw_host: &str, tls: bool, sni: Option<&str>) -> Option<routes::Route> {
+    if misdirected(Some(raw_host), sni) {
+        return None;
+    }
     match decide(&shared.routes.current(), Some(raw_host), tls) {
         Decision::Service { route, state, .. } if Traffic::of(state) == Traffic::Forward => Some(route),
         _ => None,
@@ -267,31 +319,77 @@ impl h1::Target for routes::Route {
     }
 }
 
-async fn serve<I>(io: I, shared: Arc<Shared>, peer: Peer)
+/// Serves a client connection on hyper's path until it ends, or has had no request open for
+/// its idle limit (then it is shut down gracefully: GOAWAY on HTTP/2).
+async fn serve<I>(io: I, shared: Arc<Shared>, peer: Peer, sni: Option<String>, activity: Arc<Activity>)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
+    activity.restart();
     let handler = shared.clone();
     let upstreams = Arc::new(Upstreams::default());
+    let forwards = Arc::new(tokio::sync::Semaphore::new(shared.limits.forwards_per_client));
+    let sni: Option<Arc<str>> = sni.map(Into::into);
+    let tracked = activity.clone();
     let service = service_fn(move |req| {
-        let shared = handler.clone();
-        let upstreams = upstreams.clone();
-        async move { Ok::<_, Infallible>(handle(req, &shared, &upstreams, peer).await) }
+        let (shared, upstreams, forwards, sni) =
+            (handler.clone(), upstreams.clone(), forwards.clone(), sni.clone());
+        let activity = tracked.clone();
+        let open = activity.begin();
+        async move {
+            let context = Context { shared: &shared, upstreams: &upstreams, forwards, activity: &activity };
+            let response = handle(req, &context, peer, sni.as_deref()).await;
+            drop(open);
+            Ok::<_, Infallible>(response)
+        }
     });
-    let _ = shared.connections.serve_connection_with_upgrades(io, service).await;
+    let limits = &shared.limits;
+    let connection = shared.connections.serve_connection_with_upgrades(io, service);
+    tokio::pin!(connection);
+    loop {
+        let now = limits::now_ms();
+        let wait = match activity.idle_deadline(limits.header, limits.idle) {
+            Some(due) if due <= now => break,
+            Some(due) => Duration::from_millis(due - now),
+            None => limits.idle.min(limits.header),
+        };
+        tokio::select! {
+            _ = connection.as_mut() => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+    connection.as_mut().graceful_shutdown();
+    let _ = tokio::time::timeout(limits.header, connection).await;
+}
+
+/// What a request on hyper's path is handled with.
+struct Context<'a> {
+    shared: &'a Shared,
+    upstreams: &'a Upstreams,
+    /// The client connection's permits for requests at services.
+    forwards: Arc<tokio::sync::Semaphore>,
+    activity: &'a Arc<Activity>,
 }
 
 async fn handle(
     req: Request<Incoming>,
-    shared: &Shared,
-    upstreams: &Upstreams,
+    context: &Context<'_>,
     peer: Peer,
+    sni: Option<&str>,
 ) -> Response<Body> {
+    let shared = context.shared;
+    if let Some((status, why)) = forward::refusal(&req) {
+        return pages::refused(status, why);
+    }
     let table = shared.routes.current();
-    let raw_host = match req.uri().authority() {
-        Some(authority) => Some(authority.as_str()),
-        None => req.headers().get(HOST).and_then(|h| h.to_str().ok()),
-    };
+    let raw_host = forward::routed_authority(&req);
+    if misdirected(raw_host, sni) {
+        return pages::refused(
+            StatusCode::MISDIRECTED_REQUEST,
+            "This connection is for another name: the request's host differs from the TLS server name.",
+        );
+    }
+    let authority = raw_host.and_then(|h| HeaderValue::from_str(h).ok());
     let (route, state, exit) = match decide(&table, raw_host, peer.tls) {
         Decision::Unknown(host) => {
             return pages::unknown_host(host.as_deref(), &table, &shared.status, peer.tls);
@@ -308,10 +406,23 @@ async fn handle(
     let project = route.project.config.project.name.as_str();
     let service = &handle.service;
     match Traffic::of(state) {
-        Traffic::Forward => match forward::forward(upstreams, req, service.port, peer).await {
-            Ok(response) => response,
-            Err(e) => forward_failed(project, &service.name, service.port, &e),
-        },
+        Traffic::Forward => {
+            let (Some(authority), Ok(permit)) = (authority, context.forwards.clone().acquire_owned().await)
+            else {
+                return pages::refused(StatusCode::BAD_REQUEST, "The request has no usable host.");
+            };
+            let hold: forward::Hold = Box::new((context.activity.begin(), permit));
+            let limit = shared.limits.body;
+            match forward::forward(context.upstreams, req, &authority, service.port, peer, hold, limit).await
+            {
+                Ok(response) => response,
+                Err(forward::ForwardError::BodyTimeout) => pages::refused(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "The request body stopped arriving; the service got an incomplete request.",
+                ),
+                Err(e) => forward_failed(project, &service.name, service.port, &e),
+            }
+        }
         Traffic::Starting => pages::starting(project, &service.name, state.as_str()),
         Traffic::Down => {
             let dir = route.project.log_dir.clone();

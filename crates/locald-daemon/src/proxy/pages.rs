@@ -156,6 +156,11 @@ pub fn redirect(location: &str) -> Response<Body> {
     response
 }
 
+/// A request locald will not forward: `why`, under the status's reason.
+pub fn refused(status: StatusCode, why: &str) -> Response<Body> {
+    page(status, status.canonical_reason().unwrap_or("Refused"), &format!("<p>{}</p>", escape(why)), None)
+}
+
 fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {

@@ -7,6 +7,7 @@ use std::io::Write as _;
 use super::MAX_HEADERS;
 use crate::proxy::forward::{
     FORWARDED, Forwarded, HOP_BY_HOP, Peer, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO,
+    dropped_request_field,
 };
 
 /// What the request line and fields decided.
@@ -88,7 +89,7 @@ pub(super) fn plan_request<T>(
     if !path.starts_with('/') || method == "CONNECT" {
         return Parsed::Other;
     }
-    let (mut host, mut xff, mut earlier, mut close) = (None, None, None, false);
+    let (mut host, mut close) = (None, false);
     out.extend_from_slice(method.as_bytes());
     out.push(b' ');
     out.extend_from_slice(path.as_bytes());
@@ -118,24 +119,14 @@ pub(super) fn plan_request<T>(
                 }
             }
             continue;
-        } else if hop_by_hop(name)
-            || eq(name, X_FORWARDED_PROTO.as_str())
-            || eq(name, X_FORWARDED_HOST.as_str())
-        {
-            continue;
-        } else if eq(name, X_FORWARDED_FOR.as_str()) || eq(name, FORWARDED.as_str()) {
-            let slot = if eq(name, FORWARDED.as_str()) { &mut earlier } else { &mut xff };
-            if slot.is_some() || text().is_none() {
-                return Parsed::Other;
-            }
-            *slot = text();
+        } else if dropped_request_field(name) {
             continue;
         }
         put_field(out, name.as_bytes(), field.value);
     }
     let Some(host) = host else { return Parsed::Other };
     let Some(target) = route(host) else { return Parsed::Other };
-    let values = Forwarded::new(peer, xff, earlier, Some(host));
+    let values = Forwarded::new(peer, host);
     for (name, value) in [
         (X_FORWARDED_FOR, values.xff.as_str()),
         (X_FORWARDED_PROTO, values.proto),

@@ -191,24 +191,27 @@ where
     let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         let upstreams = upstreams.clone();
         async move {
-            let host = match req.uri().authority() {
-                Some(authority) => Some(authority.as_str().to_owned()),
-                None => {
-                    req.headers().get(hyper::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned)
-                }
-            };
-            if !host.as_deref().is_some_and(routed) {
+            // What `proxy::handle` does before it forwards: its refusals, then the route.
+            if let Some((status, why)) = forward::refusal(&req) {
+                return Ok::<_, std::convert::Infallible>(crate::proxy::pages::refused(status, why));
+            }
+            let authority =
+                forward::routed_authority(&req).and_then(|h| hyper::http::HeaderValue::from_str(h).ok());
+            let Some(authority) = authority.filter(|a| a.to_str().is_ok_and(routed)) else {
                 let page = http_body_util::Full::new(bytes::Bytes::from_static(b"unknown"))
                     .map_err(|never| match never {})
                     .boxed();
-                return Ok::<_, std::convert::Infallible>(
-                    Response::builder().status(404).body(page).unwrap(),
-                );
-            }
-            Ok(match forward::forward(&upstreams, req, port, PEER).await {
-                Ok(response) => response,
-                Err(e) => crate::proxy::forward_failed("app", "web", port, &e),
-            })
+                return Ok(Response::builder().status(404).body(page).unwrap());
+            };
+            let body_timeout = crate::proxy::limits::Limits::for_nofile(1024).body;
+            Ok(
+                match forward::forward(&upstreams, req, &authority, port, PEER, Box::new(()), body_timeout)
+                    .await
+                {
+                    Ok(response) => response,
+                    Err(e) => crate::proxy::forward_failed("app", "web", port, &e),
+                },
+            )
         }
     });
     let _ = connections.serve_connection_with_upgrades(TokioIo::new(io), service).await;
