@@ -55,7 +55,7 @@ pub fn run(root: Root, request: &BundleRunRequest) -> Result<i32, ShimError> {
     let mut root_section = spec.root().clone().unwrap_or_default();
     root_section.set_path(rootfs_path);
     spec.set_root(Some(root_section));
-    let copy = Claim::take(&state, &request.id)?;
+    let copy = Claim::take(&state, caller.uid.as_raw(), &request.id)?;
     copy.write(&spec)?;
 
     // The container is cloned from this process and keeps these groups: a group that denies
@@ -207,10 +207,10 @@ struct Claim {
 impl Claim {
     /// Under the caller's lock (the `bundles` directory itself, flocked): removes every copy and
     /// container state of the caller that no live shim holds, then claims `id`'s copy.
-    fn take(state: &Path, id: &str) -> Result<Self, ShimError> {
+    fn take(state: &Path, uid: u32, id: &str) -> Result<Self, ShimError> {
         let bundles = state.join("bundles");
         let guard = locked_dir(&bundles, false)?.ok_or_else(|| ShimError::os("lock", "no lock"))?;
-        sweep(state, &bundles, id);
+        sweep(state, &bundles, uid, id);
         let dir = bundles.join(id);
         let _ = fs::remove_dir_all(&dir);
         fs::DirBuilder::new().mode(0o700).create(&dir).map_err(|e| ShimError::os("create bundle copy", e))?;
@@ -264,7 +264,13 @@ fn locked_dir(dir: &Path, try_only: bool) -> Result<Option<OwnedFd>, ShimError> 
 
 /// Copies no live shim holds, and container states without a copy: left by killed shims. Their
 /// containers (orphans nobody can stop any more) are deleted with them.
-fn sweep(state: &Path, bundles: &Path, id: &str) {
+fn sweep(state: &Path, bundles: &Path, uid: u32, id: &str) {
+    // Their processes are killed through the cgroup (libcontainer's delete leaves a running
+    // orphan alive), then the state goes.
+    let remove = |name: &str| {
+        clear_stale_cgroups(uid, name);
+        remove_stale(state, name);
+    };
     let names = |dir: &Path| -> Vec<OsString> {
         fs::read_dir(dir).into_iter().flatten().flatten().map(|e| e.file_name()).filter(|n| n != id).collect()
     };
@@ -275,7 +281,7 @@ fn sweep(state: &Path, bundles: &Path, id: &str) {
             continue;
         }
         if let Some(name) = name.to_str() {
-            remove_stale(state, name);
+            remove(name);
         }
         let _ = fs::remove_dir_all(&copy);
     }
@@ -284,7 +290,7 @@ fn sweep(state: &Path, bundles: &Path, id: &str) {
             && !bundles.join(&name).exists()
             && let Some(name) = name.to_str()
         {
-            remove_stale(state, name);
+            remove(name);
         }
     }
 }
