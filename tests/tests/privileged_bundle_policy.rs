@@ -272,7 +272,7 @@ fn idmapped_mount_fields_are_refused_before_anything_runs() {
     let cases: Vec<(&str, &str, Box<dyn Fn(&mut serde_json::Value)>)> = vec![
         (
             "idmap-fields",
-            "uidMappings",
+            "Mappings is not allowed",
             Box::new(move |last: &mut serde_json::Value| {
                 last["uidMappings"] = map_to_root.clone();
                 last["gidMappings"] = map_to_root.clone();
