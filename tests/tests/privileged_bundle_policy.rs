@@ -18,6 +18,9 @@ use locald_daemon::container::bundle::{self, ContainerConfig, Volume};
 use locald_tests::{Privileged, privileged, text};
 
 const USER: &str = "locald-policy";
+
+/// An edit of a generated `config.json` (or of one of its mounts), for a named case.
+type Edit = Box<dyn Fn(&mut serde_json::Value)>;
 const DENIED_GROUP: &str = "locald-denied";
 
 struct Caller {
@@ -149,25 +152,41 @@ fn marker_volume(p: &Privileged, c: &Caller, name: &str) -> (PathBuf, Volume) {
 fn a_bundle_that_leaves_capabilities_to_libcontainer_is_refused_and_never_runs() {
     let Some(p) = privileged() else { return };
     let c = caller();
-    let edits: [(&str, &str, fn(&mut serde_json::Value)); 4] = [
-        ("caps-none", "process.capabilities is missing", |j| {
-            j["process"].as_object_mut().unwrap().remove("capabilities");
-        }),
-        ("caps-nobound", "process.capabilities.bounding is missing", |j| {
-            j["process"]["capabilities"].as_object_mut().unwrap().remove("bounding");
-        }),
-        ("caps-noamb", "process.capabilities.ambient is missing", |j| {
-            j["process"]["capabilities"].as_object_mut().unwrap().remove("ambient");
-        }),
-        ("caps-noproc", "no process section", |j| {
-            j.as_object_mut().unwrap().remove("process");
-        }),
+    let edits: [(&str, &str, Edit); 4] = [
+        (
+            "caps-none",
+            "process.capabilities is missing",
+            Box::new(|j: &mut serde_json::Value| {
+                j["process"].as_object_mut().unwrap().remove("capabilities");
+            }),
+        ),
+        (
+            "caps-nobound",
+            "process.capabilities.bounding is missing",
+            Box::new(|j: &mut serde_json::Value| {
+                j["process"]["capabilities"].as_object_mut().unwrap().remove("bounding");
+            }),
+        ),
+        (
+            "caps-noamb",
+            "process.capabilities.ambient is missing",
+            Box::new(|j: &mut serde_json::Value| {
+                j["process"]["capabilities"].as_object_mut().unwrap().remove("ambient");
+            }),
+        ),
+        (
+            "caps-noproc",
+            "no process section",
+            Box::new(|j: &mut serde_json::Value| {
+                j.as_object_mut().unwrap().remove("process");
+            }),
+        ),
     ];
     for (id, why, edit) in edits {
-        let (marker, volume) = marker_volume(&p, &c, &format!("{id}-data"));
+        let (marker, volume) = marker_volume(p, &c, &format!("{id}-data"));
         // With every capability of its namespace, both would succeed (the CapEff 1ff..).
         let script = "mount -t tmpfs none /mnt && touch /data/ran; touch /data/ran";
-        let bundle = bundle_dir(p, &c, id, &config(&c, id, script, vec![volume]), edit);
+        let bundle = bundle_dir(p, &c, id, &config(&c, id, script, vec![volume]), |j| edit(j));
         let out = run(p, &c, &bundle, id);
         assert_eq!(out.status.code(), Some(77), "{id}: {}", text(&out));
         assert!(text(&out).contains(why), "{id}: {}", text(&out));
@@ -269,7 +288,7 @@ fn idmapped_mount_fields_are_refused_before_anything_runs() {
     let Some(p) = privileged() else { return };
     let c = caller();
     let map_to_root = serde_json::json!([{"containerID": 0, "hostID": 0, "size": 1}]);
-    let cases: Vec<(&str, &str, Box<dyn Fn(&mut serde_json::Value)>)> = vec![
+    let cases: Vec<(&str, &str, Edit)> = vec![
         (
             "idmap-fields",
             "Mappings is not allowed",
