@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::path::{Component, Path};
 
-use oci_spec::runtime::{Capability, LinuxNamespaceType, Spec};
+use oci_spec::runtime::{Capability, LinuxNamespaceType, Mount, Process, Spec};
 
 use crate::ShimError;
 
@@ -27,16 +27,18 @@ pub fn cgroup_path(uid: u32, id: &str) -> String {
     format!("/locald/{uid}/{id}")
 }
 
-/// The OCI default capability set (runc's and the spec's examples). In a user namespace these
-/// are the namespace's, not the host's.
-pub const DEFAULT_CAPABILITIES: &[Capability] = &[
+/// The capabilities a container may hold, in every one of its five sets: the OCI default set
+/// (runc's and the spec's examples) without `CAP_SETGID`. In a user namespace these are the
+/// namespace's, not the host's. `CAP_SETGID` is left out because the container keeps the
+/// caller's supplementary groups so that a group denying the caller denies it too (the
+/// CVE-2014-8989 class), and `setgroups` inside would drop them.
+pub const ALLOWED_CAPABILITIES: &[Capability] = &[
     Capability::Chown,
     Capability::DacOverride,
     Capability::Fsetid,
     Capability::Fowner,
     Capability::Mknod,
     Capability::NetRaw,
-    Capability::Setgid,
     Capability::Setuid,
     Capability::Setfcap,
     Capability::Setpcap,
@@ -123,6 +125,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("linux.resources", &["devices", "memory", "cpu", "pids", "hugepageLimits", "blockIO"]),
 ];
 
+const MOUNT_FIELDS: &[&str] = &["destination", "type", "source", "options"];
+
 fn only_allowed_fields(spec: &Spec) -> Result<(), ShimError> {
     let json = serde_json::to_value(spec).map_err(|e| ShimError::usage(format!("config.json: {e}")))?;
     for (section, keys) in ALLOWED {
@@ -135,6 +139,15 @@ fn only_allowed_fields(spec: &Spec) -> Result<(), ShimError> {
         {
             let path = if section.is_empty() { key.clone() } else { format!("{section}.{key}") };
             return refuse(format!("{path} is not allowed"));
+        }
+    }
+    // Mount entries too: a later spec's mount field (as idmapped mounts' uidMappings were) is
+    // refused until a rule for it exists.
+    for mount in json["mounts"].as_array().into_iter().flatten() {
+        if let Some(key) =
+            mount.as_object().and_then(|m| m.keys().find(|k| !MOUNT_FIELDS.contains(&k.as_str())))
+        {
+            return refuse(format!("mounts[].{key} is not allowed"));
         }
     }
     // Shared propagation would let mounts flow between the container and the host.
@@ -226,29 +239,26 @@ pub fn check(spec: &Spec, uid: u32, gid: u32, id: &str) -> Result<(), ShimError>
         return refuse("intelRdt and personality are not allowed");
     }
 
-    if let Some(process) = spec.process() {
-        if let Some(caps) = process.capabilities() {
-            let allowed: HashSet<&Capability> = DEFAULT_CAPABILITIES.iter().collect();
-            for set in
-                [caps.bounding(), caps.effective(), caps.inheritable(), caps.permitted(), caps.ambient()]
-            {
-                if let Some(extra) = set.as_ref().and_then(|s| s.iter().find(|c| !allowed.contains(c))) {
-                    return refuse(format!("capability {extra:?} is beyond the default set"));
-                }
-            }
-        }
-        if process.oom_score_adj().is_some_and(|adj| adj < 0) {
-            return refuse("a negative oomScoreAdj needs privilege");
-        }
-        if process.scheduler().is_some() || process.io_priority().is_some() {
-            return refuse("scheduler and ioPriority are not allowed");
-        }
-        if process.rlimits().as_ref().is_some_and(|r| !r.is_empty()) {
-            return refuse("rlimits are inherited from the caller, not set by the bundle");
-        }
-        if process.apparmor_profile().is_some() || process.selinux_label().is_some() {
-            return refuse("LSM labels are not supported by this shim");
-        }
+    // Without a process section (or its capabilities) libcontainer would leave the container
+    // every capability of its user namespace.
+    let Some(process) = spec.process() else { return refuse("no process section") };
+    capabilities(process)?;
+    if process.user().additional_gids().as_ref().is_some_and(|g| !g.is_empty()) {
+        // libcontainer would setgroups to them, dropping the caller's groups (see
+        // ALLOWED_CAPABILITIES).
+        return refuse("process.user.additionalGids are not allowed");
+    }
+    if process.oom_score_adj().is_some_and(|adj| adj < 0) {
+        return refuse("a negative oomScoreAdj needs privilege");
+    }
+    if process.scheduler().is_some() || process.io_priority().is_some() {
+        return refuse("scheduler and ioPriority are not allowed");
+    }
+    if process.rlimits().as_ref().is_some_and(|r| !r.is_empty()) {
+        return refuse("rlimits are inherited from the caller, not set by the bundle");
+    }
+    if process.apparmor_profile().is_some() || process.selinux_label().is_some() {
+        return refuse("LSM labels are not supported by this shim");
     }
 
     for mount in spec.mounts().clone().unwrap_or_default() {
@@ -257,6 +267,7 @@ pub fn check(spec: &Spec, uid: u32, gid: u32, id: &str) -> Result<(), ShimError>
             return refuse(format!("mount type {typ} at {}", mount.destination().display()));
         }
         let options = mount.options().clone().unwrap_or_default();
+        idmap_free(&mount, &options)?;
         let is_bind = typ == "bind" || options.iter().any(|o| o == "bind" || o == "rbind");
         if is_bind {
             match mount.source() {
@@ -290,6 +301,48 @@ pub fn bind_sources(spec: &Spec) -> Vec<std::path::PathBuf> {
         .collect()
 }
 
+/// All five sets must be given, each within [`ALLOWED_CAPABILITIES`]: libcontainer leaves a
+/// missing set as it is (full in a new user namespace) and a missing bounding set empty.
+fn capabilities(process: &Process) -> Result<(), ShimError> {
+    let Some(caps) = process.capabilities() else { return refuse("process.capabilities is missing") };
+    let allowed: HashSet<&Capability> = ALLOWED_CAPABILITIES.iter().collect();
+    for (name, set) in [
+        ("bounding", caps.bounding()),
+        ("effective", caps.effective()),
+        ("inheritable", caps.inheritable()),
+        ("permitted", caps.permitted()),
+        ("ambient", caps.ambient()),
+    ] {
+        let Some(set) = set else { return refuse(format!("process.capabilities.{name} is missing")) };
+        if let Some(extra) = set.iter().find(|c| !allowed.contains(c)) {
+            return refuse(format!("capability {extra:?} in {name} is beyond the allowed set"));
+        }
+    }
+    Ok(())
+}
+
+/// Idmapped mounts would map files to ids the caller chose; the shim will build the ones it
+/// needs itself (volumes mapped to the caller), never take them from a bundle.
+fn idmap_free(mount: &Mount, options: &[String]) -> Result<(), ShimError> {
+    let at = mount.destination().display();
+    if mount.uid_mappings().is_some() || mount.gid_mappings().is_some() {
+        return refuse(format!(
+            "mount at {at} has uidMappings/gidMappings (idmapped mounts are not allowed)"
+        ));
+    }
+    if let Some(option) = options.iter().find(|o| {
+        let name = o.split('=').next().unwrap_or_default();
+        matches!(name, "idmap" | "ridmap" | "X-mount.idmap")
+    }) {
+        return refuse(format!("mount at {at} has option {option} (idmapped mounts are not allowed)"));
+    }
+    Ok(())
+}
+
 fn plain_relative(path: &Path) -> bool {
     !path.as_os_str().is_empty() && path.components().all(|c| matches!(c, Component::Normal(_)))
 }
+
+#[cfg(test)]
+#[path = "bundle_policy_tests.rs"]
+mod tests;

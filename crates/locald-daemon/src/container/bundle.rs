@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 
 use locald_shim::bundle_policy::cgroup_path;
 use oci_spec::runtime::{
-    LinuxBuilder, LinuxMemoryBuilder, LinuxPidsBuilder, LinuxResourcesBuilder, Mount, MountBuilder,
-    ProcessBuilder, RootBuilder, Spec, UserBuilder,
+    Capabilities, Capability, LinuxBuilder, LinuxCapabilities, LinuxCapabilitiesBuilder, LinuxMemoryBuilder,
+    LinuxPidsBuilder, LinuxResourcesBuilder, Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec,
+    UserBuilder,
 };
 
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -68,6 +69,7 @@ pub fn spec(config: &ContainerConfig) -> Result<Spec, BundleError> {
     process.set_no_new_privileges(Some(true));
     // The caller's rlimits apply; the shim refuses bundles that set their own.
     process.set_rlimits(None);
+    process.set_capabilities(Some(capabilities()?));
     spec.set_process(Some(process));
     spec.set_hostname(Some(config.id.clone()));
     spec.set_root(Some(RootBuilder::default().path("rootfs").readonly(false).build()?));
@@ -105,6 +107,22 @@ pub fn write(dir: &Path, config: &ContainerConfig) -> Result<(), BundleError> {
     std::fs::write(&path, json).map_err(|source| BundleError::Io { path, source })
 }
 
+/// All five sets, written out: the shim refuses a bundle that leaves one to libcontainer (which
+/// would keep every capability of the user namespace). Kept small, well inside the shim's
+/// allowed set: signals, binding low ports inside, audit writes.
+const CAPABILITIES: &[Capability] = &[Capability::AuditWrite, Capability::Kill, Capability::NetBindService];
+
+fn capabilities() -> Result<LinuxCapabilities, BundleError> {
+    let set: Capabilities = CAPABILITIES.iter().copied().collect();
+    Ok(LinuxCapabilitiesBuilder::default()
+        .bounding(set.clone())
+        .effective(set.clone())
+        .inheritable(set.clone())
+        .permitted(set.clone())
+        .ambient(set)
+        .build()?)
+}
+
 fn tmpfs(destination: &str) -> Result<Mount, BundleError> {
     Ok(MountBuilder::default()
         .destination(destination)
@@ -130,7 +148,7 @@ fn bind(volume: &Volume) -> Result<Mount, BundleError> {
 #[cfg(test)]
 mod tests {
     use locald_shim::bundle_policy::check;
-    use oci_spec::runtime::{Capability, LinuxIdMappingBuilder, LinuxNamespaceBuilder, LinuxNamespaceType};
+    use oci_spec::runtime::{LinuxIdMappingBuilder, LinuxNamespaceBuilder, LinuxNamespaceType};
 
     use super::*;
 
@@ -163,6 +181,11 @@ mod tests {
         let linux = spec.linux().as_ref().unwrap();
         assert_eq!(linux.cgroups_path().as_deref(), Some(Path::new("/locald/1000/web-1")));
         assert!(spec.process().as_ref().unwrap().env().as_ref().unwrap().contains(&"PORT=8080".to_owned()));
+        // All five capability sets, so libcontainer leaves the container nothing beyond them.
+        let caps = spec.process().as_ref().unwrap().capabilities().clone().unwrap();
+        for set in [caps.bounding(), caps.effective(), caps.inheritable(), caps.permitted(), caps.ambient()] {
+            assert_eq!(set.as_ref().map(|s| s.len()), Some(CAPABILITIES.len()));
+        }
         // Host network: the proxy reaches the service's port.
         assert!(
             !linux.namespaces().as_ref().unwrap().iter().any(|ns| ns.typ() == LinuxNamespaceType::Network)

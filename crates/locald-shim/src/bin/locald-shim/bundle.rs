@@ -55,14 +55,17 @@ pub fn run(root: Root, request: &BundleRunRequest) -> Result<i32, ShimError> {
     let mut root_section = spec.root().clone().unwrap_or_default();
     root_section.set_path(rootfs_path);
     spec.set_root(Some(root_section));
-    let copy = state.join("bundles").join(&request.id);
-    write_spec_copy(&copy, &spec)?;
+    let copy = Claim::take(&state, caller.uid.as_raw(), &request.id)?;
+    copy.write(&spec)?;
 
+    // The container is cloned from this process and keeps these groups: a group that denies
+    // the caller denies the container too, and without CAP_SETGID it cannot drop them.
+    crate::privilege::set_groups(caller.groups)?;
     let control = control_channel();
     // The copy is written with the limits the preamble lifted; the container runs with the caller's.
     let result = crate::preamble::restore_caller_limits()
-        .and_then(|()| run_container(&state, &copy, caller.uid.as_raw(), &request.id, control));
-    let _ = fs::remove_dir_all(&copy);
+        .and_then(|()| run_container(&state, &copy.dir, caller.uid.as_raw(), &request.id, control));
+    drop(copy);
     result
 }
 
@@ -194,11 +197,104 @@ fn clear_cgroup(dir: &Path) -> bool {
     false
 }
 
-fn write_spec_copy(dir: &Path, spec: &Spec) -> Result<(), ShimError> {
-    let _ = fs::remove_dir_all(dir);
-    fs::DirBuilder::new().mode(0o700).create(dir).map_err(|e| ShimError::os("create bundle copy", e))?;
-    let json = serde_json::to_vec(spec).map_err(|e| ShimError::os("serialize spec", e))?;
-    fs::write(dir.join("config.json"), json).map_err(|e| ShimError::os("write bundle copy", e))
+/// This run's bundle copy, `bundles/<id>`, flocked for as long as the shim runs it. A copy whose
+/// lock is free belongs to a shim that is gone (a caller may SIGKILL their own shim), so the
+/// caller's root-owned data under `/run/locald/<uid>` is bounded by their live shims, each at most
+/// [`MAX_CONFIG_BYTES`] of copy.
+struct Claim {
+    dir: PathBuf,
+    lock: OwnedFd,
+}
+
+impl Claim {
+    /// Under the caller's lock (the `bundles` directory itself, flocked): removes every copy and
+    /// container state of the caller that no live shim holds, then claims `id`'s copy.
+    fn take(state: &Path, uid: u32, id: &str) -> Result<Self, ShimError> {
+        let bundles = state.join("bundles");
+        let guard = locked_dir(&bundles, false)?.ok_or_else(|| ShimError::os("lock", "no lock"))?;
+        sweep(state, &bundles, uid, id);
+        let dir = bundles.join(id);
+        let _ = fs::remove_dir_all(&dir);
+        fs::DirBuilder::new().mode(0o700).create(&dir).map_err(|e| ShimError::os("create bundle copy", e))?;
+        let lock = locked_dir(&dir, true)?
+            .ok_or_else(|| ShimError::os("lock bundle copy", "held by another shim"))?;
+        drop(guard);
+        Ok(Claim { dir, lock })
+    }
+
+    fn write(&self, spec: &Spec) -> Result<(), ShimError> {
+        let json = serde_json::to_vec(spec).map_err(|e| ShimError::os("serialize spec", e))?;
+        if json.len() as u64 > MAX_CONFIG_BYTES {
+            return Err(ShimError::refused("config.json is larger than 1 MiB once validated"));
+        }
+        fs::write(self.dir.join("config.json"), json).map_err(|e| ShimError::os("write bundle copy", e))
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        // Only the copy this run made: a later run of the same id may have replaced it.
+        let ours = |st: nix::sys::stat::FileStat| {
+            nix::sys::stat::stat(&self.dir)
+                .is_ok_and(|now| (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino))
+        };
+        if nix::sys::stat::fstat(self.lock.as_raw_fd()).is_ok_and(ours) {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// `dir` opened and flocked exclusively; `None` when `try_only` and another process holds it.
+fn locked_dir(dir: &Path, try_only: bool) -> Result<Option<OwnedFd>, ShimError> {
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let fd = nix::fcntl::open(dir, flags, Mode::empty())
+        .map(own)
+        .map_err(|e| ShimError::os(&dir.display().to_string(), e))?;
+    let operation = if try_only { libc::LOCK_EX | libc::LOCK_NB } else { libc::LOCK_EX };
+    loop {
+        // SAFETY: flock on an fd we own; no memory is passed.
+        if unsafe { libc::flock(fd.as_raw_fd(), operation) } == 0 {
+            return Ok(Some(fd));
+        }
+        match nix::errno::Errno::last() {
+            nix::errno::Errno::EINTR => continue,
+            nix::errno::Errno::EWOULDBLOCK if try_only => return Ok(None),
+            other => return Err(ShimError::os(&format!("flock {}", dir.display()), other)),
+        }
+    }
+}
+
+/// Copies no live shim holds, and container states without a copy: left by killed shims. Their
+/// containers (orphans nobody can stop any more) are deleted with them.
+fn sweep(state: &Path, bundles: &Path, uid: u32, id: &str) {
+    // Their processes are killed through the cgroup (libcontainer's delete leaves a running
+    // orphan alive), then the state goes.
+    let remove = |name: &str| {
+        clear_stale_cgroups(uid, name);
+        remove_stale(state, name);
+    };
+    let names = |dir: &Path| -> Vec<OsString> {
+        fs::read_dir(dir).into_iter().flatten().flatten().map(|e| e.file_name()).filter(|n| n != id).collect()
+    };
+    for name in names(bundles) {
+        let copy = bundles.join(&name);
+        // Held while we look: a live shim's (it unlocks only when it is done with the copy).
+        if matches!(locked_dir(&copy, true), Ok(None)) {
+            continue;
+        }
+        if let Some(name) = name.to_str() {
+            remove(name);
+        }
+        let _ = fs::remove_dir_all(&copy);
+    }
+    for name in names(state) {
+        if name != "bundles"
+            && !bundles.join(&name).exists()
+            && let Some(name) = name.to_str()
+        {
+            remove(name);
+        }
+    }
 }
 
 /// fd 3 when the daemon passed one: a unix socket. Anything else a caller happened to leave open

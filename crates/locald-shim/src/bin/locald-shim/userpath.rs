@@ -1,6 +1,7 @@
-//! Opening the caller's paths as the caller: the filesystem uid/gid are switched to theirs, so
-//! root's permissions never help reach a path, and every component is opened without following
-//! symlinks, so nothing the caller can rename redirects the shim.
+//! Opening the caller's paths as the caller: the filesystem uid/gid and the supplementary groups
+//! are switched to theirs, so root's permissions never help reach a path (and a group that denies
+//! the caller denies the shim too), and every component is opened without following symlinks, so
+//! nothing the caller can rename redirects the shim.
 
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -13,13 +14,17 @@ use nix::sys::stat::{FileStat, Mode, SFlag, fstat};
 use nix::unistd::{Gid, Uid, setfsgid, setfsuid};
 
 pub use crate::fds::own;
-use crate::privilege::Caller;
+use crate::privilege::{Caller, set_groups};
 
-/// While alive, filesystem access is checked against the caller's uid/gid.
+/// While alive, filesystem access is checked against the caller's uid, gid and supplementary
+/// groups.
 pub struct AsCaller(());
 
 impl AsCaller {
     pub fn enter(caller: Caller) -> Self {
+        // Judging a path without the caller's groups would be wrong in the caller's favour, so a
+        // failure here ends the shim rather than going on.
+        or_exit(set_groups(caller.groups));
         setfsgid(caller.gid);
         setfsuid(caller.uid);
         AsCaller(())
@@ -30,6 +35,14 @@ impl Drop for AsCaller {
     fn drop(&mut self) {
         setfsuid(Uid::from_raw(0));
         setfsgid(Gid::from_raw(0));
+        or_exit(set_groups(&[]));
+    }
+}
+
+fn or_exit(result: Result<(), ShimError>) {
+    if let Err(err) = result {
+        eprintln!("{err}");
+        std::process::exit(err.class.code());
     }
 }
 

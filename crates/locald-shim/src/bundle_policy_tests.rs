@@ -1,0 +1,160 @@
+//! The bundle policy's rules on capabilities, supplementary groups and idmapped mounts, each
+//! against an otherwise acceptable bundle.
+
+use oci_spec::runtime::{Capability, LinuxIdMappingBuilder, MountBuilder, Spec};
+
+use super::{ALLOWED_CAPABILITIES, cgroup_path, check};
+
+const UID: u32 = 1000;
+const ID: &str = "web-1";
+
+/// What the daemon's generator produces, in its essentials.
+fn good() -> Spec {
+    let mut spec = Spec::rootless(UID, UID);
+    let mut process = spec.process().clone().unwrap();
+    process.set_rlimits(None);
+    spec.set_process(Some(process));
+    let mut linux = spec.linux().clone().unwrap();
+    linux.set_cgroups_path(Some(cgroup_path(UID, ID).into()));
+    spec.set_linux(Some(linux));
+    spec
+}
+
+fn refused(spec: &Spec) -> String {
+    check(spec, UID, UID, ID).expect_err("must be refused").message
+}
+
+fn edit_json(spec: &Spec, edit: impl FnOnce(&mut serde_json::Value)) -> Spec {
+    let mut json = serde_json::to_value(spec).unwrap();
+    edit(&mut json);
+    serde_json::from_value(json).unwrap()
+}
+
+#[test]
+fn the_baseline_passes() {
+    check(&good(), UID, UID, ID).unwrap();
+}
+
+#[test]
+fn a_missing_process_or_capabilities_section_is_refused() {
+    let mut spec = good();
+    spec.set_process(None);
+    assert!(refused(&spec).contains("no process section"));
+
+    let mut spec = good();
+    let mut process = spec.process().clone().unwrap();
+    process.set_capabilities(None);
+    spec.set_process(Some(process));
+    assert!(refused(&spec).contains("process.capabilities is missing"));
+}
+
+#[test]
+fn each_missing_capability_set_is_refused() {
+    for set in ["bounding", "effective", "inheritable", "permitted", "ambient"] {
+        let spec = edit_json(&good(), |json| {
+            json["process"]["capabilities"].as_object_mut().unwrap().remove(set);
+        });
+        let message = refused(&spec);
+        assert!(message.contains(&format!("process.capabilities.{set} is missing")), "{set}: {message}");
+    }
+    // Empty sets are explicit and fine: the container gets no capability at all.
+    let spec = edit_json(&good(), |json| {
+        for set in ["bounding", "effective", "inheritable", "permitted", "ambient"] {
+            json["process"]["capabilities"][set] = serde_json::json!([]);
+        }
+    });
+    check(&spec, UID, UID, ID).unwrap();
+}
+
+#[test]
+fn capabilities_beyond_the_allowed_set_are_refused_in_every_set() {
+    for set in ["bounding", "effective", "inheritable", "permitted", "ambient"] {
+        for cap in ["CAP_SYS_ADMIN", "CAP_SETGID"] {
+            let spec = edit_json(&good(), |json| {
+                json["process"]["capabilities"][set].as_array_mut().unwrap().push(cap.into());
+            });
+            let message = refused(&spec);
+            assert!(
+                message.contains("beyond the allowed set") && message.contains(set),
+                "{set} {cap}: {message}"
+            );
+        }
+    }
+    // The whole allowed set, in all five sets, passes.
+    let all: Vec<String> =
+        ALLOWED_CAPABILITIES.iter().map(|c| format!("CAP_{}", snake(&format!("{c:?}")))).collect();
+    let spec = edit_json(&good(), |json| {
+        for set in ["bounding", "effective", "inheritable", "permitted", "ambient"] {
+            json["process"]["capabilities"][set] = serde_json::json!(all);
+        }
+    });
+    check(&spec, UID, UID, ID).unwrap();
+    assert!(!ALLOWED_CAPABILITIES.contains(&Capability::Setgid));
+}
+
+/// `NetBindService` -> `NET_BIND_SERVICE`, the spec's spelling.
+fn snake(name: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in name.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_uppercase());
+    }
+    out
+}
+
+#[test]
+fn additional_gids_are_refused() {
+    let mut spec = good();
+    let mut process = spec.process().clone().unwrap();
+    let mut user = process.user().clone();
+    user.set_additional_gids(Some(vec![0]));
+    process.set_user(user);
+    spec.set_process(Some(process));
+    assert!(refused(&spec).contains("additionalGids"));
+}
+
+#[test]
+fn idmapped_mount_fields_and_options_are_refused() {
+    let mapping =
+        LinuxIdMappingBuilder::default().container_id(0u32).host_id(0u32).size(1u32).build().unwrap();
+    let bind = |options: Vec<&str>| {
+        MountBuilder::default()
+            .destination("/data")
+            .typ("bind")
+            .source("/home/u/data")
+            .options(options.into_iter().map(String::from).collect::<Vec<_>>())
+    };
+    let with = |mount: oci_spec::runtime::Mount| {
+        let mut spec = good();
+        let mut mounts = spec.mounts().clone().unwrap();
+        mounts.push(mount);
+        spec.set_mounts(Some(mounts));
+        spec
+    };
+    let spec =
+        with(bind(vec!["rbind"]).uid_mappings(vec![mapping]).gid_mappings(vec![mapping]).build().unwrap());
+    let message = refused(&spec);
+    assert!(message.contains("uidMappings") || message.contains("gidMappings"), "{message}");
+    // One without the other (the builder refuses that shape; a config.json need not).
+    let spec = edit_json(&with(bind(vec!["rbind"]).build().unwrap()), |json| {
+        let last = json["mounts"].as_array_mut().unwrap().last_mut().unwrap();
+        last["gidMappings"] = serde_json::json!([{"containerID": 0, "hostID": 0, "size": 1}]);
+    });
+    assert!(refused(&spec).contains("gidMappings"));
+    for option in ["idmap", "ridmap", "idmap=uids=0-0-1", "X-mount.idmap=0:0:1"] {
+        let message = refused(&with(bind(vec!["rbind", option]).build().unwrap()));
+        assert!(message.contains("idmapped mounts are not allowed"), "{option}: {message}");
+    }
+    // The same bind without them is fine.
+    check(&with(bind(vec!["rbind", "ro"]).build().unwrap()), UID, UID, ID).unwrap();
+}
+
+#[test]
+fn unknown_mount_fields_are_refused() {
+    let spec = edit_json(&good(), |json| {
+        json["mounts"][0]["uidMappings"] = serde_json::json!([{"containerID": 0, "hostID": 0, "size": 1}]);
+    });
+    assert!(refused(&spec).contains("uidMappings"));
+}
