@@ -79,6 +79,11 @@ impl CallerCgroup {
 
 impl Drop for CallerCgroup {
     fn drop(&mut self) {
+        // The shim removes a container's own cgroup; locald/<uid> stays, as at the root before.
+        for dir in fs::read_dir(self.0.join("locald")).into_iter().flatten().flatten() {
+            let _ = fs::remove_dir(dir.path());
+        }
+        let _ = fs::remove_dir(self.0.join("locald"));
         for _ in 0..200 {
             if fs::remove_dir(&self.0).is_ok() || !self.0.exists() {
                 return;
