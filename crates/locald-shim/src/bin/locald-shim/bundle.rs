@@ -56,6 +56,7 @@ pub fn run(root: Root, request: &BundleRunRequest) -> Result<i32, ShimError> {
     placement.enter()?;
     remove_stale(&state, &request.id);
     clear_stale_cgroups(caller.uid.as_raw(), &request.id);
+    cgroup_view::prepare_unified(caller.uid.as_raw(), &request.id)?;
     // The spec libcontainer will read: the validated one, rootfs pinned to the checked directory.
     let rootfs_path = fs::read_link(format!("/proc/self/fd/{}", rootfs.as_raw_fd()))
         .map_err(|e| ShimError::os("resolve rootfs", e))?;

@@ -61,6 +61,46 @@ impl Placement {
     }
 }
 
+/// On a unified (v2-only) host, inside the view: makes `/locald/<uid>/<id>` before libcontainer
+/// does, which then only attaches to it. libcontainer would write `+<every controller>` into the
+/// `cgroup.subtree_control` of each cgroup on the way, the caller's own included: where that
+/// holds processes, the threaded controllers (pids, cpu, cpuset) get enabled anyway, which makes
+/// it a thread root and every domain cgroup below it unusable (EOPNOTSUPP on attach). So
+/// controllers are enabled only from a caller cgroup without processes of its own (the root
+/// cgroup, the top of a delegated subtree); below one with processes the container has none of
+/// its own, and the caller's limits still count all of its tasks.
+pub fn prepare_unified(uid: u32, id: &str) -> Result<(), ShimError> {
+    let root = Path::new("/sys/fs/cgroup");
+    if !root.join("cgroup.subtree_control").exists() {
+        return Ok(());
+    }
+    let leaf = spec_path(uid, id);
+    let mut dir = root.to_owned();
+    let busy = !fs::read_to_string(root.join("cgroup.procs")).unwrap_or_default().trim().is_empty();
+    let enable = !busy || is_root_cgroup(root);
+    for name in leaf.iter().skip(1) {
+        if enable {
+            let available = fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
+            for controller in available.split_whitespace() {
+                // Best effort, as libcontainer does: a limit needing a missing one fails later.
+                let _ = fs::write(dir.join("cgroup.subtree_control"), format!("+{controller}"));
+            }
+        }
+        dir.push(name);
+        match fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(ShimError::os(&format!("create {}", dir.display()), e)),
+        }
+    }
+    Ok(())
+}
+
+/// The root cgroup has no `cgroup.type` and may hold processes and controllers at once.
+fn is_root_cgroup(dir: &Path) -> bool {
+    !dir.join("cgroup.type").exists()
+}
+
 fn owned_by(path: &Path, uid: u32) -> bool {
     fs::symlink_metadata(path).is_ok_and(|m| m.uid() == uid)
 }
