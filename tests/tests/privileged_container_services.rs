@@ -146,22 +146,21 @@ fn service<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Val
 }
 
 /// The value of a cgroup file for the container `id`, from whichever hierarchy has it.
+/// The container's cgroups: below this test process's own in each hierarchy, since the daemon it
+/// starts, and so the shim, inherit them.
+fn container_cgroups(uid: u32, id: &str) -> Vec<PathBuf> {
+    use locald_shim::cgroup_placement as place;
+    let memberships = place::parse_memberships(&fs::read_to_string("/proc/self/cgroup").unwrap()).unwrap();
+    let mounts = place::parse_cgroup_mounts(&fs::read_to_string("/proc/self/mountinfo").unwrap()).unwrap();
+    let hierarchies = place::hierarchies(&memberships, &mounts).unwrap();
+    hierarchies.iter().map(|h| place::container_dir(&h.caller, uid, id).unwrap()).collect()
+}
+
 fn cgroup_value(uid: u32, id: &str, files: &[&str]) -> Option<String> {
-    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
-    for line in mountinfo.lines() {
-        let Some((left, right)) = line.split_once(" - ") else { continue };
-        if !right.starts_with("cgroup") {
-            continue;
-        }
-        let mount = left.split(' ').nth(4).unwrap();
-        for file in files {
-            if let Ok(value) = fs::read_to_string(Path::new(mount).join(format!("locald/{uid}/{id}/{file}")))
-            {
-                return Some(value.trim().to_owned());
-            }
-        }
-    }
-    None
+    container_cgroups(uid, id)
+        .iter()
+        .find_map(|dir| files.iter().find_map(|file| fs::read_to_string(dir.join(file)).ok()))
+        .map(|value| value.trim().to_owned())
 }
 
 fn container_dirs(uid: u32, id: &str) -> Vec<PathBuf> {
@@ -170,16 +169,7 @@ fn container_dirs(uid: u32, id: &str) -> Vec<PathBuf> {
     if state.exists() {
         found.push(state);
     }
-    for entry in fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
-        for candidate in [
-            entry.path().join(format!("locald/{uid}/{id}")),
-            PathBuf::from(format!("/sys/fs/cgroup/locald/{uid}/{id}")),
-        ] {
-            if candidate.exists() && !found.contains(&candidate) {
-                found.push(candidate);
-            }
-        }
-    }
+    found.extend(container_cgroups(uid, id).into_iter().filter(|dir| dir.exists()));
     found
 }
 

@@ -45,6 +45,16 @@ fn config(p: &Privileged, id: &str, script: &str) -> ContainerConfig {
     }
 }
 
+/// Where the shim puts container `id` of `uid` when this test process starts it: below the
+/// test's own cgroup in every hierarchy.
+fn own_container_cgroups(uid: u32, id: &str) -> Vec<PathBuf> {
+    use locald_shim::cgroup_placement as place;
+    let memberships = place::parse_memberships(&fs::read_to_string("/proc/self/cgroup").unwrap()).unwrap();
+    let mounts = place::parse_cgroup_mounts(&fs::read_to_string("/proc/self/mountinfo").unwrap()).unwrap();
+    let hierarchies = place::hierarchies(&memberships, &mounts).unwrap();
+    hierarchies.iter().map(|h| place::container_dir(&h.caller, uid, id).unwrap()).collect()
+}
+
 fn run_bundle(p: &Privileged, bundle: &Path, id: &str) -> Output {
     p.as_user(&p.shim()).args(["bundle", "run", "--bundle"]).arg(bundle).args(["--id", id]).output().unwrap()
 }
@@ -233,12 +243,9 @@ fn closing_the_control_fd_kills_the_container_and_leaves_nothing() {
     assert_eq!(locald_tests::field(&out, "shim_exit"), "137", "{}", text(&out));
     assert!(!Path::new(&format!("/proc/{pid}")).exists(), "the container outlived its daemon");
     assert!(!Path::new(&format!("/run/locald/{}/eof", p.user.uid)).exists(), "state left behind");
+    // Below this test process's cgroups in each hierarchy, where the shim it started put them.
     let leftover_cgroups: Vec<_> =
-        ["/sys/fs/cgroup/pids", "/sys/fs/cgroup/memory", "/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
-            .iter()
-            .map(|root| Path::new(root).join(format!("locald/{}/eof", p.user.uid)))
-            .filter(|path| path.exists())
-            .collect();
+        own_container_cgroups(p.user.uid, "eof").into_iter().filter(|path| path.exists()).collect();
     assert!(leftover_cgroups.is_empty(), "cgroups left behind: {leftover_cgroups:?}");
 }
 
@@ -263,18 +270,20 @@ fn a_stop_request_on_the_control_fd_signals_the_container() {
 fn a_stale_frozen_cgroup_at_the_containers_path_does_not_hang_the_next_run() {
     let Some(p) = privileged() else { return };
     let id = "frozen";
-    let relative = format!("locald/{}/{id}", p.user.uid);
-    let v1 = Path::new("/sys/fs/cgroup/freezer").join(&relative);
-    let v2 = Path::new("/sys/fs/cgroup/unified").join(&relative);
+    // The container's path below this test process's cgroups, where the shim it starts looks.
+    let dirs = own_container_cgroups(p.user.uid, id);
+    let under = |mount: &str| dirs.iter().find(|d| d.starts_with(mount)).cloned();
+    let v1 = under("/sys/fs/cgroup/freezer").unwrap_or_default();
+    let v2 = under("/sys/fs/cgroup/unified").unwrap_or_default();
     let frozen = if Path::new("/sys/fs/cgroup/freezer").is_dir() {
         fs::create_dir_all(&v1).unwrap();
         fs::write(v1.join("freezer.state"), "FROZEN").unwrap();
         v1
     } else {
-        let dir = if v2.parent().unwrap().parent().unwrap().parent().unwrap().is_dir() {
+        let dir = if Path::new("/sys/fs/cgroup/unified").is_dir() {
             v2
         } else {
-            Path::new("/sys/fs/cgroup").join(&relative)
+            under("/sys/fs/cgroup").expect("a cgroup v2 mount")
         };
         fs::create_dir_all(&dir).unwrap();
         fs::write(dir.join("cgroup.freeze"), "1").unwrap();

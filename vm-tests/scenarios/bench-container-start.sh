@@ -15,10 +15,12 @@ mkdir -p "$work/bundle/rootfs/bin" "$work/bundle/rootfs/proc" "$work/bundle/root
 cp /bin/busybox "$work/bundle/rootfs/bin/busybox"
 ln -s busybox "$work/bundle/rootfs/bin/true"
 shim-caller write-bundle "$work/bundle" "$uid" "$gid" bench /bin/true
-# The same bundle for the peers, but their own cgroup: runtimes must not share cgroups.
+# The same bundle for the peers, but their own cgroup: runtimes must not share cgroups. The
+# daemon's bundle names none (the shim places it below the caller's cgroup, here the root's
+# locald/<uid>/bench).
 for peer in runc crun; do
     cp -a "$work/bundle" "$work/$peer"
-    sed -i "s|\"/locald/$uid/bench\"|\"/locald-bench/$peer\"|" "$work/$peer/config.json"
+    sed -i "s|\"linux\": {|\"linux\": { \"cgroupsPath\": \"/locald-bench/$peer\",|" "$work/$peer/config.json"
     grep -q "\"/locald-bench/$peer\"" "$work/$peer/config.json"
 done
 chown -R "$uid:$gid" "$work"

@@ -1,5 +1,6 @@
 # run-as: user
-# A busybox container through the shim lands in locald/<uid>/<id> on cgroup v2 with the memory
+# A busybox container through the shim lands in locald/<uid>/<id> below its caller's cgroup (the
+# root cgroup here, where the VM's user runs) on cgroup v2 with the memory
 # and pids limits of its bundle; a fork bomb inside is held by pids.max, and everything is
 # reaped when the container ends.
 mkdir -p bundle/rootfs/bin bundle/rootfs/proc bundle/rootfs/dev bundle/rootfs/sys bundle/rootfs/tmp

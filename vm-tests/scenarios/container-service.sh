@@ -1,6 +1,7 @@
 # run-as: user
 # `locald up` of a project with an image service: the daemon, running as the user, prepares the
-# bundle, and the shim runs it in locald/<uid>/<id> on cgroup v2 with the memory and pids limits
+# bundle, and the shim runs it in locald/<uid>/<id> below the daemon's cgroup (the root cgroup
+# here) on cgroup v2 with the memory and pids limits
 # written in locald.toml; `locald down` leaves neither process nor cgroup behind.
 mkdir -p proj/rootfs/bin proj/rootfs/proc proj/rootfs/dev proj/rootfs/sys proj/rootfs/tmp proj/rootfs/www
 cp /bin/busybox proj/rootfs/bin/busybox

@@ -22,11 +22,6 @@ pub fn container_id(id: &str) -> Result<(), ShimError> {
     }
 }
 
-/// The cgroup every container of `uid` lands in: `/locald/<uid>/<id>`.
-pub fn cgroup_path(uid: u32, id: &str) -> String {
-    format!("/locald/{uid}/{id}")
-}
-
 /// The capabilities a container may hold, in every one of its five sets: the OCI default set
 /// (runc's and the spec's examples) without `CAP_SETGID`. In a user namespace these are the
 /// namespace's, not the host's. `CAP_SETGID` is left out because the container keeps the
@@ -215,9 +210,9 @@ pub fn check(spec: &Spec, uid: u32, gid: u32, id: &str) -> Result<(), ShimError>
         _ => return refuse("root.path must be a relative path inside the bundle"),
     }
 
-    let expected = cgroup_path(uid, id);
-    if linux.cgroups_path().as_deref() != Some(Path::new(&expected)) {
-        return refuse(format!("cgroupsPath must be {expected}"));
+    // The shim places the container below the caller's own cgroup itself (cgroup_placement).
+    if linux.cgroups_path().is_some() {
+        return refuse("cgroupsPath is chosen by the shim (below the caller's cgroup); leave it out");
     }
     if linux.devices().as_ref().is_some_and(|d| !d.is_empty()) {
         return refuse("extra devices are not allowed");

@@ -3,7 +3,7 @@
 
 use oci_spec::runtime::{Capability, LinuxIdMappingBuilder, MountBuilder, Spec};
 
-use super::{ALLOWED_CAPABILITIES, cgroup_path, check};
+use super::{ALLOWED_CAPABILITIES, check};
 
 const UID: u32 = 1000;
 const ID: &str = "web-1";
@@ -14,8 +14,9 @@ fn good() -> Spec {
     let mut process = spec.process().clone().unwrap();
     process.set_rlimits(None);
     spec.set_process(Some(process));
+    // No cgroupsPath: the shim places the container below its caller's cgroup itself.
     let mut linux = spec.linux().clone().unwrap();
-    linux.set_cgroups_path(Some(cgroup_path(UID, ID).into()));
+    linux.set_cgroups_path(None);
     spec.set_linux(Some(linux));
     spec
 }

@@ -6,6 +6,7 @@
 //! [`PROTOCOL_VERSION`] in the same change.
 
 pub mod bundle_policy;
+pub mod cgroup_placement;
 pub mod exit;
 pub mod protocol;
 pub mod validate;

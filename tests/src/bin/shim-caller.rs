@@ -7,6 +7,8 @@
 //! shim-caller [--netns] --uid U --gid G empty-argv         (execs the shim with argc 0)
 //! shim-caller [--netns] --uid U --gid G remove PATH        (the daemon's force_remove_dir_all)
 //! shim-caller [--netns] --uid U --gid G listen             (listens on 127.0.0.1 until stdin closes)
+//! shim-caller [--join-cgroup DIR]... --uid U --gid G exec SHIM-ARGS...  (execs the shim, after
+//!     joining each cgroup DIR as root: a caller confined by cgroups root made)
 //!
 //! shim-caller write-bundle DIR UID GID ID [--memory B] [--pids N] ARGS...  (the daemon's generator)
 //!
@@ -32,6 +34,10 @@ fn main() -> ExitCode {
         return write_bundle(&args[1..]);
     }
     let netns = take_flag(&mut args, "--netns");
+    while args.iter().any(|a| a == "--join-cgroup") {
+        let dir = take_value(&mut args, "--join-cgroup");
+        std::fs::write(std::path::Path::new(&dir).join("cgroup.procs"), "0").expect("join cgroup");
+    }
     let uid = take_value(&mut args, "--uid").parse().expect("--uid");
     let gid = take_value(&mut args, "--gid").parse().expect("--gid");
     if netns {
@@ -53,6 +59,10 @@ fn main() -> ExitCode {
         "remove" => return remove(&args[0]),
         "bundle-control" => bundle_control(&args),
         "listen" => listen(),
+        "exec" => {
+            let shim = std::env::var("LOCALD_SHIM").expect("LOCALD_SHIM");
+            panic!("exec {shim}: {}", Command::new(&shim).args(&args).env_clear().exec());
+        }
         other => panic!("unknown mode {other}"),
     }
     ExitCode::SUCCESS

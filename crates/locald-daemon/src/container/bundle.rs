@@ -1,10 +1,10 @@
 //! OCI bundle generation: a `config.json` that the shim's bundle policy accepts — a new user
 //! namespace mapped only to the caller, new mount/pid/ipc/uts namespaces, the host's network
-//! (so the proxy reaches the service's port), locald's cgroup path, no hooks.
+//! (so the proxy reaches the service's port), no hooks, and no `cgroupsPath`: the shim places the
+//! container below the caller's own cgroup itself.
 
 use std::path::{Path, PathBuf};
 
-use locald_shim::bundle_policy::cgroup_path;
 use oci_spec::runtime::{
     Capabilities, Capability, LinuxBuilder, LinuxCapabilities, LinuxCapabilitiesBuilder, LinuxMemoryBuilder,
     LinuxPidsBuilder, LinuxResourcesBuilder, Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec,
@@ -84,7 +84,8 @@ pub fn spec(config: &ContainerConfig) -> Result<Spec, BundleError> {
     let base =
         spec.linux().clone().unwrap_or_else(|| LinuxBuilder::default().build().expect("empty linux section"));
     let mut linux = base;
-    linux.set_cgroups_path(Some(PathBuf::from(cgroup_path(config.uid, &config.id))));
+    // Spec::rootless sets none; the shim refuses a bundle that names one.
+    linux.set_cgroups_path(None);
     if config.memory_bytes.is_some() || config.pids.is_some() {
         let mut resources = LinuxResourcesBuilder::default();
         if let Some(limit) = config.memory_bytes {
@@ -179,7 +180,7 @@ mod tests {
         let spec = spec(&config()).unwrap();
         check(&spec, 1000, 1000, "web-1").unwrap();
         let linux = spec.linux().as_ref().unwrap();
-        assert_eq!(linux.cgroups_path().as_deref(), Some(Path::new("/locald/1000/web-1")));
+        assert_eq!(linux.cgroups_path().as_deref(), None, "the shim chooses the cgroup");
         assert!(spec.process().as_ref().unwrap().env().as_ref().unwrap().contains(&"PORT=8080".to_owned()));
         // All five capability sets, so libcontainer leaves the container nothing beyond them.
         let caps = spec.process().as_ref().unwrap().capabilities().clone().unwrap();
@@ -270,9 +271,16 @@ mod tests {
 
         let mut s = good.clone();
         let mut linux = s.linux().clone().unwrap();
-        linux.set_cgroups_path(Some("/locald/0/web-1".into()));
+        linux.set_cgroups_path(Some("/locald/1000/web-1".into()));
         s.set_linux(Some(linux));
         assert!(refused(&s).contains("cgroupsPath"));
+        for escape in ["/", "/../../..", "/init.scope", "relative"] {
+            let mut s = good.clone();
+            let mut linux = s.linux().clone().unwrap();
+            linux.set_cgroups_path(Some(escape.into()));
+            s.set_linux(Some(linux));
+            assert!(refused(&s).contains("cgroupsPath"), "{escape}");
+        }
 
         let mut s = good.clone();
         let mut process = s.process().clone().unwrap();

@@ -16,6 +16,7 @@ use libcontainer::container::Container;
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::syscall::syscall::SyscallType;
 use locald_shim::bundle_policy::{self, bind_sources};
+use locald_shim::cgroup_placement;
 use locald_shim::protocol::BundleRunRequest;
 use locald_shim::validate::absolute_components;
 use locald_shim::{CONTROL_FD, ShimError};
@@ -24,6 +25,7 @@ use nix::sys::stat::Mode;
 use nix::sys::wait::{WaitStatus, waitpid};
 use oci_spec::runtime::Spec;
 
+use crate::cgroup_view;
 use crate::privilege::{Caller, Root};
 use crate::userpath::{AsCaller, is_regular, open_as_caller, own, require_owned_dir, stat};
 
@@ -33,6 +35,8 @@ const MAX_REQUEST_BYTES: u64 = 64;
 
 pub fn run(root: Root, request: &BundleRunRequest) -> Result<i32, ShimError> {
     let caller = root.caller();
+    // First, before the caller has had time to move the shim anywhere: where its cgroups are.
+    let placement = cgroup_view::Placement::of_caller(caller.uid.as_raw())?;
     bundle_policy::container_id(&request.id)?;
     let bundle_path = absolute_components(&request.bundle)?;
     let bundle = open_as_caller(caller, &bundle_path, OFlag::O_PATH | OFlag::O_DIRECTORY)?;
@@ -47,14 +51,21 @@ pub fn run(root: Root, request: &BundleRunRequest) -> Result<i32, ShimError> {
     }
 
     let state = state_dir(caller)?;
+    // Everything from here on (the sweep of a stale run, libcontainer, the removal after exit)
+    // sees the cgroup hierarchies through the caller's cgroups.
+    placement.enter()?;
     remove_stale(&state, &request.id);
     clear_stale_cgroups(caller.uid.as_raw(), &request.id);
+    cgroup_view::prepare_unified(caller.uid.as_raw(), &request.id)?;
     // The spec libcontainer will read: the validated one, rootfs pinned to the checked directory.
     let rootfs_path = fs::read_link(format!("/proc/self/fd/{}", rootfs.as_raw_fd()))
         .map_err(|e| ShimError::os("resolve rootfs", e))?;
     let mut root_section = spec.root().clone().unwrap_or_default();
     root_section.set_path(rootfs_path);
     spec.set_root(Some(root_section));
+    let mut linux = spec.linux().clone().unwrap_or_default();
+    linux.set_cgroups_path(Some(cgroup_view::spec_path(caller.uid.as_raw(), &request.id)));
+    spec.set_linux(Some(linux));
     let copy = Claim::take(&state, caller.uid.as_raw(), &request.id)?;
     copy.write(&spec)?;
 
@@ -142,9 +153,10 @@ fn remove_stale(state: &Path, id: &str) {
 
 /// Cgroups at this container's path left by a killed run, or by another tool at our path. A
 /// frozen one would freeze the new container forever, so each is thawed, emptied and removed.
-/// True when none is left.
+/// True when none is left. Run inside the view of [`cgroup_view::Placement::enter`], where each
+/// mount point shows the caller's cgroup, so this reaches nothing outside it.
 fn clear_stale_cgroups(uid: u32, id: &str) -> bool {
-    let relative = Path::new(&bundle_policy::cgroup_path(uid, id)[1..]).to_owned();
+    let relative = PathBuf::from(cgroup_placement::container_leaf(uid, id));
     let Ok(mountinfo) = fs::read_to_string("/proc/self/mountinfo") else { return false };
     let mounts = mountinfo.lines().filter_map(|line| {
         let (left, right) = line.split_once(" - ")?;
