@@ -17,10 +17,12 @@ let
     # The wrapper is root-owned and setuid, the handshake passes, doctor trusts it.
     shim-handshake = [ "shim-handshake" ];
     # cgroup v2 delegation and cgroup.kill; a container with memory/pids limits through the shim;
-    # `locald up` of an image service with the limits of its locald.toml.
+    # a caller's pids.max holding inside its container; `locald up` of an image service with the
+    # limits of its locald.toml.
     containers = [
       "cgroup-v2"
       "container-limits"
+      "container-nested"
       "container-service"
     ];
     # Ports 80 and 443 bound by the shim and handed to the unprivileged user; the proxy on them

@@ -11,6 +11,8 @@ for d in bin proc dev sys tmp; do mkdir -p "$work/bundle/rootfs/$d"; done
 cp /bin/busybox "$work/bundle/rootfs/bin/busybox"
 for a in sh sleep; do ln -s busybox "$work/bundle/rootfs/bin/$a"; done
 # Only builtins once the loop has run: every pid may be taken. `read x` waits on stdin.
+# The container's shell expands it, not this one.
+# shellcheck disable=SC2016
 script='( i=0; while [ $i -lt 50 ]; do sleep 60 & i=$((i + 1)); echo $i > /tmp/count; done ) 2>/dev/null; read x; read n < /tmp/count; echo started=$n'
 shim-caller write-bundle "$work/bundle" "$uid" "$gid" nested /bin/sh -c "$script"
 chown -R "$uid:$gid" "$work"
@@ -32,7 +34,7 @@ until [ "$(sed -n 's/^max //p' "$caller/pids.events" 2>/dev/null)" -gt 0 ] 2>/de
     if [ $n -ge 400 ]; then
         echo "no fork refused by the caller's pids.max within 20 s"
         cat /tmp/nested-out.txt
-        ls -R /sys/fs/cgroup/locald 2>/dev/null | head
+        find /sys/fs/cgroup/locald 2>/dev/null | head
         exit 1
     fi
     sleep 0.05
