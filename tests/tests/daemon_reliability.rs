@@ -217,3 +217,36 @@ fn with_a_delegated_cgroup_stop_also_kills_processes_that_left_the_group() {
     let gone = wait_for(Duration::from_secs(5), || pids_with_arg(&escapee).is_empty().then_some(()));
     assert!(gone.is_some(), "a setsid grandchild survived the stop");
 }
+
+/// The daemon raises its soft RLIMIT_NOFILE for the proxy's connections; its services must still
+/// get the limit the user started it with, or select()-based programs break above 1,024 fds.
+#[test]
+fn services_get_the_descriptor_limit_the_daemon_was_started_with() {
+    use std::os::unix::process::CommandExt;
+    let daemon = Daemon::new();
+    let token = sleep_token();
+    let dir = daemon.project("limits", &format!("[services.worker]\ncommand = \"exec sleep {token}\"\n"));
+    let mut up = daemon.cmd();
+    up.args(["up", dir.to_str().unwrap()]);
+    // SAFETY: setrlimit(2) is async-signal-safe; the limit is a plain value.
+    unsafe {
+        up.pre_exec(|| {
+            let limit = libc::rlimit { rlim_cur: 1000, rlim_max: 4000 };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = up.output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let open_files = |pid: i64| -> Vec<String> {
+        let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+        let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap().to_owned();
+        line.split_whitespace().skip(3).take(2).map(str::to_owned).collect()
+    };
+    let daemon_pid = i64::from(daemon.daemon_pid().expect("daemon running"));
+    assert_eq!(open_files(daemon_pid), ["4000", "4000"], "the daemon raised its soft limit");
+    let worker = daemon.service("limits", "worker");
+    assert_eq!(open_files(worker["pid"].as_i64().unwrap()), ["1000", "4000"], "the service got the original");
+}

@@ -61,21 +61,6 @@ impl Limits {
     }
 }
 
-/// Raises this process's soft `RLIMIT_NOFILE` to its hard limit (the default soft limit of
-/// 1,024 is a few hundred browser tabs' worth of connections) and returns the soft limit then in
-/// force.
-pub fn raise_nofile() -> u64 {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else { return 1024 };
-    if soft < hard {
-        match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-            Ok(()) => return hard,
-            Err(e) => eprintln!("locald: raising RLIMIT_NOFILE from {soft} to {hard}: {e}"),
-        }
-    }
-    soft
-}
-
 /// The current soft `RLIMIT_NOFILE`.
 pub fn nofile() -> u64 {
     nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).map_or(1024, |(soft, _)| soft)

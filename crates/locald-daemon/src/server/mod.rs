@@ -51,7 +51,7 @@ pub async fn run(socket: PathBuf, state_dir: PathBuf) -> Result<(), ServerError>
     let listener = bind(&socket)?;
     signal_ready();
     // Before the proxy sizes its connection cap from it.
-    crate::proxy::limits::raise_nofile();
+    crate::nofile::raise();
     let supervisor = Arc::new(Supervisor::new(state_dir));
     let shutdown = Arc::new(Shutdown { notify: Notify::new(), socket: socket.clone() });
     for (dir, why) in supervisor.recover() {

@@ -84,6 +84,7 @@ pub fn spawn(service: &Service, owner: &str, cgroup: Option<ServiceCgroup>) -> i
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
+    crate::nofile::restore_in_child(&mut cmd);
     if let Some(cgroup) = &cgroup {
         let procs = cgroup.procs_fd();
         // SAFETY: between fork and exec the closure only calls write(2), which is
@@ -123,6 +124,8 @@ pub fn spawn_container(shim: &Shim, bundle: &Path, id: &str) -> io::Result<(Runn
     let mut cmd = shim.bundle_run(bundle, id, theirs.as_raw_fd());
     // Its own group: a terminal's Ctrl-C to the daemon must not reach the shim directly.
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
+    // The shim hands the container the limits it was started with.
+    crate::nofile::restore_in_child(&mut cmd);
     let child = cmd.spawn()?;
     drop(theirs);
     let (pid, pidfd, output) = watch(child)?;
