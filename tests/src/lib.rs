@@ -192,6 +192,30 @@ pub fn loopback_up() -> std::io::Result<()> {
     }
 }
 
+/// Gives `path` and everything below it to `uid:gid` (links themselves, never their targets).
+pub fn chown_tree(path: &Path, uid: u32, gid: u32) {
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid)).unwrap();
+    if fs::symlink_metadata(path).unwrap().is_dir() {
+        for entry in fs::read_dir(path).unwrap() {
+            chown_tree(&entry.unwrap().path(), uid, gid);
+        }
+    }
+}
+
+/// A container rootfs at `rootfs`: Debian's static busybox, a link for each applet, and the
+/// empty directories named.
+pub fn busybox_rootfs(rootfs: &Path, applets: &[&str], dirs: &[&str]) {
+    let bin = rootfs.join("bin");
+    fs::create_dir_all(&bin).unwrap();
+    fs::copy("/bin/busybox", bin.join("busybox")).expect("busybox-static is needed for the container suites");
+    for applet in applets {
+        std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
+    }
+    for dir in dirs {
+        fs::create_dir_all(rootfs.join(dir)).unwrap();
+    }
+}
+
 /// stdout and stderr of a finished command, for assertion messages.
 pub fn text(out: &std::process::Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))

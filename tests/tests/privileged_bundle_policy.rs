@@ -9,7 +9,7 @@
 
 use std::fs;
 use std::io::BufRead;
-use std::os::unix::fs::{MetadataExt, PermissionsExt, chown, symlink};
+use std::os::unix::fs::{MetadataExt, PermissionsExt, chown};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -85,15 +85,6 @@ fn owned_dir(p: &Privileged, c: &Caller, name: &str) -> PathBuf {
     dir
 }
 
-fn chown_tree(path: &Path, uid: u32, gid: u32) {
-    std::os::unix::fs::lchown(path, Some(uid), Some(gid)).unwrap();
-    if fs::symlink_metadata(path).unwrap().is_dir() {
-        for entry in fs::read_dir(path).unwrap() {
-            chown_tree(&entry.unwrap().path(), uid, gid);
-        }
-    }
-}
-
 fn config(c: &Caller, id: &str, script: &str, volumes: Vec<Volume>) -> ContainerConfig {
     ContainerConfig {
         id: id.into(),
@@ -114,19 +105,15 @@ fn bundle_dir(
     edit: impl FnOnce(&mut serde_json::Value),
 ) -> PathBuf {
     let dir = owned_dir(p, c, name);
-    let bin = dir.join("rootfs/bin");
-    fs::create_dir_all(&bin).unwrap();
-    fs::copy("/bin/busybox", bin.join("busybox")).expect("busybox-static is needed for the container suite");
-    for applet in ["sh", "cat", "echo", "touch", "mount", "sleep", "grep", "id"] {
-        symlink("busybox", bin.join(applet)).unwrap();
-    }
-    for d in ["proc", "dev", "sys", "tmp", "etc", "data", "mnt"] {
-        fs::create_dir_all(dir.join("rootfs").join(d)).unwrap();
-    }
+    locald_tests::busybox_rootfs(
+        &dir.join("rootfs"),
+        &["sh", "cat", "echo", "touch", "mount", "sleep", "grep", "id"],
+        &["proc", "dev", "sys", "tmp", "etc", "data", "mnt"],
+    );
     let mut json = serde_json::to_value(bundle::spec(config).unwrap()).unwrap();
     edit(&mut json);
     fs::write(dir.join("config.json"), serde_json::to_vec(&json).unwrap()).unwrap();
-    chown_tree(&dir, c.uid, c.gid);
+    locald_tests::chown_tree(&dir, c.uid, c.gid);
     dir
 }
 

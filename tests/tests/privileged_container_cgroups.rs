@@ -3,7 +3,7 @@
 //! Before, the shim put every container at `/locald/<uid>/<id>` at the root of each hierarchy.
 
 use std::fs;
-use std::os::unix::fs::{chown, symlink};
+use std::os::unix::fs::chown;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -30,28 +30,15 @@ fn go(data: &Path) {
     fs::write(data.join("go"), "\n").unwrap();
 }
 
-fn chown_tree(path: &Path, uid: u32, gid: u32) {
-    std::os::unix::fs::lchown(path, Some(uid), Some(gid)).unwrap();
-    if fs::symlink_metadata(path).unwrap().is_dir() {
-        for entry in fs::read_dir(path).unwrap() {
-            chown_tree(&entry.unwrap().path(), uid, gid);
-        }
-    }
-}
-
 fn busybox_bundle(p: &Privileged, name: &str, config: &ContainerConfig) -> PathBuf {
     let dir = p.user_dir(name);
-    let bin = dir.join("rootfs/bin");
-    fs::create_dir_all(&bin).unwrap();
-    fs::copy("/bin/busybox", bin.join("busybox")).expect("busybox-static is needed for the container suite");
-    for applet in ["sh", "sleep"] {
-        symlink("busybox", bin.join(applet)).unwrap();
-    }
-    for d in ["proc", "dev", "sys", "tmp", "etc", "data"] {
-        fs::create_dir_all(dir.join("rootfs").join(d)).unwrap();
-    }
+    locald_tests::busybox_rootfs(
+        &dir.join("rootfs"),
+        &["sh", "sleep"],
+        &["proc", "dev", "sys", "tmp", "etc", "data"],
+    );
     bundle::write(&dir, config).unwrap();
-    chown_tree(&dir, p.user.uid, p.user.gid);
+    locald_tests::chown_tree(&dir, p.user.uid, p.user.gid);
     dir
 }
 

@@ -3,7 +3,7 @@
 //! them through the shim's control fd, and leaves nothing behind.
 
 use std::fs;
-use std::os::unix::fs::{MetadataExt, symlink};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -33,7 +33,7 @@ impl UserProject {
     }
 
     fn chown(&self) {
-        chown_tree(&self.root, self.p.user.uid, self.p.user.gid);
+        locald_tests::chown_tree(&self.root, self.p.user.uid, self.p.user.gid);
     }
 
     fn locald(&self) -> Command {
@@ -71,15 +71,6 @@ impl UserProject {
 impl Drop for UserProject {
     fn drop(&mut self) {
         let _ = self.run(&["server", "stop"]);
-    }
-}
-
-fn chown_tree(path: &Path, uid: u32, gid: u32) {
-    std::os::unix::fs::lchown(path, Some(uid), Some(gid)).unwrap();
-    if fs::symlink_metadata(path).unwrap().is_dir() {
-        for entry in fs::read_dir(path).unwrap() {
-            chown_tree(&entry.unwrap().path(), uid, gid);
-        }
     }
 }
 
@@ -131,14 +122,7 @@ fn busybox_archive(path: &Path, cmd: &[&str]) {
 
 /// A plain rootfs directory with busybox.
 fn busybox_dir(path: &Path) {
-    fs::create_dir_all(path.join("bin")).unwrap();
-    fs::copy("/bin/busybox", path.join("bin/busybox")).expect("busybox-static");
-    for applet in APPLETS {
-        symlink("busybox", path.join("bin").join(applet)).unwrap();
-    }
-    for dir in ["proc", "dev", "sys", "tmp", "etc"] {
-        fs::create_dir_all(path.join(dir)).unwrap();
-    }
+    locald_tests::busybox_rootfs(path, APPLETS, &["proc", "dev", "sys", "tmp", "etc"]);
 }
 
 fn service<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {

@@ -12,27 +12,14 @@ use locald_tests::{Privileged, privileged, text};
 /// A bundle directory owned by the user with a busybox-static rootfs.
 fn busybox_bundle(p: &Privileged, name: &str, config: &ContainerConfig) -> PathBuf {
     let dir = p.user_dir(name);
-    let bin = dir.join("rootfs/bin");
-    fs::create_dir_all(&bin).unwrap();
-    fs::copy("/bin/busybox", bin.join("busybox")).expect("busybox-static is needed for the container suite");
-    for applet in ["sh", "id", "cat", "echo", "ls", "touch", "stat", "sleep"] {
-        symlink("busybox", bin.join(applet)).unwrap();
-    }
-    for d in ["proc", "dev", "sys", "tmp", "etc"] {
-        fs::create_dir_all(dir.join("rootfs").join(d)).unwrap();
-    }
+    locald_tests::busybox_rootfs(
+        &dir.join("rootfs"),
+        &["sh", "id", "cat", "echo", "ls", "touch", "stat", "sleep"],
+        &["proc", "dev", "sys", "tmp", "etc"],
+    );
     bundle::write(&dir, config).unwrap();
-    chown_tree(&dir, p.user.uid, p.user.gid);
+    locald_tests::chown_tree(&dir, p.user.uid, p.user.gid);
     dir
-}
-
-fn chown_tree(path: &Path, uid: u32, gid: u32) {
-    std::os::unix::fs::lchown(path, Some(uid), Some(gid)).unwrap();
-    if fs::symlink_metadata(path).unwrap().is_dir() {
-        for entry in fs::read_dir(path).unwrap() {
-            chown_tree(&entry.unwrap().path(), uid, gid);
-        }
-    }
 }
 
 fn config(p: &Privileged, id: &str, script: &str) -> ContainerConfig {
@@ -119,7 +106,7 @@ fn run_edited(
     let mut spec = bundle::spec(&config(p, id, script)).unwrap();
     edit(&mut spec);
     fs::write(bundle.join("config.json"), serde_json::to_vec(&spec).unwrap()).unwrap();
-    chown_tree(&bundle, p.user.uid, p.user.gid);
+    locald_tests::chown_tree(&bundle, p.user.uid, p.user.gid);
     let out = run_bundle(p, &bundle, id);
     (bundle, out)
 }
