@@ -317,14 +317,11 @@ fn capabilities(process: &Process) -> Result<(), ShimError> {
 }
 
 /// Idmapped mounts would map files to ids the caller chose; the shim will build the ones it
-/// needs itself (volumes mapped to the caller), never take them from a bundle.
+/// needs itself (volumes mapped to the caller), never take them from a bundle. Their
+/// `uidMappings`/`gidMappings` fields are already refused by the mount field allow-list in
+/// [`only_allowed_fields`]; what is left are the options that ask for the same.
 fn idmap_free(mount: &Mount, options: &[String]) -> Result<(), ShimError> {
     let at = mount.destination().display();
-    if mount.uid_mappings().is_some() || mount.gid_mappings().is_some() {
-        return refuse(format!(
-            "mount at {at} has uidMappings/gidMappings (idmapped mounts are not allowed)"
-        ));
-    }
     if let Some(option) = options.iter().find(|o| {
         let name = o.split('=').next().unwrap_or_default();
         matches!(name, "idmap" | "ridmap" | "X-mount.idmap")
