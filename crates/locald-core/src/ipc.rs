@@ -151,7 +151,7 @@ pub struct ProjectStatus {
     pub services: Vec<ServiceStatus>,
     /// Loop mounts made with `locald mount`; filled in by the CLI from the mount table.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub mounts: Vec<crate::mounts::MountStatus>,
+    pub mounts: Vec<MountStatus>,
 }
 
 /// The daemon's HTTPS/HTTP proxy: the ports it really listens on and how it got them.
@@ -279,6 +279,15 @@ pub fn read<T: DeserializeOwned>(reader: &mut impl BufRead) -> Result<Option<T>,
     }
     line.pop();
     decode(&line).map(Some)
+}
+
+/// A loop mount `locald mount` made in a project, as `status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountStatus {
+    pub name: String,
+    /// The image file behind the loop device, when the kernel says.
+    pub image: Option<PathBuf>,
+    pub read_only: bool,
 }
 
 #[cfg(test)]
