@@ -142,6 +142,7 @@ impl Task {
             }
             Action::Spawn => return Some(self.spawn().await),
             Action::Kill => {
+                // Asked for only while a process runs.
                 let run = self.run.take()?;
                 let exit = self.stop(&run.running).await;
                 run.end().await;
@@ -153,6 +154,7 @@ impl Task {
                     let _ = ack.send(());
                 }
             }
+            // Ends the loop in `run`.
             Action::Finish => {}
         }
         None
