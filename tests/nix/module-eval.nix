@@ -1,89 +1,85 @@
-# Evaluates nixos/module.nix without nixpkgs, for tests/tests/packaging.rs: a stub `lib` with just
-# the functions the module calls, so its own logic (option declarations, assertions, the wrapper,
-# the user service) can be checked where no nixpkgs is available. Option types and module merging
-# are nixpkgs' job and are only exercised by `nix flake check`.
+# Evaluates nixos/module.nix under nixpkgs' own module system (`lib.evalModules` of nixpkgs'
+# lib/, given as `nixpkgsLib`), with tests/nix/nixos-options.nix declaring the NixOS options the
+# module sets, and a user's configuration (a NixOS module) beside it, as a NixOS system would.
+# For tests/tests/packaging.rs:
 #
-#   nix-instantiate --eval --strict --json tests/nix/module-eval.nix --argstr case <name>
-{ case }:
-let
-  lib = {
-    mkEnableOption = name: {
-      kind = "enable";
-      description = "Whether to enable ${name}.";
-    };
-    mkPackageOption = _pkgs: name: _args: {
-      kind = "package";
-      default = name;
-    };
-    mkOption = args: args // { kind = "option"; };
-    types = {
-      bool = "bool";
-      path = "path";
-      enum = values: { enum = values; };
-      nullOr = type: { nullOr = type; };
-    };
-    mkIf = condition: content: { inherit condition content; };
-    getExe = pkg: "${pkg}/bin/${pkg.meta.mainProgram}";
-    inherit (builtins) any elem;
-    hasPrefix = prefix: s: builtins.substring 0 (builtins.stringLength prefix) s == prefix;
-  };
-
-  package = {
-    outPath = "/nix/store/00000000000000000000000000000000-locald";
-    meta.mainProgram = "locald";
-  };
-
-  settings = {
-    default = { };
-    cgroup-v1 = {
-      kernelParams = [ "systemd.unified_cgroup_hierarchy=0" ];
-    };
-    legacy-force = {
-      kernelParams = [ "SYSTEMD_CGROUP_ENABLE_LEGACY_FORCE=1" ];
-    };
-    trust-without-cert = {
-      trustCA = true;
-    };
-    trust-with-cert = {
-      trustCA = true;
-      caCertificate = "/etc/locald-ca.pem";
-    };
-    suffix-test = {
-      domainSuffix = "test";
-    };
-  };
-  chosen = settings.${case};
-
-  config = {
-    services.locald = {
-      enable = true;
-      inherit package;
-      domainSuffix = chosen.domainSuffix or "localhost";
-      trustCA = chosen.trustCA or false;
-      caCertificate = chosen.caCertificate or null;
-    };
-    boot.kernelParams = chosen.kernelParams or [ "quiet" ];
-  };
-
-  module = import ../../nixos/module.nix {
-    inherit config lib;
-    pkgs = { };
-  };
-  out = module.config.content;
-  service = out.systemd.user.services.locald;
-in
+#   nix-instantiate --eval --strict --json tests/nix/module-eval.nix \
+#     --argstr nixpkgsLib <path to nixpkgs' lib> \
+#     --arg user '{ lib, ... }: { services.locald.enable = true; }' [--argstr entry flake]
+#
+# entry: "module" is nixos/module.nix with `pkgs.locald` (the flake's overlay); "flake" is the
+# flake's nixosModules.default, which defaults the package to the flake's own build; "none" is
+# no locald module at all (what "disabled" must be indistinguishable from).
 {
-  options = builtins.mapAttrs (_: o: o.kind) module.options.services.locald;
-  suffixes = module.options.services.locald.domainSuffix.type.enum;
-  enabledBy = module.config.condition;
-  failedAssertions = map (a: a.message) (builtins.filter (a: !a.assertion) out.assertions);
-  wrapper = out.security.wrappers.locald-shim;
-  systemPackages = map toString out.environment.systemPackages;
-  sessionSuffix = out.environment.sessionVariables.LOCALD_DOMAIN_SUFFIX;
-  userService = {
-    inherit (service) wantedBy;
-    inherit (service.serviceConfig) ExecStart Delegate;
-    suffix = service.environment.LOCALD_DOMAIN_SUFFIX;
+  nixpkgsLib,
+  user ? { },
+  entry ? "module",
+}:
+let
+  lib = import nixpkgsLib;
+  system = "x86_64-linux";
+
+  # Stand-ins for the packages: real derivations (so `types.package` and `lib.getExe` treat
+  # them as nixpkgs would), never built.
+  package =
+    name:
+    derivation {
+      inherit name system;
+      builder = "/bin/sh";
+    }
+    // {
+      meta.mainProgram = "locald";
+    };
+  pkgs = {
+    locald = package "locald";
+    stdenv.hostPlatform.system = system;
   };
-  trustedCertificates = if out.security.pki.certificateFiles.condition then out.security.pki.certificateFiles.content else [ ];
-}
+  flakePackage = package "locald-flake";
+
+  # Only `lib` of nixpkgs is needed for this output of the flake.
+  flake = (import ../../flake.nix).outputs {
+    self.packages.${system}.default = flakePackage;
+    nixpkgs = { inherit lib; };
+  };
+
+  locald =
+    {
+      module = [ ../../nixos/module.nix ];
+      flake = [ flake.nixosModules.default ];
+      none = [ ];
+    }
+    .${entry};
+
+  eval = lib.evalModules {
+    modules = [
+      ./nixos-options.nix
+      { _module.args.pkgs = pkgs; }
+      user
+    ]
+    ++ locald;
+  };
+  inherit (eval) config options;
+  failedAssertions = map (a: a.message) (lib.filter (a: !a.assertion) config.assertions);
+in
+# A system with failed assertions is refused before anything else of it is evaluated
+# (nixos/modules/system/activation/top-level.nix); so here only the messages are given.
+if failedAssertions != [ ] then
+  { inherit failedAssertions; }
+else
+  {
+    inherit failedAssertions;
+    packages = {
+      pkgs = toString pkgs.locald;
+      flake = toString flakePackage;
+    };
+    # Every NixOS option, with the module's own left out (only the module declares them).
+    nixos = removeAttrs config [
+      "_module"
+      "services"
+    ];
+  }
+  // lib.optionalAttrs (entry != "none") {
+    locald = config.services.locald;
+    optionTypes = lib.mapAttrs (_: o: o.type.name) options.services.locald;
+    suffixes = options.services.locald.domainSuffix.type.functor.payload.values;
+  }

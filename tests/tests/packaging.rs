@@ -1,6 +1,6 @@
 //! The packaging, checked where there is no Nix binary cache (CI: Debian with `nix-bin` and
 //! `shellcheck`, no network): every `.nix` file parses, `nix flake metadata` reads the lock offline,
-//! the NixOS module's own logic holds under a stub `lib`, the NixOS VM tests cover exactly the
+//! the NixOS module holds under nixpkgs' real module system (`nixos_module`), the NixOS VM tests cover exactly the
 //! scenarios that exist, `lima/locald.yaml` uses only Lima's template keys and pins its images, and
 //! every shell script in the repository (scenarios, CI, benchmarks, Lima provisioning and probes)
 //! passes its shell's `-n` and shellcheck. Building the package and running the NixOS VM tests is
@@ -13,6 +13,9 @@ use std::process::{Command, Output};
 
 use serde_json::Value as Json;
 use serde_norway::Value as Yaml;
+
+#[path = "packaging/nixos_module.rs"]
+mod nixos_module;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_owned()
@@ -184,61 +187,6 @@ fn a_lock_that_is_not_a_real_pin_is_refused() {
     assert!(broken(&|l| l["nodes"]["nixpkgs"]["locked"]["narHash"] = "sha256-short".into()));
     assert!(broken(&|l| l["nodes"]["nixpkgs"]["original"]["ref"] = "nixos-unstable".into()));
     assert!(broken(&|l| l["nodes"]["nixpkgs"]["locked"]["owner"] = "someone".into()));
-}
-
-/// Evaluates nixos/module.nix under tests/nix/module-eval.nix's stub `lib` for one case.
-fn module_case(case: &str) -> Json {
-    let out = stdout_of(
-        nix_instantiate()
-            .args(["--eval", "--strict", "--json"])
-            .arg(repo().join("tests/nix/module-eval.nix"))
-            .args(["--argstr", "case", case]),
-    );
-    serde_json::from_str(&out).expect("module evaluation JSON")
-}
-
-#[test]
-fn the_nixos_module_installs_the_wrapper_and_a_user_daemon() {
-    let store = "/nix/store/00000000000000000000000000000000-locald";
-    let eval = module_case("default");
-    assert_eq!(eval["enabledBy"], true, "config is behind services.locald.enable");
-    let options: BTreeSet<&str> = eval["options"].as_object().unwrap().keys().map(String::as_str).collect();
-    assert_eq!(options, BTreeSet::from(["enable", "package", "domainSuffix", "trustCA", "caCertificate"]));
-    assert_eq!(eval["options"]["enable"], "enable", "mkEnableOption");
-    assert_eq!(eval["options"]["package"], "package", "mkPackageOption");
-    assert_eq!(eval["failedAssertions"], serde_json::json!([]));
-    assert_eq!(
-        eval["wrapper"],
-        serde_json::json!({"owner": "root", "group": "root", "setuid": true, "source": format!("{store}/bin/locald-shim")})
-    );
-    // The daemon finds the wrapper where the module puts it.
-    assert_eq!(locald_daemon::shim::NIXOS_WRAPPER, "/run/wrappers/bin/locald-shim");
-    assert_eq!(eval["systemPackages"], serde_json::json!([store]));
-    assert_eq!(eval["userService"]["ExecStart"], format!("{store}/bin/locald server start"));
-    assert_eq!(eval["userService"]["wantedBy"], serde_json::json!(["default.target"]));
-    assert_eq!(eval["userService"]["Delegate"], "yes");
-    assert_eq!(eval["trustedCertificates"], serde_json::json!([]));
-    // The suffixes offered are exactly those the shim accepts.
-    let suffixes: Vec<&str> =
-        eval["suffixes"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
-    assert_eq!(suffixes, locald_shim_protocol::validate::HOSTS_SUFFIXES);
-    assert_eq!(eval["sessionSuffix"], "localhost");
-}
-
-#[test]
-fn the_nixos_module_refuses_cgroup_v1_and_a_trust_without_certificate() {
-    for case in ["cgroup-v1", "legacy-force"] {
-        let failed = module_case(case)["failedAssertions"].clone();
-        assert!(failed.to_string().contains("cgroup v2"), "{case}: {failed}");
-    }
-    let failed = module_case("trust-without-cert")["failedAssertions"].clone();
-    assert!(failed.to_string().contains("caCertificate"), "{failed}");
-    let trusted = module_case("trust-with-cert");
-    assert_eq!(trusted["failedAssertions"], serde_json::json!([]));
-    assert_eq!(trusted["trustedCertificates"], serde_json::json!(["/etc/locald-ca.pem"]));
-    let suffix = module_case("suffix-test");
-    assert_eq!(suffix["sessionSuffix"], "test");
-    assert_eq!(suffix["userService"]["suffix"], "test");
 }
 
 #[test]
