@@ -5,7 +5,7 @@
 //! README); where it is missing CI fails, and elsewhere these tests say loudly that they did not
 //! run (`nix flake check` on a machine with Nix is the full check there).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use serde_json::{Value as Json, json};
@@ -60,7 +60,7 @@ fn nixpkgs_lib() -> Option<&'static PathBuf> {
 
 /// Evaluates a system of the options of tests/nix/nixos-options.nix, `entry` (see
 /// module-eval.nix) and `user`, a NixOS module in Nix; the evaluation's error text when it fails.
-fn eval(lib: &PathBuf, entry: &str, user: &str) -> Result<Json, String> {
+fn eval(lib: &Path, entry: &str, user: &str) -> Result<Json, String> {
     let out = run(nix_instantiate()
         .args(["--eval", "--strict", "--json"])
         .arg(repo().join("tests/nix/module-eval.nix"))
@@ -69,6 +69,11 @@ fn eval(lib: &PathBuf, entry: &str, user: &str) -> Result<Json, String> {
         .arg(lib)
         .args(["--argstr", "entry", entry, "--arg", "user", user]));
     if out.status.success() {
+        // nixpkgs' lib reports deprecated use (a package without meta.mainProgram for getExe, a
+        // renamed function) as evaluation warnings: on a user's machine they would be the first
+        // sign of breakage, so here they are failures.
+        let printed = String::from_utf8_lossy(&out.stderr);
+        assert!(printed.trim().is_empty(), "{entry} {user}: the evaluation printed:\n{printed}");
         Ok(serde_json::from_slice(&out.stdout).expect("module evaluation JSON"))
     } else {
         Err(String::from_utf8_lossy(&out.stderr).into_owned())
@@ -80,11 +85,11 @@ fn enabled(more: &str) -> String {
     format!("{{ lib, pkgs, ... }}: {{ services.locald.enable = true; {more} }}")
 }
 
-fn system(lib: &PathBuf, user: &str) -> Json {
+fn system(lib: &Path, user: &str) -> Json {
     eval(lib, "module", user).unwrap_or_else(|e| panic!("{user}:\n{e}"))
 }
 
-fn refused(lib: &PathBuf, user: &str) -> String {
+fn refused(lib: &Path, user: &str) -> String {
     match eval(lib, "module", user) {
         Ok(json) => panic!("{user} evaluated, NixOS would refuse it: {json}"),
         Err(e) => e,
@@ -128,6 +133,7 @@ fn the_enabled_module_installs_the_setuid_wrapper_and_a_delegated_user_daemon() 
     );
     assert_eq!(eval["failedAssertions"], json!([]));
     let nixos = &eval["nixos"];
+    assert_eq!(nixos["warnings"], json!([]));
     // Every field of the wrapper, nixpkgs' defaults included: setuid root, nothing else.
     assert_eq!(
         nixos["security"]["wrappers"],
