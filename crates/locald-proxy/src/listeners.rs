@@ -1,7 +1,7 @@
 //! The proxy's listening sockets: HTTPS and HTTP on 127.0.0.1, and on ::1 as well where the
 //! host has IPv6 loopback (a browser may try `localhost` names on ::1 first). Ports 443 and 80 come
-//! from `locald-shim bind` (the daemon never binds a privileged port itself); without a usable
-//! shim, or when the shim cannot have one of them, the proxy takes 8443 / 8080 or the next free
+//! from [`LowPorts`] (the daemon's `locald-shim bind`: it never binds a privileged port itself);
+//! without a usable shim, or when the shim cannot have one of them, the proxy takes 8443 / 8080 or the next free
 //! port above, and says why. ::1 always gets the port number 127.0.0.1 got, since a URL carries
 //! one port for both; when ::1 cannot have it the proxy stays on IPv4 and says why, never fails.
 
@@ -10,30 +10,37 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpListener};
 
 use locald_core::ipc::ProxyStatus;
 
-use crate::shim::Shim;
-
 const HTTPS_PORT: u16 = ProxyStatus::HTTPS_PORT;
 const HTTP_PORT: u16 = ProxyStatus::HTTP_PORT;
-pub const HTTPS_FALLBACK: u16 = 8443;
-pub const HTTP_FALLBACK: u16 = 8080;
+const HTTPS_FALLBACK: u16 = 8443;
+const HTTP_FALLBACK: u16 = 8080;
 /// How far above a fallback port to look for a free one.
 const FALLBACK_RANGE: u16 = 100;
 
 const V4: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 const V6: IpAddr = IpAddr::V6(Ipv6Addr::LOCALHOST);
 
-pub struct Listeners {
-    pub https: TcpListener,
-    pub http: TcpListener,
+/// Why [`LowPorts::bind_low`] could not bind a port, as the note in the proxy's status says it.
+pub type LowPortsError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Who binds ports below 1024 for the proxy (the daemon: through `locald-shim bind`).
+pub trait LowPorts: Send + Sync {
+    /// A listening socket on `address`:`port`.
+    fn bind_low(&self, port: u16, address: IpAddr) -> Result<TcpListener, LowPortsError>;
+}
+
+pub(crate) struct Listeners {
+    pub(crate) https: TcpListener,
+    pub(crate) http: TcpListener,
     /// The same ports on ::1, when it could have them.
-    pub https6: Option<TcpListener>,
-    pub http6: Option<TcpListener>,
+    pub(crate) https6: Option<TcpListener>,
+    pub(crate) http6: Option<TcpListener>,
     /// Both IPv4 ones came from the shim.
-    pub via_shim: bool,
+    pub(crate) via_shim: bool,
     /// Why not 443/80, when not.
-    pub note: Option<String>,
+    pub(crate) note: Option<String>,
     /// Why not on ::1, when not.
-    pub ipv6_note: Option<String>,
+    pub(crate) ipv6_note: Option<String>,
 }
 
 /// One port's pair of sockets.
@@ -43,16 +50,16 @@ struct Pair {
     via_shim: bool,
 }
 
-/// Binds all, preferring the shim.
-pub fn open() -> io::Result<Listeners> {
-    match Shim::discover() {
-        Ok(shim) => open_with(Some(&shim), Vec::new()),
-        Err(e) => open_with(None, vec![e.to_string()]),
+/// Binds all, preferring `low_ports` (`Err`: why there are none, e.g. no usable shim).
+pub(crate) fn open(low_ports: Result<&dyn LowPorts, String>) -> io::Result<Listeners> {
+    match low_ports {
+        Ok(shim) => open_with(Some(shim), Vec::new()),
+        Err(why) => open_with(None, vec![why]),
     }
 }
 
 /// `notes`: why there is no shim, when there is none.
-fn open_with(shim: Option<&Shim>, mut notes: Vec<String>) -> io::Result<Listeners> {
+fn open_with(shim: Option<&dyn LowPorts>, mut notes: Vec<String>) -> io::Result<Listeners> {
     let mut v6_notes = Vec::new();
     // One unprivileged probe tells a host without ::1 apart from a port ::1 cannot have, and
     // spares the shim calls that could only fail.
@@ -65,7 +72,7 @@ fn open_with(shim: Option<&Shim>, mut notes: Vec<String>) -> io::Result<Listener
     };
     let bind = |port: u16, address: IpAddr| -> Result<TcpListener, String> {
         match shim {
-            Some(shim) => shim.bind(port, Some(address)).map_err(|e| e.to_string()),
+            Some(shim) => shim.bind_low(port, address).map_err(|e| e.to_string()),
             None => Err(String::new()),
         }
     };
@@ -105,7 +112,7 @@ fn open_with(shim: Option<&Shim>, mut notes: Vec<String>) -> io::Result<Listener
 }
 
 /// `start` or the first free port above it (within a small range), then any free port.
-pub fn bind_free(address: IpAddr, start: u16) -> io::Result<TcpListener> {
+fn bind_free(address: IpAddr, start: u16) -> io::Result<TcpListener> {
     for port in start..start.saturating_add(FALLBACK_RANGE) {
         match TcpListener::bind((address, port)) {
             Ok(listener) => return Ok(listener),

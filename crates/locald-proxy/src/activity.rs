@@ -80,6 +80,7 @@ impl Activity {
         self.evict.notify_one();
     }
 
+    #[cfg(test)]
     pub fn evicted(&self) -> bool {
         self.evicted.load(Ordering::Relaxed)
     }
@@ -232,7 +233,8 @@ where
 /// until it has been sent or dropped.
 pub struct HoldBody<B, H> {
     pub inner: B,
-    pub hold: H,
+    /// Never read: what it holds is released when the body is dropped.
+    pub _hold: H,
 }
 
 impl<B: HttpBody + Unpin, H: Unpin> HttpBody for HoldBody<B, H> {

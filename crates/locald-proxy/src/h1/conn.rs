@@ -16,8 +16,8 @@ use super::codec::{
     plan_response, put_field,
 };
 use super::{MAX_HEAD, Outcome, Prefixed, READ_CHUNK, Target};
-use crate::proxy::Body;
-use crate::proxy::forward::Peer;
+use crate::Body;
+use crate::forward::Peer;
 
 /// The client connection's kept connection to a service.
 struct Upstream {
@@ -114,7 +114,7 @@ fn quiet(stream: &TcpStream) -> bool {
 }
 
 async fn connect(port: u16) -> io::Result<Upstream> {
-    let stream = crate::proxy::upstream::connect_service(port).await?;
+    let stream = crate::upstream::connect_service(port).await?;
     Ok(Upstream { port, stream, buf: BytesMut::with_capacity(READ_CHUNK) })
 }
 

@@ -289,7 +289,7 @@ pub async fn forward(
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     parts.version = Version::default();
-    let body = HoldBody { inner: body.map_err(Into::into), hold };
+    let body = HoldBody { inner: body.map_err(Into::into), _hold: hold };
     Ok(Response::from_parts(parts, BodyExt::boxed(body)))
 }
 
