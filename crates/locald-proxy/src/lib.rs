@@ -20,6 +20,8 @@ pub use listeners::{LowPorts, LowPortsError};
 pub use routes::{ProjectRoutes, ServiceNow, ServiceRoutes, ServiceView};
 
 #[cfg(test)]
+mod routing_tests;
+#[cfg(test)]
 mod tests;
 
 use std::convert::Infallible;

@@ -156,4 +156,58 @@ mod tests {
             }
         }
     }
+
+    /// Binds what it is asked for on an ephemeral port instead (tests cannot have 443), or
+    /// refuses, and records every call.
+    struct FakeLowPorts {
+        refuse: Option<&'static str>,
+        calls: std::sync::Mutex<Vec<(u16, IpAddr)>>,
+    }
+
+    impl LowPorts for FakeLowPorts {
+        fn bind_low(&self, port: u16, address: IpAddr) -> Result<TcpListener, LowPortsError> {
+            self.calls.lock().unwrap().push((port, address));
+            if let Some(why) = self.refuse {
+                return Err(why.into());
+            }
+            // For ::1 the port 127.0.0.1 got, as the shim would be asked for it.
+            let port = if address.is_ipv6() { port } else { 0 };
+            Ok(TcpListener::bind((address, port))?)
+        }
+    }
+
+    #[test]
+    fn ports_refused_by_low_ports_are_noted_and_fall_back_to_free_ones() {
+        let low = FakeLowPorts { refuse: Some("not for you"), calls: Default::default() };
+        let listeners = open(Ok(&low)).unwrap();
+        assert_eq!(listeners.note.as_deref(), Some("port 443: not for you; port 80: not for you"));
+        assert!(!listeners.via_shim);
+        assert_eq!(*low.calls.lock().unwrap(), [(443, V4), (80, V4)], "::1 is not asked of it then");
+        assert!(listeners.https.local_addr().unwrap().port() >= HTTPS_FALLBACK);
+        assert!(listeners.http.local_addr().unwrap().port() >= HTTP_FALLBACK);
+    }
+
+    #[test]
+    fn ports_from_low_ports_are_taken_and_asked_again_for_ipv6_loopback() {
+        let low = FakeLowPorts { refuse: None, calls: Default::default() };
+        let listeners = open(Ok(&low)).unwrap();
+        assert!(listeners.via_shim);
+        assert_eq!(listeners.note, None);
+        let https = listeners.https.local_addr().unwrap().port();
+        let http = listeners.http.local_addr().unwrap().port();
+        let calls = low.calls.lock().unwrap().clone();
+        if listeners.https6.is_some() {
+            assert_eq!(calls, [(443, V4), (https, V6), (80, V4), (http, V6)]);
+            assert_eq!(listeners.http6.unwrap().local_addr().unwrap(), (V6, http).into());
+        } else {
+            assert_eq!(calls, [(443, V4), (80, V4)], "no ::1 here: {:?}", listeners.ipv6_note);
+        }
+    }
+
+    #[test]
+    fn without_low_ports_the_reason_is_the_note() {
+        let listeners = open(Err("no usable locald-shim: none found".into())).unwrap();
+        assert_eq!(listeners.note.as_deref(), Some("no usable locald-shim: none found"));
+        assert!(!listeners.via_shim);
+    }
 }
