@@ -6,6 +6,9 @@
 //! each client connection's own [`upstream`] connections, and [`pages`] answers when a service
 //! cannot. [`limits`] bounds connections' time and number, from what [`activity`] records.
 
+// Everything but the API the daemon uses is the crate's own.
+#![warn(unreachable_pub)]
+
 mod activity;
 mod forward;
 mod h1;

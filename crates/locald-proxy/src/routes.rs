@@ -10,7 +10,7 @@ use std::sync::{Arc, RwLock};
 use locald_core::ipc::ServiceState;
 
 /// Not a service: `localhost` itself answers with the list of running projects.
-pub const INDEX_HOST: &str = "localhost";
+pub(crate) const INDEX_HOST: &str = "localhost";
 
 /// What the proxy needs to know of a service now, for a request to it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,7 +51,7 @@ pub struct ProjectRoutes {
 }
 
 /// Where one host name goes.
-pub struct Route {
+pub(crate) struct Route {
     pub(crate) project: String,
     pub(crate) https_redirect: bool,
     pub(crate) service: String,
@@ -60,7 +60,7 @@ pub struct Route {
 }
 
 #[derive(Default)]
-pub struct RouteTable {
+pub(crate) struct RouteTable {
     by_host: HashMap<String, Arc<Route>>,
     /// Every routed name per project, in project order, for the unknown-host page.
     pub(crate) listing: Vec<(String, Vec<(String, String)>)>,
@@ -69,7 +69,7 @@ pub struct RouteTable {
 impl RouteTable {
     /// Every service under each of its names; the first project to claim a name keeps it, and
     /// [`INDEX_HOST`] is never a service's.
-    pub fn build(projects: &[ProjectRoutes]) -> Self {
+    pub(crate) fn build(projects: &[ProjectRoutes]) -> Self {
         let mut table = RouteTable::default();
         for project in projects {
             let mut names = Vec::new();
@@ -99,30 +99,30 @@ impl RouteTable {
     }
 
     /// Whether a certificate may be issued for `name`: a routed name or the index host.
-    pub fn is_routed(&self, name: &str) -> bool {
+    pub(crate) fn is_routed(&self, name: &str) -> bool {
         name == INDEX_HOST || self.by_host.contains_key(name)
     }
 }
 
 /// The current table, swapped whole when projects change.
 #[derive(Default)]
-pub struct Routes {
+pub(crate) struct Routes {
     table: RwLock<Arc<RouteTable>>,
 }
 
 impl Routes {
-    pub fn set(&self, table: RouteTable) {
+    pub(crate) fn set(&self, table: RouteTable) {
         *self.table.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
     }
 
-    pub fn current(&self) -> Arc<RouteTable> {
+    pub(crate) fn current(&self) -> Arc<RouteTable> {
         self.table.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
 /// The host a request is for, from `Host` or the HTTP/2 authority: lowercase, no port, no
 /// trailing dot. `None` for an IP literal or nothing usable.
-pub fn normalize_host(raw: &str) -> Option<String> {
+pub(crate) fn normalize_host(raw: &str) -> Option<String> {
     let raw = raw.trim();
     if raw.starts_with('[') {
         return None;

@@ -28,7 +28,12 @@ struct Upstream {
 
 /// Serves the client connection until it closes or needs hyper's path. `route` maps a `Host`
 /// to the service it may be forwarded to, `None` for anything hyper's path must answer.
-pub async fn serve<S, T, R>(mut client: S, peer: Peer, header_timeout: Duration, route: R) -> Outcome<S>
+pub(crate) async fn serve<S, T, R>(
+    mut client: S,
+    peer: Peer,
+    header_timeout: Duration,
+    route: R,
+) -> Outcome<S>
 where
     S: AsyncRead + AsyncWrite + Unpin,
     T: Target,
