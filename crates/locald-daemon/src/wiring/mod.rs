@@ -4,6 +4,8 @@
 //! same hosts. [`view`] is how the proxy sees a service, [`low_ports`] how it gets 443 and 80.
 
 mod low_ports;
+#[cfg(test)]
+mod tests;
 mod view;
 
 use std::sync::Arc;
@@ -15,6 +17,9 @@ use locald_proxy::{ProjectRoutes, Proxy, ServiceRoutes};
 use crate::supervisor::{Project, Running, Supervisor};
 pub use low_ports::low_ports;
 
+/// How `/etc/hosts` is made to list exactly these names ([`crate::hosts::sync`]).
+type HostsSync = Arc<dyn Fn(&[String]) -> Result<(), String> + Send + Sync>;
+
 /// What request handlers hold of the wiring: how far it has applied the publications.
 #[derive(Clone)]
 pub struct Wiring {
@@ -25,6 +30,10 @@ impl Wiring {
     /// Routes what runs now at once (what a start recovered: `/etc/hosts` is left as the last
     /// daemon left it, as before), then follows every later publication with routes and hosts.
     pub fn start(supervisor: &Supervisor, proxy: Option<Arc<Proxy>>) -> Self {
+        Self::start_with(supervisor, proxy, Arc::new(|names| crate::hosts::sync(names)))
+    }
+
+    fn start_with(supervisor: &Supervisor, proxy: Option<Arc<Proxy>>, hosts: HostsSync) -> Self {
         let mut running = supervisor.running();
         let first = running.borrow_and_update().clone();
         if let Some(proxy) = &proxy {
@@ -35,7 +44,7 @@ impl Wiring {
             // Ends with the supervisor: nothing is published any more.
             while running.changed().await.is_ok() {
                 let published: Running = running.borrow_and_update().clone();
-                apply(&published.projects, proxy.as_deref()).await;
+                apply(&published.projects, proxy.as_deref(), &hosts).await;
                 applied.send_replace(published.generation);
             }
         });
@@ -52,13 +61,14 @@ impl Wiring {
 
 /// The proxy routes exactly these projects and `/etc/hosts` lists the names it routes (none:
 /// the block goes away).
-async fn apply(projects: &[Arc<Project>], proxy: Option<&Proxy>) {
+async fn apply(projects: &[Arc<Project>], proxy: Option<&Proxy>, hosts: &HostsSync) {
     let routes = project_routes(projects);
     if let Some(proxy) = proxy {
         proxy.set_routes(&routes);
     }
     let names = host_names(&routes);
-    let result = tokio::task::spawn_blocking(move || crate::hosts::sync(&names)).await;
+    let hosts = hosts.clone();
+    let result = tokio::task::spawn_blocking(move || hosts(&names)).await;
     if let Ok(Err(message)) = result {
         eprintln!("locald: {message}");
     }
