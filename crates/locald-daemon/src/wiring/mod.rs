@@ -30,7 +30,7 @@ impl Wiring {
     /// Routes what runs now at once (what a start recovered: `/etc/hosts` is left as the last
     /// daemon left it, as before), then follows every later publication with routes and hosts.
     pub fn start(supervisor: &Supervisor, proxy: Option<Arc<Proxy>>) -> Self {
-        Self::start_with(supervisor, proxy, Arc::new(|names| crate::hosts::sync(names)))
+        Self::start_with(supervisor, proxy, Arc::new(crate::hosts::sync))
     }
 
     fn start_with(supervisor: &Supervisor, proxy: Option<Arc<Proxy>>, hosts: HostsSync) -> Self {

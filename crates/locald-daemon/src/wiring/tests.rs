@@ -27,7 +27,7 @@ async fn a_change_is_in_hosts_when_its_generation_is_applied_with_the_names_the_
 
     let (up, _) = supervisor.up(project.path()).unwrap();
     wiring.applied(supervisor.generation()).await;
-    let routes = project_routes(&[up.clone()]);
+    let routes = project_routes(std::slice::from_ref(&up));
     assert_eq!(routes[0].name, "shop");
     let ports: Vec<_> = routes[0].services.iter().map(|s| (s.name.clone(), s.port)).collect();
     let handles: Vec<_> = up.services.iter().map(|h| (h.service.name.clone(), h.service.port)).collect();
