@@ -1,9 +1,10 @@
 //! The proxy's listening sockets: HTTPS and HTTP on 127.0.0.1, and on ::1 as well where the
-//! host has IPv6 loopback (a browser may try `localhost` names on ::1 first). Ports 443 and 80 come
-//! from [`LowPorts`] (the daemon's `locald-shim bind`: it never binds a privileged port itself);
-//! without a usable shim, or when the shim cannot have one of them, the proxy takes 8443 / 8080 or the next free
-//! port above, and says why. ::1 always gets the port number 127.0.0.1 got, since a URL carries
-//! one port for both; when ::1 cannot have it the proxy stays on IPv4 and says why, never fails.
+//! host has IPv6 loopback (a browser may try `localhost` names on ::1 first). Ports 443 and 80
+//! come from [`LowPorts`] (the daemon's `locald-shim bind`: it never binds a privileged port
+//! itself); without a usable shim, or when the shim cannot have one of them, the proxy takes
+//! 8443 / 8080 or the next free port above, and says why. ::1 always gets the port number
+//! 127.0.0.1 got, since a URL carries one port for both; when ::1 cannot have it the proxy stays
+//! on IPv4 and says why, never fails.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpListener};

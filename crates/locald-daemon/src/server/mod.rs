@@ -91,7 +91,11 @@ pub async fn run(socket: PathBuf, state_dir: PathBuf) -> Result<(), ServerError>
                 let Ok((stream, _)) = accepted else { continue };
                 match stream.peer_cred() {
                     Ok(cred) if cred.uid() == uid => {
-                        let daemon = Daemon { supervisor: supervisor.clone(), proxy: proxy.clone(), wiring: wiring.clone() };
+                        let daemon = Daemon {
+                            supervisor: supervisor.clone(),
+                            proxy: proxy.clone(),
+                            wiring: wiring.clone(),
+                        };
                         tokio::spawn(serve(stream, daemon, shutdown.clone()));
                     }
                     // Another user (or no credentials): close without reading a byte.
