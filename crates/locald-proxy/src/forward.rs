@@ -1,4 +1,4 @@
-//! Forwarding one request to a service on 127.0.0.1:<port> over HTTP/1.1, whatever the client
+//! Forwarding one request to a service on `127.0.0.1:<port>` over HTTP/1.1, whatever the client
 //! spoke. Bodies stream through in both directions as hyper frames (nothing is collected), so
 //! SSE and large uploads or downloads pass with bounded memory. WebSocket upgrades pass
 //! through: HTTP/1.1 `Upgrade` as is, and HTTP/2 extended CONNECT (RFC 8441) with `:protocol

@@ -1,10 +1,10 @@
 //! The HTTPS/HTTP reverse proxy: every running service at `https://<name>.localhost`. It runs on
 //! threads of its own (a single-threaded runtime per core), so heavy traffic never delays the
-//! supervisor, on listeners from [`listeners`] (ports 443/80 through [`LowPorts`]); [`routes`]
-//! maps host names to services, from plain values the daemon gives it ([`ProjectRoutes`]), [`tls`]
-//! issues certificates for routed names only, [`forward`] streams requests to the services over
-//! each client connection's own [`upstream`] connections, and [`pages`] answers when a service
-//! cannot. [`limits`] bounds connections' time and number, from what [`activity`] records.
+//! supervisor, on listeners from `listeners` (ports 443/80 through [`LowPorts`]); `routes`
+//! maps host names to services, from plain values the daemon gives it ([`ProjectRoutes`]), `tls`
+//! issues certificates for routed names only, `forward` streams requests to the services over
+//! each client connection's own `upstream` connections, and `pages` answers when a service
+//! cannot. `limits` bounds connections' time and number, from what `activity` records.
 
 // Everything but the API the daemon uses is the crate's own.
 #![warn(unreachable_pub)]

@@ -1,7 +1,7 @@
 //! Between the supervisor and what makes its projects reachable: one task turns every set of
 //! running projects the supervisor publishes ([`Supervisor::running`]) into the proxy's route
 //! table and the `/etc/hosts` sync, from the same [`ProjectRoutes`], so the two always name the
-//! same hosts. [`view`] is how the proxy sees a service, [`low_ports`] how it gets 443 and 80.
+//! same hosts. `view` is how the proxy sees a service, `low_ports` how it gets 443 and 80.
 
 mod low_ports;
 #[cfg(test)]
