@@ -61,6 +61,7 @@ fn shim_builds_for_macos() -> anyhow::Result<()> {
 /// that writes empty objects: enough for `check`, which never links. What this cannot show is
 /// that the binary links and runs on a Mac; `nix build` on one does.
 fn locald_checks_for_macos() -> anyhow::Result<()> {
+    const MAC_CHECKED: &[&str] = &["locald", "locald-daemon", "locald-proxy", "locald-core", "locald-shim"];
     let stub = crate::util::target_dir().join("xtask-macos-cc");
     std::fs::create_dir_all(&stub)?;
     write_script(
@@ -74,13 +75,13 @@ fn locald_checks_for_macos() -> anyhow::Result<()> {
         util::run(
             util::cargo_command()
                 .args(["clippy", "--all-targets", "--target", target])
-                .args(["-p", "locald", "-p", "locald-daemon", "-p", "locald-core", "-p", "locald-shim"])
+                .args(MAC_CHECKED.iter().flat_map(|package| ["-p", package]))
                 .args(["--", "-D", "warnings"])
                 .env(format!("CC_{var}"), stub.join("cc"))
                 .env(format!("AR_{var}"), stub.join("ar")),
         )?;
     }
-    eprintln!("xtask: locald, locald-daemon, locald-core and locald-shim pass clippy for {MAC_TARGETS:?}");
+    eprintln!("xtask: {} pass clippy for {MAC_TARGETS:?}", MAC_CHECKED.join(", "));
     Ok(())
 }
 

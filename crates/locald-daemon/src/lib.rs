@@ -8,7 +8,7 @@ pub mod health;
 pub mod hosts;
 pub mod logs;
 pub mod nofile;
-pub mod proxy;
 pub mod server;
 pub mod shim;
 pub mod supervisor;
+pub mod wiring;

@@ -17,8 +17,9 @@ use tokio::sync::Notify;
 
 use locald_core::ipc::{self, FrameError, Request, Response};
 
-use crate::proxy::Proxy;
 use crate::supervisor::Supervisor;
+use crate::wiring::{self, Wiring};
+use locald_proxy::Proxy;
 
 /// Set by the CLI when it starts the daemon in the background: a pipe fd on which the daemon
 /// writes one byte once its socket accepts connections.
@@ -57,7 +58,8 @@ pub async fn run(socket: PathBuf, state_dir: PathBuf) -> Result<(), ServerError>
     for (dir, why) in supervisor.recover() {
         eprintln!("locald: could not bring {} back up: {why}", dir.display());
     }
-    let proxy = match Proxy::start(&supervisor.all()) {
+    let shim = crate::shim::Shim::discover().map_err(|e| e.to_string());
+    let proxy = match Proxy::start(wiring::low_ports(&shim)) {
         Ok(proxy) => {
             let status = proxy.status();
             let also = if status.ipv6_note.is_none() { " (and on [::1])" } else { "" };
@@ -78,6 +80,7 @@ pub async fn run(socket: PathBuf, state_dir: PathBuf) -> Result<(), ServerError>
             None
         }
     };
+    let wiring = Wiring::start(&supervisor, proxy.clone());
     eprintln!("locald: daemon {} listening on {}", std::process::id(), socket.display());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| ServerError::Io(socket.clone(), e))?;
@@ -88,7 +91,12 @@ pub async fn run(socket: PathBuf, state_dir: PathBuf) -> Result<(), ServerError>
                 let Ok((stream, _)) = accepted else { continue };
                 match stream.peer_cred() {
                     Ok(cred) if cred.uid() == uid => {
-                        tokio::spawn(serve(stream, supervisor.clone(), proxy.clone(), shutdown.clone()));
+                        let daemon = Daemon {
+                            supervisor: supervisor.clone(),
+                            proxy: proxy.clone(),
+                            wiring: wiring.clone(),
+                        };
+                        tokio::spawn(serve(stream, daemon, shutdown.clone()));
                     }
                     // Another user (or no credentials): close without reading a byte.
                     _ => drop(stream),
@@ -100,6 +108,8 @@ pub async fn run(socket: PathBuf, state_dir: PathBuf) -> Result<(), ServerError>
         }
     }
     supervisor.shutdown().await;
+    // Like `server stop`: the names go from `/etc/hosts` before the daemon does.
+    wiring.applied(supervisor.generation()).await;
     let _ = std::fs::remove_file(&socket);
     drop(lock);
     Ok(())
@@ -163,12 +173,14 @@ pub(crate) struct Shutdown {
     pub(crate) socket: PathBuf,
 }
 
-async fn serve(
-    stream: UnixStream,
-    supervisor: Arc<Supervisor>,
-    proxy: Option<Arc<Proxy>>,
-    shutdown: Arc<Shutdown>,
-) {
+/// What a request is answered with.
+pub(crate) struct Daemon {
+    pub(crate) supervisor: Arc<Supervisor>,
+    pub(crate) proxy: Option<Arc<Proxy>>,
+    pub(crate) wiring: Wiring,
+}
+
+async fn serve(stream: UnixStream, daemon: Daemon, shutdown: Arc<Shutdown>) {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
     let request = match read_request(&mut reader).await {
@@ -180,7 +192,7 @@ async fn serve(
         }
     };
     let mut out = Out { write, closed: Box::pin(wait_closed(reader)) };
-    let _ = requests::handle(request, &supervisor, proxy.as_deref(), &shutdown, &mut out).await;
+    let _ = requests::handle(request, &daemon, &shutdown, &mut out).await;
 }
 
 async fn read_request(

@@ -8,19 +8,20 @@ use tokio::sync::broadcast;
 
 use locald_core::ipc::{LogLine, ProjectStatus, Request, Response, ServiceState};
 
-use super::{Out, Shutdown};
+use super::{Daemon, Out, Shutdown};
 use crate::logs;
-use crate::proxy::Proxy;
 use crate::supervisor::service::Control;
 use crate::supervisor::{Project, Supervisor, control};
+use locald_proxy::Proxy;
 
 pub(super) async fn handle(
     request: Request,
-    supervisor: &Supervisor,
-    proxy: Option<&Proxy>,
+    daemon: &Daemon,
     shutdown: &Shutdown,
     out: &mut Out,
 ) -> io::Result<()> {
+    let supervisor = &*daemon.supervisor;
+    let proxy = daemon.proxy.as_deref();
     match request {
         Request::Ping => {
             out.send(Response::Pong { version: env!("CARGO_PKG_VERSION").into(), pid: std::process::id() })
@@ -28,14 +29,14 @@ pub(super) async fn handle(
         }
         // `up` publishes the project itself as soon as it is added; nothing
         // changes the set of projects after that, so there is nothing to redo here.
-        Request::Up { dir } => up(supervisor, proxy, &dir, out).await,
+        Request::Up { dir } => up(daemon, &dir, out).await,
         Request::Down { dir } => {
             let response = if supervisor.down(&dir).await {
                 Response::Ok
             } else {
                 Response::Error { message: format!("no project running in {}", dir.display()) }
             };
-            publish(supervisor, proxy).await;
+            reachable(daemon).await;
             out.send(response).await
         }
         Request::Status => {
@@ -67,7 +68,7 @@ pub(super) async fn handle(
         }
         Request::Shutdown => {
             supervisor.shutdown().await;
-            publish(supervisor, proxy).await;
+            reachable(daemon).await;
             // Gone before the answer: once `server stop` returns, nobody can reach this daemon.
             let _ = std::fs::remove_file(&shutdown.socket);
             shutdown.notify.notify_one();
@@ -77,38 +78,34 @@ pub(super) async fn handle(
     }
 }
 
-/// A project's status with the URLs the proxy serves it at.
+/// A project's status with the URLs the proxy serves it at (with the port when not 443).
 fn project_status(proxy: Option<&Proxy>, project: &Project) -> ProjectStatus {
-    match proxy {
-        Some(proxy) => proxy.project_status(project),
-        None => project.status(),
+    let mut status = project.status();
+    if let Some(proxy) = proxy {
+        for (service, handle) in status.services.iter_mut().zip(&project.services) {
+            service.url = proxy.status().https_url(&handle.service.domain);
+        }
     }
+    status
 }
 
-/// Makes the projects that are up now, and only those, reachable: the proxy routes them and
-/// `/etc/hosts` lists the names it routes (none: the block goes away). Called whenever the set
-/// of projects changes, so routes and hosts never disagree.
-async fn publish(supervisor: &Supervisor, proxy: Option<&Proxy>) {
-    let projects = supervisor.all();
-    if let Some(proxy) = proxy {
-        proxy.refresh(&projects);
-    }
-    let domains = crate::hosts::routed_names(projects.iter().map(|p| &p.config));
-    let result = tokio::task::spawn_blocking(move || crate::hosts::sync(&domains)).await;
-    if let Ok(Err(message)) = result {
-        eprintln!("locald: {message}");
-    }
+/// Returns once the projects that are up now, and only those, are reachable: the supervisor
+/// published them when their set changed, and the wiring has made the proxy route them and
+/// `/etc/hosts` list the names it routes (none: the block goes away).
+async fn reachable(daemon: &Daemon) {
+    daemon.wiring.applied(daemon.supervisor.generation()).await;
 }
 
 /// Streams state changes until every service is ready, or one fails.
-async fn up(supervisor: &Supervisor, proxy: Option<&Proxy>, dir: &Path, out: &mut Out) -> io::Result<()> {
-    let (project, attached) = match supervisor.up(dir) {
+async fn up(daemon: &Daemon, dir: &Path, out: &mut Out) -> io::Result<()> {
+    let proxy = daemon.proxy.as_deref();
+    let (project, attached) = match daemon.supervisor.up(dir) {
         Ok(up) => up,
         Err(e) => return out.send(Response::Error { message: e.to_string() }).await,
     };
     // Routed and resolvable while it starts, so its URL shows the starting page rather than an
     // unknown host or a name that does not resolve.
-    publish(supervisor, proxy).await;
+    reachable(daemon).await;
     if attached {
         // Like a first `up`: whatever was stopped or gave up is started again, in start order.
         for handle in &project.services {

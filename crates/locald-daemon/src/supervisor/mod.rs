@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::{broadcast, oneshot, watch};
 
 use locald_core::config::{self, Config, ConfigError, PortSource, ports};
 use locald_core::ipc::{ProjectStatus, ServiceState, ServiceStatus};
@@ -71,11 +71,22 @@ impl Project {
     }
 }
 
+/// The running projects as one change to their set left them; what the proxy routes and
+/// `/etc/hosts` lists follow these ([`Supervisor::running`]).
+#[derive(Clone, Default)]
+pub struct Running {
+    /// Counts the changes: the one that made this set and every earlier one are in it.
+    pub generation: u64,
+    pub projects: Vec<Arc<Project>>,
+}
+
 pub struct Supervisor {
     state_dir: PathBuf,
     /// Identifies this state dir in the environment of every process started from it.
     owner: String,
     projects: Mutex<BTreeMap<PathBuf, Arc<Project>>>,
+    /// Sent to under the `projects` lock, so publications come in the order of the changes.
+    running: watch::Sender<Running>,
     cgroups: Option<Arc<cgroup::Cgroups>>,
 }
 
@@ -94,7 +105,26 @@ impl Supervisor {
     pub fn new(state_dir: PathBuf) -> Self {
         let owner = format!("{:016x}", fnv(state_dir.as_os_str().as_encoded_bytes()));
         let cgroups = cgroup::Cgroups::detect(&owner).map(Arc::new);
-        Self { state_dir, owner, projects: Mutex::new(BTreeMap::new()), cgroups }
+        let (running, _) = watch::channel(Running::default());
+        Self { state_dir, owner, projects: Mutex::new(BTreeMap::new()), running, cgroups }
+    }
+
+    /// Every set of running projects from now on, starting with the current one.
+    pub fn running(&self) -> watch::Receiver<Running> {
+        self.running.subscribe()
+    }
+
+    /// The generation of the set of running projects now ([`Running::generation`]).
+    pub fn generation(&self) -> u64 {
+        self.running.borrow().generation
+    }
+
+    /// Called with the `projects` lock held, after every change to them.
+    fn publish(&self, projects: &BTreeMap<PathBuf, Arc<Project>>) {
+        self.running.send_modify(|running| {
+            running.generation += 1;
+            running.projects = projects.values().cloned().collect();
+        });
     }
 
     fn projects_file(&self) -> PathBuf {
@@ -214,6 +244,7 @@ impl Supervisor {
         let digest = digest(&config.project.source);
         let project = Arc::new(Project { config, services: handles, log_dir, live, digest });
         projects.insert(dir, project.clone());
+        self.publish(&projects);
         drop(projects);
         self.persist();
         Ok((project, false))
@@ -222,7 +253,14 @@ impl Supervisor {
     /// Stops and forgets the project; false when it was not running.
     pub async fn down(&self, dir: &Path) -> bool {
         let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_owned());
-        let project = self.projects.lock().unwrap_or_else(|e| e.into_inner()).remove(&dir);
+        let project = {
+            let mut projects = self.projects.lock().unwrap_or_else(|e| e.into_inner());
+            let project = projects.remove(&dir);
+            if project.is_some() {
+                self.publish(&projects);
+            }
+            project
+        };
         self.persist();
         match project {
             Some(project) => {
@@ -234,10 +272,12 @@ impl Supervisor {
     }
 
     pub async fn shutdown(&self) {
-        let projects: Vec<Arc<Project>> =
-            std::mem::take(&mut *self.projects.lock().unwrap_or_else(|e| e.into_inner()))
-                .into_values()
-                .collect();
+        let projects: Vec<Arc<Project>> = {
+            let mut projects = self.projects.lock().unwrap_or_else(|e| e.into_inner());
+            let taken = std::mem::take(&mut *projects);
+            self.publish(&projects);
+            taken.into_values().collect()
+        };
         self.persist();
         let stops: Vec<_> = projects.into_iter().map(|p| tokio::spawn(stop_all(p))).collect();
         for stop in stops {

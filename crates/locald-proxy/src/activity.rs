@@ -19,7 +19,7 @@ use tokio::sync::Notify;
 
 use super::limits::now_ms;
 
-pub struct Activity {
+pub(crate) struct Activity {
     streams: AtomicUsize,
     /// Any request seen yet: until then the connection has `Limits::header` to send one.
     started: AtomicBool,
@@ -38,7 +38,7 @@ impl Default for Activity {
 }
 
 impl Activity {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let now = now_ms();
         Activity {
             streams: AtomicUsize::new(0),
@@ -50,20 +50,20 @@ impl Activity {
         }
     }
 
-    pub fn streams(&self) -> usize {
+    pub(crate) fn streams(&self) -> usize {
         self.streams.load(Ordering::Relaxed)
     }
 
-    pub fn last_active(&self) -> u64 {
+    pub(crate) fn last_active(&self) -> u64 {
         self.last_active.load(Ordering::Relaxed)
     }
 
-    pub fn touch_at(&self, ms: u64) {
+    pub(crate) fn touch_at(&self, ms: u64) {
         self.last_active.store(ms, Ordering::Relaxed);
     }
 
     /// A request is open until the guard drops.
-    pub fn begin(self: &Arc<Self>) -> Open {
+    pub(crate) fn begin(self: &Arc<Self>) -> Open {
         self.started.store(true, Ordering::Relaxed);
         self.streams.fetch_add(1, Ordering::Relaxed);
         Open(self.clone())
@@ -71,27 +71,28 @@ impl Activity {
 
     /// Starts the idle time afresh: for a connection hyper's path takes over from the fast
     /// path, whose requests this does not see, so it is not judged idle since its accept.
-    pub fn restart(&self) {
+    pub(crate) fn restart(&self) {
         self.idle_since.store(now_ms(), Ordering::Relaxed);
     }
 
-    pub fn evict(&self) {
+    pub(crate) fn evict(&self) {
         self.evicted.store(true, Ordering::Relaxed);
         self.evict.notify_one();
     }
 
-    pub fn evicted(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn evicted(&self) -> bool {
         self.evicted.load(Ordering::Relaxed)
     }
 
     /// Resolves once [`Admission`](super::limits::Admission) wants this connection gone.
-    pub async fn evicted_wait(&self) {
+    pub(crate) async fn evicted_wait(&self) {
         self.evict.notified().await;
     }
 
     /// When the connection is due to close for idleness (ms, [`now_ms`]'s clock), or `None`
     /// while a request is open.
-    pub fn idle_deadline(&self, header: Duration, idle: Duration) -> Option<u64> {
+    pub(crate) fn idle_deadline(&self, header: Duration, idle: Duration) -> Option<u64> {
         if self.streams() > 0 {
             return None;
         }
@@ -102,7 +103,7 @@ impl Activity {
 }
 
 /// An open request.
-pub struct Open(Arc<Activity>);
+pub(crate) struct Open(Arc<Activity>);
 
 impl Drop for Open {
     fn drop(&mut self) {
@@ -112,7 +113,7 @@ impl Drop for Open {
 }
 
 /// A client socket that records when bytes moved.
-pub struct Watched<S> {
+pub(crate) struct Watched<S> {
     pub inner: S,
     pub activity: Arc<Activity>,
 }
@@ -166,11 +167,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     }
 }
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A request body that fails when the client pauses longer than `limit` between two pieces
 /// (the service then sees its request cut short, never a shorter complete one).
-pub struct TimedBody<B> {
+pub(crate) struct TimedBody<B> {
     inner: B,
     limit: Duration,
     timer: Pin<Box<tokio::time::Sleep>>,
@@ -179,7 +180,7 @@ pub struct TimedBody<B> {
 }
 
 impl<B> TimedBody<B> {
-    pub fn new(inner: B, limit: Duration) -> Self {
+    pub(crate) fn new(inner: B, limit: Duration) -> Self {
         TimedBody {
             inner,
             limit,
@@ -230,9 +231,10 @@ where
 
 /// A response body that keeps `hold` (its request's [`Open`] and service-connection permit)
 /// until it has been sent or dropped.
-pub struct HoldBody<B, H> {
+pub(crate) struct HoldBody<B, H> {
     pub inner: B,
-    pub hold: H,
+    /// Never read: what it holds is released when the body is dropped.
+    pub _hold: H,
 }
 
 impl<B: HttpBody + Unpin, H: Unpin> HttpBody for HoldBody<B, H> {

@@ -18,10 +18,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream
 
 use super::PEER;
 use super::raw::{Raw, Script, target};
-use crate::proxy::Body;
-use crate::proxy::h1::{Outcome, Target, serve};
-use crate::proxy::upstream::Upstreams;
-use crate::proxy::{forward, pages, routes};
+use crate::Body;
+use crate::h1::{Outcome, Target, serve};
+use crate::upstream::Upstreams;
+use crate::{forward, pages, routes};
 
 /// A service answer: its name (for the failure message), the bytes written at once, bytes
 /// written later, whether the service closes after it.
@@ -193,7 +193,7 @@ where
         async move {
             // What `proxy::handle` does before it forwards: its refusals, then the route.
             if let Some((status, why)) = forward::refusal(&req) {
-                return Ok::<_, std::convert::Infallible>(crate::proxy::pages::refused(status, why));
+                return Ok::<_, std::convert::Infallible>(crate::pages::refused(status, why));
             }
             let authority =
                 forward::routed_authority(&req).and_then(|h| hyper::http::HeaderValue::from_str(h).ok());
@@ -203,13 +203,13 @@ where
                     .boxed();
                 return Ok(Response::builder().status(404).body(page).unwrap());
             };
-            let body_timeout = crate::proxy::limits::Limits::for_nofile(1024).body;
+            let body_timeout = crate::limits::Limits::for_nofile(1024).body;
             Ok(
                 match forward::forward(&upstreams, req, &authority, port, PEER, Box::new(()), body_timeout)
                     .await
                 {
                     Ok(response) => response,
-                    Err(e) => crate::proxy::forward_failed("app", "web", port, &e),
+                    Err(e) => crate::forward_failed("app", "web", port, &e),
                 },
             )
         }

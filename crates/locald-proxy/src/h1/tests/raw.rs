@@ -9,7 +9,7 @@ use tokio::sync::{Notify, mpsc};
 
 /// What the service does for one request.
 #[derive(Clone, Debug, Default)]
-pub struct Script {
+pub(super) struct Script {
     /// Written at once.
     pub now: Vec<u8>,
     /// Written on the same connection once the test calls [`Raw::inject`]: bytes that answer
@@ -20,9 +20,9 @@ pub struct Script {
 }
 
 /// One request as the service read it: the connection it came on (1, 2, …) and its head.
-pub type Request = (usize, String);
+pub(super) type Request = (usize, String);
 
-pub struct Raw {
+pub(super) struct Raw {
     pub port: u16,
     pub requests: Arc<Mutex<Vec<Request>>>,
     inject: Arc<Notify>,
@@ -32,7 +32,7 @@ pub struct Raw {
 impl Raw {
     /// Listens on 127.0.0.1 and answers each request head (and its `Content-Length` body) with
     /// `script(head)`.
-    pub async fn start(script: impl Fn(&str) -> Script + Send + Sync + 'static) -> Raw {
+    pub(super) async fn start(script: impl Fn(&str) -> Script + Send + Sync + 'static) -> Raw {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let requests = Arc::new(Mutex::new(Vec::new()));
@@ -54,7 +54,7 @@ impl Raw {
     }
 
     /// Has the service write its `later` bytes, and returns once they are written.
-    pub async fn inject(&mut self) {
+    pub(super) async fn inject(&mut self) {
         self.inject.notify_one();
         // Bounded, so a test that injects where no answer waits fails instead of hanging.
         let written = tokio::time::timeout(std::time::Duration::from_secs(5), self.injected.recv()).await;
@@ -66,7 +66,7 @@ impl Raw {
         }
     }
 
-    pub fn requests(&self) -> Vec<Request> {
+    pub(super) fn requests(&self) -> Vec<Request> {
         self.requests.lock().unwrap().clone()
     }
 }
@@ -157,6 +157,6 @@ async fn connection(
 }
 
 /// The request target of a head (`/path`).
-pub fn target(head: &str) -> &str {
+pub(super) fn target(head: &str) -> &str {
     head.split_whitespace().nth(1).unwrap_or_default()
 }

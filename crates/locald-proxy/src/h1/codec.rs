@@ -5,7 +5,7 @@
 use std::io::Write as _;
 
 use super::MAX_HEADERS;
-use crate::proxy::forward::{
+use crate::forward::{
     FORWARDED, Forwarded, HOP_BY_HOP, Peer, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO,
     dropped_request_field,
 };

@@ -8,7 +8,7 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// A client connection with bytes already read from it in front: what hyper's path reads first.
-pub struct Prefixed<S> {
+pub(crate) struct Prefixed<S> {
     pub(super) prefix: BytesMut,
     pub(super) inner: S,
 }

@@ -16,7 +16,7 @@ use locald_ca::ca::LocalCa;
 const PEER: Peer =
     Peer { addr: SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 4000), tls: false };
 
-fn short_limits() -> limits::Limits {
+pub(super) fn short_limits() -> limits::Limits {
     limits::Limits {
         header: Duration::from_millis(400),
         idle: Duration::from_millis(800),
@@ -25,15 +25,15 @@ fn short_limits() -> limits::Limits {
     }
 }
 
-struct TestProxy {
+pub(super) struct TestProxy {
     https: SocketAddr,
-    http: SocketAddr,
+    pub(super) http: SocketAddr,
     ca_pem: String,
-    shared: Arc<Shared>,
+    pub(super) shared: Arc<Shared>,
     _dir: tempfile::TempDir,
 }
 
-async fn start(limits: limits::Limits) -> TestProxy {
+pub(super) async fn start(limits: limits::Limits) -> TestProxy {
     let dir = tempfile::tempdir().unwrap();
     let ca = LocalCa::load_or_create(dir.path(), &[]).unwrap();
     let ca_pem = ca.cert_pem().to_owned();
@@ -231,7 +231,7 @@ async fn a_request_for_another_name_than_the_tls_one_is_misdirected() {
 
 /// A service that records every byte each connection sent it, answering the first request
 /// head on a connection with a short 200 when `answer` is set.
-fn recorder(answer: bool) -> (u16, Arc<Mutex<Vec<Vec<u8>>>>) {
+pub(super) fn recorder(answer: bool) -> (u16, Arc<Mutex<Vec<Vec<u8>>>>) {
     use std::io::{Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();

@@ -13,8 +13,8 @@ use hyper::Response;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
 use super::{Outcome, Target, serve};
-use crate::proxy::Body;
-use crate::proxy::forward::Peer;
+use crate::Body;
+use crate::forward::Peer;
 
 struct Port(u16);
 
@@ -24,7 +24,7 @@ impl Target for Port {
     }
 
     fn unreachable(&self, cause: &str) -> Response<Body> {
-        crate::proxy::pages::unreachable("app", "web", self.0, cause)
+        crate::pages::unreachable("app", "web", self.0, cause)
     }
 }
 

@@ -12,7 +12,7 @@ use super::routes::RouteTable;
 use locald_core::ipc::ProxyStatus;
 
 /// Lines of a stopped service's log shown on its page.
-pub const LOG_LINES: usize = 20;
+pub(crate) const LOG_LINES: usize = 20;
 
 fn page(status: StatusCode, title: &str, body: &str, refresh: Option<u32>) -> Response<Body> {
     let meta = refresh.map_or(String::new(), |s| format!("<meta http-equiv=\"refresh\" content=\"{s}\">"));
@@ -35,7 +35,7 @@ fn page(status: StatusCode, title: &str, body: &str, refresh: Option<u32>) -> Re
 }
 
 /// Waiting for dependencies, starting, or between restarts: refreshes every second.
-pub fn starting(project: &str, service: &str, state: &str) -> Response<Body> {
+pub(crate) fn starting(project: &str, service: &str, state: &str) -> Response<Body> {
     page(
         StatusCode::SERVICE_UNAVAILABLE,
         &format!("{service} is starting"),
@@ -50,7 +50,13 @@ pub fn starting(project: &str, service: &str, state: &str) -> Response<Body> {
 }
 
 /// Stopped, failed or completed: the state, the exit code and the end of its log.
-pub fn down(project: &str, service: &str, state: &str, exit: Option<i32>, log: &[String]) -> Response<Body> {
+pub(crate) fn down(
+    project: &str,
+    service: &str,
+    state: &str,
+    exit: Option<i32>,
+    log: &[String],
+) -> Response<Body> {
     let exit = exit.map_or(String::new(), |code| format!(" (exit code {code})"));
     let log = if log.is_empty() {
         "<p>No log lines.</p>".to_owned()
@@ -73,7 +79,7 @@ pub fn down(project: &str, service: &str, state: &str, exit: Option<i32>, log: &
 }
 
 /// The service runs but its port refused or dropped the connection.
-pub fn unreachable(project: &str, service: &str, port: u16, error: &str) -> Response<Body> {
+pub(crate) fn unreachable(project: &str, service: &str, port: u16, error: &str) -> Response<Body> {
     page(
         StatusCode::BAD_GATEWAY,
         &format!("{service} is not answering"),
@@ -89,7 +95,7 @@ pub fn unreachable(project: &str, service: &str, port: u16, error: &str) -> Resp
 }
 
 /// A request the proxy could not read to its end (a malformed body).
-pub fn bad_request(error: &str) -> Response<Body> {
+pub(crate) fn bad_request(error: &str) -> Response<Body> {
     page(
         StatusCode::BAD_REQUEST,
         "Bad request",
@@ -99,7 +105,7 @@ pub fn bad_request(error: &str) -> Response<Body> {
 }
 
 /// A host no running project has: the list of those that are up.
-pub fn unknown_host(
+pub(crate) fn unknown_host(
     host: Option<&str>,
     table: &RouteTable,
     proxy: &ProxyStatus,
@@ -136,14 +142,14 @@ pub fn unknown_host(
 /// and query.
 ///
 /// [`normalize_host`]: super::routes::normalize_host
-pub fn https_location(host: &str, proxy: &ProxyStatus, path_and_query: &str) -> String {
+pub(crate) fn https_location(host: &str, proxy: &ProxyStatus, path_and_query: &str) -> String {
     let path = if path_and_query.starts_with('/') { path_and_query } else { "/" };
     format!("{}{path}", proxy.https_url(host))
 }
 
 /// 308, so the method and body are kept, unlike with 301; `no-store` (from [`page`]) so a
 /// browser does not keep redirecting after the project drops `https_redirect`.
-pub fn redirect(location: &str) -> Response<Body> {
+pub(crate) fn redirect(location: &str) -> Response<Body> {
     let mut response = page(
         StatusCode::PERMANENT_REDIRECT,
         "Moved to HTTPS",
@@ -157,7 +163,7 @@ pub fn redirect(location: &str) -> Response<Body> {
 }
 
 /// A request locald will not forward: `why`, under the status's reason.
-pub fn refused(status: StatusCode, why: &str) -> Response<Body> {
+pub(crate) fn refused(status: StatusCode, why: &str) -> Response<Body> {
     page(status, status.canonical_reason().unwrap_or("Refused"), &format!("<p>{}</p>", escape(why)), None)
 }
 

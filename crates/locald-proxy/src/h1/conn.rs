@@ -16,8 +16,8 @@ use super::codec::{
     plan_response, put_field,
 };
 use super::{MAX_HEAD, Outcome, Prefixed, READ_CHUNK, Target};
-use crate::proxy::Body;
-use crate::proxy::forward::Peer;
+use crate::Body;
+use crate::forward::Peer;
 
 /// The client connection's kept connection to a service.
 struct Upstream {
@@ -28,7 +28,12 @@ struct Upstream {
 
 /// Serves the client connection until it closes or needs hyper's path. `route` maps a `Host`
 /// to the service it may be forwarded to, `None` for anything hyper's path must answer.
-pub async fn serve<S, T, R>(mut client: S, peer: Peer, header_timeout: Duration, route: R) -> Outcome<S>
+pub(crate) async fn serve<S, T, R>(
+    mut client: S,
+    peer: Peer,
+    header_timeout: Duration,
+    route: R,
+) -> Outcome<S>
 where
     S: AsyncRead + AsyncWrite + Unpin,
     T: Target,
@@ -114,7 +119,7 @@ fn quiet(stream: &TcpStream) -> bool {
 }
 
 async fn connect(port: u16) -> io::Result<Upstream> {
-    let stream = crate::proxy::upstream::connect_service(port).await?;
+    let stream = crate::upstream::connect_service(port).await?;
     Ok(Upstream { port, stream, buf: BytesMut::with_capacity(READ_CHUNK) })
 }
 

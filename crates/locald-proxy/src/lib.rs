@@ -1,20 +1,29 @@
 //! The HTTPS/HTTP reverse proxy: every running service at `https://<name>.localhost`. It runs on
 //! threads of its own (a single-threaded runtime per core), so heavy traffic never delays the
-//! supervisor, on listeners from [`listeners`]; [`routes`] maps host names to services, [`tls`]
-//! issues certificates for routed names only, [`forward`] streams requests to the services over
-//! each client connection's own [`upstream`] connections, and [`pages`] answers when a service
-//! cannot. [`limits`] bounds connections' time and number, from what [`activity`] records.
+//! supervisor, on listeners from `listeners` (ports 443/80 through [`LowPorts`]); `routes`
+//! maps host names to services, from plain values the daemon gives it ([`ProjectRoutes`]), `tls`
+//! issues certificates for routed names only, `forward` streams requests to the services over
+//! each client connection's own `upstream` connections, and `pages` answers when a service
+//! cannot. `limits` bounds connections' time and number, from what `activity` records.
 
-pub mod activity;
-pub mod forward;
-pub mod h1;
-pub mod limits;
-pub mod listeners;
-pub mod pages;
-pub mod routes;
-pub mod tls;
-pub mod upstream;
+// Everything but the API the daemon uses is the crate's own.
+#![warn(unreachable_pub)]
 
+mod activity;
+mod forward;
+mod h1;
+mod limits;
+mod listeners;
+mod pages;
+mod routes;
+mod tls;
+mod upstream;
+
+pub use listeners::{LowPorts, LowPortsError};
+pub use routes::{ProjectRoutes, ServiceNow, ServiceRoutes, ServiceView};
+
+#[cfg(test)]
+mod routing_tests;
 #[cfg(test)]
 mod tests;
 
@@ -32,17 +41,16 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio_rustls::TlsAcceptor;
 
-use locald_core::ipc::{ProjectStatus, ProxyStatus, ServiceState};
+use locald_core::ipc::{ProxyStatus, ServiceState};
 
-use crate::supervisor::Project;
 use activity::Activity;
 use forward::Peer;
 use locald_ca::ca::LeafCache;
-use routes::{INDEX_HOST, Routes};
+use routes::{INDEX_HOST, Route, RouteTable, Routes};
 use upstream::Upstreams;
 
 /// Every body the proxy sends: a service's, streamed, one of its own pages, or a request body.
-pub type Body = BoxBody<Bytes, activity::BoxError>;
+pub(crate) type Body = BoxBody<Bytes, activity::BoxError>;
 
 /// Most threads serving the proxy (one per core up to this).
 const MAX_THREADS: usize = 4;
@@ -64,15 +72,16 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// Binds the listeners, loads (or makes) the CA, and serves on a thread of its own.
-    pub fn start(projects: &[Arc<Project>]) -> Result<Arc<Self>, ProxyError> {
+    /// Binds the listeners (443 and 80 through `low_ports`; `Err` says why there is none),
+    /// loads (or makes) the CA, and serves on threads of its own, routing nothing until
+    /// [`Proxy::set_routes`].
+    pub fn start(low_ports: Result<&dyn LowPorts, String>) -> Result<Arc<Self>, ProxyError> {
         let ca = locald_ca::user_ca()?;
         let ca_path = ca.cert_path().to_owned();
         let routes = Arc::new(Routes::default());
-        routes.refresh(projects);
         let resolver = Arc::new(tls::CertResolver::new(LeafCache::new(ca), routes.clone()));
         let tls_config = tls::server_config(resolver)?;
-        let opened = listeners::open()?;
+        let opened = listeners::open(low_ports)?;
         let status = ProxyStatus {
             https_port: opened.https.local_addr()?.port(),
             http_port: opened.http.local_addr()?.port(),
@@ -129,23 +138,14 @@ impl Proxy {
         &self.status
     }
 
-    /// Called whenever projects come up or go down.
-    pub fn refresh(&self, projects: &[Arc<Project>]) {
-        self.routes.refresh(projects);
-    }
-
-    /// The project's status with each service's public URL (with the port when not 443).
-    pub fn project_status(&self, project: &Project) -> ProjectStatus {
-        let mut status = project.status();
-        for (service, handle) in status.services.iter_mut().zip(&project.services) {
-            service.url = self.status.https_url(&handle.service.domain);
-        }
-        status
+    /// Routes exactly these projects from now on (called whenever projects come up or go down).
+    pub fn set_routes(&self, projects: &[ProjectRoutes]) {
+        self.routes.set(RouteTable::build(projects));
     }
 }
 
 /// What every thread's connections share.
-pub struct Shared {
+pub(crate) struct Shared {
     routes: Arc<Routes>,
     status: ProxyStatus,
     connections: auto::Builder<TokioExecutor>,
@@ -154,7 +154,7 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(routes: Arc<Routes>, status: ProxyStatus, limits: limits::Limits) -> Self {
+    pub(crate) fn new(routes: Arc<Routes>, status: ProxyStatus, limits: limits::Limits) -> Self {
         let mut connections = auto::Builder::new(TokioExecutor::new());
         connections.http1().timer(TokioTimer::new()).header_read_timeout(limits.header);
         connections
@@ -175,7 +175,7 @@ static ACCEPT_ERRORS: limits::LogLimiter = limits::LogLimiter::new(Duration::fro
 /// would fail the same way is not spun on.
 const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(1));
 
-pub async fn accept(listener: tokio::net::TcpListener, shared: Arc<Shared>, tls: Option<TlsAcceptor>) {
+pub(crate) async fn accept(listener: tokio::net::TcpListener, shared: Arc<Shared>, tls: Option<TlsAcceptor>) {
     let mut backoff = ACCEPT_BACKOFF.0;
     loop {
         let (stream, addr) = match listener.accept().await {
@@ -250,12 +250,12 @@ fn misdirected(raw_host: Option<&str>, sni: Option<&str>) -> bool {
 
 /// The route for `raw_host` when [`handle`] would forward its request as it is: a running
 /// service, and no redirect to HTTPS. Everything else is answered on hyper's path.
-fn forwardable(shared: &Shared, raw_host: &str, tls: bool, sni: Option<&str>) -> Option<routes::Route> {
+fn forwardable(shared: &Shared, raw_host: &str, tls: bool, sni: Option<&str>) -> Option<Arc<Route>> {
     if misdirected(Some(raw_host), sni) {
         return None;
     }
     match decide(&shared.routes.current(), Some(raw_host), tls) {
-        Decision::Service { route, state, .. } if Traffic::of(state) == Traffic::Forward => Some(route),
+        Decision::Service { route, now } if Traffic::of(now.state) == Traffic::Forward => Some(route),
         _ => None,
     }
 }
@@ -267,27 +267,23 @@ enum Decision {
     /// A 308 to HTTPS for this host (plain HTTP to a project with `https_redirect`).
     Redirect(String),
     Service {
-        route: routes::Route,
-        state: ServiceState,
-        exit: Option<i32>,
+        route: Arc<Route>,
+        now: ServiceNow,
     },
 }
 
-fn decide(table: &routes::RouteTable, raw_host: Option<&str>, tls: bool) -> Decision {
+fn decide(table: &RouteTable, raw_host: Option<&str>, tls: bool) -> Decision {
     let Some(host) = raw_host.and_then(routes::normalize_host).filter(|h| h != INDEX_HOST) else {
         return Decision::Unknown(None);
     };
     let Some(route) = table.get(&host).cloned() else {
         return Decision::Unknown(Some(host));
     };
-    if !tls && route.project.config.project.https_redirect {
+    if !tls && route.https_redirect {
         return Decision::Redirect(host);
     }
-    let (state, exit) = {
-        let snapshot = route.handle().status.borrow();
-        (snapshot.state, snapshot.exit.map(crate::supervisor::process::Exit::code))
-    };
-    Decision::Service { route, state, exit }
+    let now = route.view.now();
+    Decision::Service { route, now }
 }
 
 /// What a service's state means for a request to it.
@@ -308,14 +304,13 @@ impl Traffic {
     }
 }
 
-impl h1::Target for routes::Route {
+impl h1::Target for Arc<Route> {
     fn port(&self) -> u16 {
-        self.handle().service.port
+        self.port
     }
 
     fn unreachable(&self, cause: &str) -> Response<Body> {
-        let service = &self.handle().service;
-        pages::unreachable(&self.project.config.project.name, &service.name, service.port, cause)
+        pages::unreachable(&self.project, &self.service, self.port, cause)
     }
 }
 
@@ -390,7 +385,7 @@ async fn handle(
         );
     }
     let authority = raw_host.and_then(|h| HeaderValue::from_str(h).ok());
-    let (route, state, exit) = match decide(&table, raw_host, peer.tls) {
+    let (route, now) = match decide(&table, raw_host, peer.tls) {
         Decision::Unknown(host) => {
             return pages::unknown_host(host.as_deref(), &table, &shared.status, peer.tls);
         }
@@ -399,13 +394,11 @@ async fn handle(
             let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
             return pages::redirect(&pages::https_location(&host, &shared.status, path));
         }
-        Decision::Service { route, state, exit } => (route, state, exit),
+        Decision::Service { route, now } => (route, now),
     };
     drop(table);
-    let handle = route.handle();
-    let project = route.project.config.project.name.as_str();
-    let service = &handle.service;
-    match Traffic::of(state) {
+    let (project, service, port) = (route.project.as_str(), route.service.as_str(), route.port);
+    match Traffic::of(now.state) {
         Traffic::Forward => {
             let (Some(authority), Ok(permit)) = (authority, context.forwards.clone().acquire_owned().await)
             else {
@@ -413,25 +406,22 @@ async fn handle(
             };
             let hold: forward::Hold = Box::new((context.activity.begin(), permit));
             let limit = shared.limits.body;
-            match forward::forward(context.upstreams, req, &authority, service.port, peer, hold, limit).await
-            {
+            match forward::forward(context.upstreams, req, &authority, port, peer, hold, limit).await {
                 Ok(response) => response,
                 Err(forward::ForwardError::BodyTimeout) => pages::refused(
                     StatusCode::REQUEST_TIMEOUT,
                     "The request body stopped arriving; the service got an incomplete request.",
                 ),
-                Err(e) => forward_failed(project, &service.name, service.port, &e),
+                Err(e) => forward_failed(project, service, port, &e),
             }
         }
-        Traffic::Starting => pages::starting(project, &service.name, state.as_str()),
+        Traffic::Starting => pages::starting(project, service, now.state.as_str()),
         Traffic::Down => {
-            let dir = route.project.log_dir.clone();
-            let name = service.name.clone();
-            let lines =
-                tokio::task::spawn_blocking(move || crate::logs::last_lines(&dir, &name, pages::LOG_LINES))
-                    .await
-                    .unwrap_or_default();
-            pages::down(project, &service.name, state.as_str(), exit, &lines)
+            let view = route.view.clone();
+            let lines = tokio::task::spawn_blocking(move || view.recent_lines(pages::LOG_LINES))
+                .await
+                .unwrap_or_default();
+            pages::down(project, service, now.state.as_str(), now.exit_code, &lines)
         }
     }
 }

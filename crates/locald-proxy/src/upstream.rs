@@ -29,7 +29,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_KEPT: usize = 8;
 
 #[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
+pub(crate) enum UpstreamError {
     #[error("{0}")]
     Connect(#[from] io::Error),
     #[error("{0}")]
@@ -49,7 +49,7 @@ struct Connection {
 
 /// One client connection's connections to services on 127.0.0.1.
 #[derive(Default)]
-pub struct Upstreams {
+pub(crate) struct Upstreams {
     kept: Mutex<Vec<Connection>>,
 }
 
@@ -61,7 +61,11 @@ impl Upstreams {
     /// these too; not PUT or DELETE, which the service may have carried out before it closed):
     /// after a service restarts, its first request must not fail. Anything else is the service's
     /// answer or its error.
-    pub async fn send(&self, port: u16, req: Request<Body>) -> Result<Response<Incoming>, UpstreamError> {
+    pub(crate) async fn send(
+        &self,
+        port: u16,
+        req: Request<Body>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
         if req.body().is_end_stream() {
             return self.send_once(port, req).await;
         }
@@ -182,7 +186,7 @@ fn replayable(req: &Request<Body>) -> Option<Request<Body>> {
 }
 
 /// A new connection to the service on `port` (both of the proxy's paths connect through here).
-pub async fn connect_service(port: u16) -> io::Result<tokio::net::TcpStream> {
+pub(crate) async fn connect_service(port: u16) -> io::Result<tokio::net::TcpStream> {
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(("127.0.0.1", port)))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the service did not accept within 5 s"))??;

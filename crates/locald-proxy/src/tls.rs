@@ -16,7 +16,7 @@ use time::OffsetDateTime;
 
 use locald_ca::ca::{Leaf, LeafCache, RENEW_BEFORE};
 
-pub struct CertResolver {
+pub(crate) struct CertResolver {
     leaves: LeafCache,
     routes: Arc<Routes>,
     /// Parsed keys per name, with their leaf's expiry: a handshake for a known name costs one
@@ -31,12 +31,12 @@ impl std::fmt::Debug for CertResolver {
 }
 
 impl CertResolver {
-    pub fn new(leaves: LeafCache, routes: Arc<Routes>) -> Self {
+    pub(crate) fn new(leaves: LeafCache, routes: Arc<Routes>) -> Self {
         Self { leaves, routes, keys: Mutex::new(HashMap::new()) }
     }
 
     /// The key for `name` if locald routes it; issued (or renewed) on demand.
-    pub fn certified_key(&self, name: &str) -> Option<Arc<CertifiedKey>> {
+    pub(crate) fn certified_key(&self, name: &str) -> Option<Arc<CertifiedKey>> {
         let name = name.trim_end_matches('.').to_ascii_lowercase();
         if !self.routes.current().is_routed(&name) {
             return None;
@@ -83,7 +83,7 @@ fn certified(leaf: &Leaf) -> Result<CertifiedKey, String> {
 }
 
 /// TLS 1.2 and 1.3 with the ring provider (rcgen's too), ALPN `h2` then `http/1.1`.
-pub fn server_config(resolver: Arc<CertResolver>) -> Result<Arc<ServerConfig>, rustls::Error> {
+pub(crate) fn server_config(resolver: Arc<CertResolver>) -> Result<Arc<ServerConfig>, rustls::Error> {
     let mut provider = rustls::crypto::ring::default_provider();
     // AES-128-GCM/SHA-256 first, and chosen over the client's order: as safe as AES-256/SHA-384
     // for a loopback proxy, and cheaper per handshake (SHA-256 has CPU instructions, SHA-384

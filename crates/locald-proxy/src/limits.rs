@@ -14,7 +14,7 @@ use super::activity::Activity;
 
 /// A client connection's bounds.
 #[derive(Clone, Debug)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// Longest a TLS handshake may take.
     pub handshake: Duration,
     /// Longest a request head may take, and a connection may stay without its first request
@@ -45,7 +45,7 @@ const FDS_PER_CLIENT: usize = 2;
 
 impl Limits {
     /// The defaults for a descriptor limit of `nofile`.
-    pub fn for_nofile(nofile: u64) -> Self {
+    pub(crate) fn for_nofile(nofile: u64) -> Self {
         let nofile = usize::try_from(nofile).unwrap_or(usize::MAX);
         let reserved = RESERVED_FDS.max(nofile / 8);
         Limits {
@@ -62,18 +62,18 @@ impl Limits {
 }
 
 /// The current soft `RLIMIT_NOFILE`.
-pub fn nofile() -> u64 {
+pub(crate) fn nofile() -> u64 {
     nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).map_or(1024, |(soft, _)| soft)
 }
 
 /// Milliseconds since the proxy's clock started: a timestamp an atomic can hold.
-pub fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();
     u64::try_from(START.get_or_init(Instant::now).elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 /// The admitted client connections, shared by every thread.
-pub struct Admission {
+pub(crate) struct Admission {
     max: usize,
     open: Mutex<Open>,
 }
@@ -85,7 +85,7 @@ struct Open {
 }
 
 /// A client connection's place; gives it up when dropped.
-pub struct Admitted {
+pub(crate) struct Admitted {
     admission: Arc<Admission>,
     id: u64,
     pub activity: Arc<Activity>,
@@ -98,7 +98,7 @@ impl Drop for Admitted {
 }
 
 impl Admission {
-    pub fn new(max: usize) -> Arc<Self> {
+    pub(crate) fn new(max: usize) -> Arc<Self> {
         Arc::new(Admission { max, open: Mutex::new(Open::default()) })
     }
 
@@ -108,7 +108,7 @@ impl Admission {
 
     /// A place for a new connection: at the cap, the least recently active connection without
     /// an open request is told to close and its place taken; `None` when all are busy.
-    pub fn admit(self: &Arc<Self>) -> Option<Admitted> {
+    pub(crate) fn admit(self: &Arc<Self>) -> Option<Admitted> {
         let mut open = self.lock();
         if open.by_id.len() >= self.max {
             let victim = open
@@ -129,21 +129,21 @@ impl Admission {
     }
 
     #[cfg(test)]
-    pub fn admitted(&self) -> usize {
+    pub(crate) fn admitted(&self) -> usize {
         self.lock().by_id.len()
     }
 }
 
 /// At most one line per `every`, saying how many were held back: an error that repeats on every
 /// accept (out of descriptors) must not fill the log.
-pub struct LogLimiter {
+pub(crate) struct LogLimiter {
     every_ms: u64,
     last_ms: AtomicU64,
     held_back: AtomicU64,
 }
 
 impl LogLimiter {
-    pub const fn new(every: Duration) -> Self {
+    pub(crate) const fn new(every: Duration) -> Self {
         LogLimiter {
             every_ms: every.as_millis() as u64,
             last_ms: AtomicU64::new(u64::MAX),
@@ -152,7 +152,7 @@ impl LogLimiter {
     }
 
     /// The line to write now, if any: `line`, with the count of those held back since the last.
-    pub fn line(&self, now_ms: u64, line: impl std::fmt::Display) -> Option<String> {
+    pub(crate) fn line(&self, now_ms: u64, line: impl std::fmt::Display) -> Option<String> {
         let last = self.last_ms.load(Ordering::Relaxed);
         let due = last == u64::MAX || now_ms.saturating_sub(last) >= self.every_ms;
         if !due || self.last_ms.compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed).is_err()

@@ -1,4 +1,4 @@
-//! Forwarding one request to a service on 127.0.0.1:<port> over HTTP/1.1, whatever the client
+//! Forwarding one request to a service on `127.0.0.1:<port>` over HTTP/1.1, whatever the client
 //! spoke. Bodies stream through in both directions as hyper frames (nothing is collected), so
 //! SSE and large uploads or downloads pass with bounded memory. WebSocket upgrades pass
 //! through: HTTP/1.1 `Upgrade` as is, and HTTP/2 extended CONNECT (RFC 8441) with `:protocol
@@ -33,13 +33,13 @@ use super::upstream::{UpstreamError, Upstreams};
 
 /// Who asked, and over what.
 #[derive(Clone, Copy)]
-pub struct Peer {
+pub(crate) struct Peer {
     pub addr: SocketAddr,
     pub tls: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum ForwardError {
+pub(crate) enum ForwardError {
     #[error("{0}")]
     Backend(#[from] UpstreamError),
     #[error("{0}")]
@@ -50,7 +50,7 @@ pub enum ForwardError {
 
 impl ForwardError {
     /// The most specific cause, for the page (e.g. "Connection refused (os error 111)").
-    pub fn cause(&self) -> String {
+    pub(crate) fn cause(&self) -> String {
         let mut source: &dyn std::error::Error = self;
         while let Some(next) = source.source() {
             source = next;
@@ -60,7 +60,7 @@ impl ForwardError {
 }
 
 // Parsed once: looking a field up by a string name parses the name on every request.
-pub const HOP_BY_HOP: [HeaderName; 6] = [
+pub(crate) const HOP_BY_HOP: [HeaderName; 6] = [
     CONNECTION,
     HeaderName::from_static("proxy-connection"),
     HeaderName::from_static("keep-alive"),
@@ -72,7 +72,7 @@ pub const HOP_BY_HOP: [HeaderName; 6] = [
 /// Removes the fields that describe one connection, not the message: the fixed list of RFC 9110
 /// §7.6.1 and every field `Connection` names, but never `Host` or `Content-Length` (a client's
 /// `Connection: host` must not take the routed name away from the service).
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(CONNECTION)
         .iter()
@@ -89,15 +89,15 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-pub const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(crate) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub(crate) const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub(crate) const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 
 /// Whether a client's request field is left out of what the service gets: hop-by-hop ones of
 /// the fixed list, those locald sets itself (`X-Forwarded-*`, `Forwarded`) and any name with
 /// `_`. The fast path must drop exactly these too.
-pub fn dropped_request_field(name: &str) -> bool {
+pub(crate) fn dropped_request_field(name: &str) -> bool {
     name.contains('_')
         || HOP_BY_HOP.iter().any(|hop| name.eq_ignore_ascii_case(hop.as_str()))
         || [&X_FORWARDED_FOR, &X_FORWARDED_PROTO, &X_FORWARDED_HOST, &FORWARDED]
@@ -108,14 +108,14 @@ pub fn dropped_request_field(name: &str) -> bool {
 /// This hop's `X-Forwarded-For`, `X-Forwarded-Proto` and `Forwarded` (RFC 7239) values; no
 /// earlier hop's are kept. One formatter for hyper's path and [`super::h1`]'s, so the service
 /// sees the same fields whichever path its request took.
-pub struct Forwarded {
+pub(crate) struct Forwarded {
     pub xff: String,
     pub proto: &'static str,
     pub forwarded: String,
 }
 
 impl Forwarded {
-    pub fn new(peer: Peer, host: &str) -> Self {
+    pub(crate) fn new(peer: Peer, host: &str) -> Self {
         use std::fmt::Write;
         let ip = peer.addr.ip();
         let proto = if peer.tls { "https" } else { "http" };
@@ -135,7 +135,7 @@ impl Forwarded {
 
 /// The request fields the service gets (see the module's documentation): `authority` is the
 /// one the request was routed by.
-pub fn request_headers(headers: &mut HeaderMap, authority: &HeaderValue, peer: Peer) {
+pub(crate) fn request_headers(headers: &mut HeaderMap, authority: &HeaderValue, peer: Peer) {
     strip_hop_by_hop(headers);
     // The proxy answers `Expect: 100-continue` itself when it starts reading the body.
     headers.remove(EXPECT);
@@ -185,7 +185,7 @@ fn extended_connect(req: &Request<Incoming>) -> Option<HeaderValue> {
 /// Why locald answers a request itself instead of forwarding it, if it does: more than one
 /// `Host` (RFC 9112 §3.2: 400), a CONNECT that is not an extended CONNECT for `websocket` (locald
 /// is no forward proxy, and opens no tunnel of another protocol: 501).
-pub fn refusal(req: &Request<Incoming>) -> Option<(StatusCode, &'static str)> {
+pub(crate) fn refusal(req: &Request<Incoming>) -> Option<(StatusCode, &'static str)> {
     if req.headers().get_all(HOST).iter().nth(1).is_some() {
         return Some((StatusCode::BAD_REQUEST, "The request has more than one Host field."));
     }
@@ -204,7 +204,7 @@ pub fn refusal(req: &Request<Incoming>) -> Option<(StatusCode, &'static str)> {
 /// The authority a request is routed by, and forwarded with as `Host`: the absolute-form
 /// target's or HTTP/2's `:authority` when it has one (RFC 9112 §3.2.2, RFC 9113 §8.3.1), else
 /// its `Host`.
-pub fn routed_authority<B>(req: &Request<B>) -> Option<&str> {
+pub(crate) fn routed_authority<B>(req: &Request<B>) -> Option<&str> {
     match req.uri().authority() {
         Some(authority) => Some(authority.as_str()),
         None => req.headers().get(HOST).and_then(|h| h.to_str().ok()),
@@ -212,12 +212,12 @@ pub fn routed_authority<B>(req: &Request<B>) -> Option<&str> {
 }
 
 /// What a forwarded request keeps until its response is sent or its tunnel closes.
-pub type Hold = Box<dyn Send + Sync + Unpin>;
+pub(crate) type Hold = Box<dyn Send + Sync + Unpin>;
 
 /// Sends `req` to the service on `port` over one of the client connection's `upstreams` and
 /// returns its answer, streaming. `authority` is what the request was routed by; a request body
 /// may pause `body_timeout` at most.
-pub async fn forward(
+pub(crate) async fn forward(
     upstreams: &Upstreams,
     mut req: Request<Incoming>,
     authority: &HeaderValue,
@@ -289,7 +289,7 @@ pub async fn forward(
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     parts.version = Version::default();
-    let body = HoldBody { inner: body.map_err(Into::into), hold };
+    let body = HoldBody { inner: body.map_err(Into::into), _hold: hold };
     Ok(Response::from_parts(parts, BodyExt::boxed(body)))
 }
 

@@ -30,8 +30,8 @@ mod tests;
 use hyper::Response;
 
 use super::Body;
-pub use conn::serve;
-pub use prefixed::Prefixed;
+pub(crate) use conn::serve;
+pub(crate) use prefixed::Prefixed;
 
 /// Largest request or response head taken (hyper's path answers a larger request with 431).
 const MAX_HEAD: usize = 64 * 1024;
@@ -43,14 +43,14 @@ const READ_CHUNK: usize = 16 * 1024;
 const MAX_CHUNK_LINE: usize = 4096;
 
 /// Where a routed request goes.
-pub trait Target {
+pub(crate) trait Target {
     fn port(&self) -> u16;
     /// The page for a service that dropped the connection before answering.
     fn unreachable(&self, cause: &str) -> Response<Body>;
 }
 
 /// How the fast path left the client connection.
-pub enum Outcome<S> {
+pub(crate) enum Outcome<S> {
     /// Closed or finished with.
     Done,
     /// Hyper's path takes over, reading what was already read first.

@@ -1,39 +1,47 @@
 //! The proxy's listening sockets: HTTPS and HTTP on 127.0.0.1, and on ::1 as well where the
-//! host has IPv6 loopback (a browser may try `localhost` names on ::1 first). Ports 443 and 80 come
-//! from `locald-shim bind` (the daemon never binds a privileged port itself); without a usable
-//! shim, or when the shim cannot have one of them, the proxy takes 8443 / 8080 or the next free
-//! port above, and says why. ::1 always gets the port number 127.0.0.1 got, since a URL carries
-//! one port for both; when ::1 cannot have it the proxy stays on IPv4 and says why, never fails.
+//! host has IPv6 loopback (a browser may try `localhost` names on ::1 first). Ports 443 and 80
+//! come from [`LowPorts`] (the daemon's `locald-shim bind`: it never binds a privileged port
+//! itself); without a usable shim, or when the shim cannot have one of them, the proxy takes
+//! 8443 / 8080 or the next free port above, and says why. ::1 always gets the port number
+//! 127.0.0.1 got, since a URL carries one port for both; when ::1 cannot have it the proxy stays
+//! on IPv4 and says why, never fails.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpListener};
 
 use locald_core::ipc::ProxyStatus;
 
-use crate::shim::Shim;
-
 const HTTPS_PORT: u16 = ProxyStatus::HTTPS_PORT;
 const HTTP_PORT: u16 = ProxyStatus::HTTP_PORT;
-pub const HTTPS_FALLBACK: u16 = 8443;
-pub const HTTP_FALLBACK: u16 = 8080;
+const HTTPS_FALLBACK: u16 = 8443;
+const HTTP_FALLBACK: u16 = 8080;
 /// How far above a fallback port to look for a free one.
 const FALLBACK_RANGE: u16 = 100;
 
 const V4: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 const V6: IpAddr = IpAddr::V6(Ipv6Addr::LOCALHOST);
 
-pub struct Listeners {
-    pub https: TcpListener,
-    pub http: TcpListener,
+/// Why [`LowPorts::bind_low`] could not bind a port, as the note in the proxy's status says it.
+pub type LowPortsError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Who binds ports below 1024 for the proxy (the daemon: through `locald-shim bind`).
+pub trait LowPorts: Send + Sync {
+    /// A listening socket on `address`:`port`.
+    fn bind_low(&self, port: u16, address: IpAddr) -> Result<TcpListener, LowPortsError>;
+}
+
+pub(crate) struct Listeners {
+    pub(crate) https: TcpListener,
+    pub(crate) http: TcpListener,
     /// The same ports on ::1, when it could have them.
-    pub https6: Option<TcpListener>,
-    pub http6: Option<TcpListener>,
+    pub(crate) https6: Option<TcpListener>,
+    pub(crate) http6: Option<TcpListener>,
     /// Both IPv4 ones came from the shim.
-    pub via_shim: bool,
+    pub(crate) via_shim: bool,
     /// Why not 443/80, when not.
-    pub note: Option<String>,
+    pub(crate) note: Option<String>,
     /// Why not on ::1, when not.
-    pub ipv6_note: Option<String>,
+    pub(crate) ipv6_note: Option<String>,
 }
 
 /// One port's pair of sockets.
@@ -43,16 +51,16 @@ struct Pair {
     via_shim: bool,
 }
 
-/// Binds all, preferring the shim.
-pub fn open() -> io::Result<Listeners> {
-    match Shim::discover() {
-        Ok(shim) => open_with(Some(&shim), Vec::new()),
-        Err(e) => open_with(None, vec![e.to_string()]),
+/// Binds all, preferring `low_ports` (`Err`: why there are none, e.g. no usable shim).
+pub(crate) fn open(low_ports: Result<&dyn LowPorts, String>) -> io::Result<Listeners> {
+    match low_ports {
+        Ok(shim) => open_with(Some(shim), Vec::new()),
+        Err(why) => open_with(None, vec![why]),
     }
 }
 
 /// `notes`: why there is no shim, when there is none.
-fn open_with(shim: Option<&Shim>, mut notes: Vec<String>) -> io::Result<Listeners> {
+fn open_with(shim: Option<&dyn LowPorts>, mut notes: Vec<String>) -> io::Result<Listeners> {
     let mut v6_notes = Vec::new();
     // One unprivileged probe tells a host without ::1 apart from a port ::1 cannot have, and
     // spares the shim calls that could only fail.
@@ -65,7 +73,7 @@ fn open_with(shim: Option<&Shim>, mut notes: Vec<String>) -> io::Result<Listener
     };
     let bind = |port: u16, address: IpAddr| -> Result<TcpListener, String> {
         match shim {
-            Some(shim) => shim.bind(port, Some(address)).map_err(|e| e.to_string()),
+            Some(shim) => shim.bind_low(port, address).map_err(|e| e.to_string()),
             None => Err(String::new()),
         }
     };
@@ -105,7 +113,7 @@ fn open_with(shim: Option<&Shim>, mut notes: Vec<String>) -> io::Result<Listener
 }
 
 /// `start` or the first free port above it (within a small range), then any free port.
-pub fn bind_free(address: IpAddr, start: u16) -> io::Result<TcpListener> {
+fn bind_free(address: IpAddr, start: u16) -> io::Result<TcpListener> {
     for port in start..start.saturating_add(FALLBACK_RANGE) {
         match TcpListener::bind((address, port)) {
             Ok(listener) => return Ok(listener),
@@ -148,5 +156,59 @@ mod tests {
                 assert!(note.starts_with("no IPv6 loopback") || note.starts_with("[::1]:"), "{note}");
             }
         }
+    }
+
+    /// Binds what it is asked for on an ephemeral port instead (tests cannot have 443), or
+    /// refuses, and records every call.
+    struct FakeLowPorts {
+        refuse: Option<&'static str>,
+        calls: std::sync::Mutex<Vec<(u16, IpAddr)>>,
+    }
+
+    impl LowPorts for FakeLowPorts {
+        fn bind_low(&self, port: u16, address: IpAddr) -> Result<TcpListener, LowPortsError> {
+            self.calls.lock().unwrap().push((port, address));
+            if let Some(why) = self.refuse {
+                return Err(why.into());
+            }
+            // For ::1 the port 127.0.0.1 got, as the shim would be asked for it.
+            let port = if address.is_ipv6() { port } else { 0 };
+            Ok(TcpListener::bind((address, port))?)
+        }
+    }
+
+    #[test]
+    fn ports_refused_by_low_ports_are_noted_and_fall_back_to_free_ones() {
+        let low = FakeLowPorts { refuse: Some("not for you"), calls: Default::default() };
+        let listeners = open(Ok(&low)).unwrap();
+        assert_eq!(listeners.note.as_deref(), Some("port 443: not for you; port 80: not for you"));
+        assert!(!listeners.via_shim);
+        assert_eq!(*low.calls.lock().unwrap(), [(443, V4), (80, V4)], "::1 is not asked of it then");
+        assert!(listeners.https.local_addr().unwrap().port() >= HTTPS_FALLBACK);
+        assert!(listeners.http.local_addr().unwrap().port() >= HTTP_FALLBACK);
+    }
+
+    #[test]
+    fn ports_from_low_ports_are_taken_and_asked_again_for_ipv6_loopback() {
+        let low = FakeLowPorts { refuse: None, calls: Default::default() };
+        let listeners = open(Ok(&low)).unwrap();
+        assert!(listeners.via_shim);
+        assert_eq!(listeners.note, None);
+        let https = listeners.https.local_addr().unwrap().port();
+        let http = listeners.http.local_addr().unwrap().port();
+        let calls = low.calls.lock().unwrap().clone();
+        if listeners.https6.is_some() {
+            assert_eq!(calls, [(443, V4), (https, V6), (80, V4), (http, V6)]);
+            assert_eq!(listeners.http6.unwrap().local_addr().unwrap(), (V6, http).into());
+        } else {
+            assert_eq!(calls, [(443, V4), (80, V4)], "no ::1 here: {:?}", listeners.ipv6_note);
+        }
+    }
+
+    #[test]
+    fn without_low_ports_the_reason_is_the_note() {
+        let listeners = open(Err("no usable locald-shim: none found".into())).unwrap();
+        assert_eq!(listeners.note.as_deref(), Some("no usable locald-shim: none found"));
+        assert!(!listeners.via_shim);
     }
 }
