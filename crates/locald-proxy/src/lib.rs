@@ -124,7 +124,7 @@ impl Proxy {
                             Ok(listener) => {
                                 tasks.spawn(accept(listener, shared.clone(), tls));
                             }
-                            Err(e) => eprintln!("locald: proxy: {e}"),
+                            Err(e) => tracing::error!("proxy: {e}"),
                         }
                     }
                     while tasks.join_next().await.is_some() {}
@@ -182,7 +182,7 @@ pub(crate) async fn accept(listener: tokio::net::TcpListener, shared: Arc<Shared
             Ok(accepted) => accepted,
             Err(e) => {
                 if let Some(line) = ACCEPT_ERRORS.line(limits::now_ms(), format_args!("proxy accept: {e}")) {
-                    eprintln!("locald: {line}");
+                    tracing::warn!("{line}");
                 }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(ACCEPT_BACKOFF.1);
@@ -296,10 +296,12 @@ enum Traffic {
 
 impl Traffic {
     fn of(state: ServiceState) -> Self {
-        match state {
-            ServiceState::Running | ServiceState::Healthy | ServiceState::Unhealthy => Traffic::Forward,
-            ServiceState::Waiting | ServiceState::Starting | ServiceState::BackingOff => Traffic::Starting,
-            ServiceState::Stopped | ServiceState::Failed | ServiceState::Completed => Traffic::Down,
+        if state.serves_traffic() {
+            Traffic::Forward
+        } else if state.is_terminal() {
+            Traffic::Down
+        } else {
+            Traffic::Starting
         }
     }
 }

@@ -50,14 +50,14 @@ impl CertResolver {
         let leaf = match self.leaves.get(&name) {
             Ok(leaf) => leaf,
             Err(e) => {
-                eprintln!("locald: proxy: {e}");
+                tracing::warn!("proxy: {e}");
                 return None;
             }
         };
         let key = match certified(&leaf) {
             Ok(key) => Arc::new(key),
             Err(e) => {
-                eprintln!("locald: proxy: leaf for {name}: {e}");
+                tracing::warn!("proxy: leaf for {name}: {e}");
                 return None;
             }
         };

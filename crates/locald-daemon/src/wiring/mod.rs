@@ -70,7 +70,7 @@ async fn apply(projects: &[Arc<Project>], proxy: Option<&Proxy>, hosts: &HostsSy
     let hosts = hosts.clone();
     let result = tokio::task::spawn_blocking(move || hosts(&names)).await;
     if let Ok(Err(message)) = result {
-        eprintln!("locald: {message}");
+        tracing::warn!("{message}");
     }
 }
 
