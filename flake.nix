@@ -69,7 +69,7 @@
             "-p"
             "locald-core"
             "-p"
-            "locald-shim"
+            "locald-shim-protocol"
             "--lib"
           ];
           meta = {
@@ -86,7 +86,7 @@
           };
         };
 
-      # The shim alone: it builds on macOS too (its protocol types are shared with the daemon),
+      # The shim alone: it builds on macOS too (its protocol crate is shared with the daemon),
       # where `bundle run` answers that containers need Linux.
       mkShim =
         { lib, rustPlatform }:
@@ -98,7 +98,7 @@
           ];
           cargoTestFlags = [
             "-p"
-            "locald-shim"
+            "locald-shim-protocol"
             "--lib"
           ];
           meta = {

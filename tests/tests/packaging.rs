@@ -221,7 +221,7 @@ fn the_nixos_module_installs_the_wrapper_and_a_user_daemon() {
     // The suffixes offered are exactly those the shim accepts.
     let suffixes: Vec<&str> =
         eval["suffixes"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
-    assert_eq!(suffixes, locald_shim::validate::HOSTS_SUFFIXES);
+    assert_eq!(suffixes, locald_shim_protocol::validate::HOSTS_SUFFIXES);
     assert_eq!(eval["sessionSuffix"], "localhost");
 }
 

@@ -14,7 +14,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use locald_daemon::container::bundle::{self, ContainerConfig, Volume};
+use locald_image::bundle::{self, ContainerConfig, Volume};
 use locald_tests::{Privileged, privileged, text};
 
 const USER: &str = "locald-policy";

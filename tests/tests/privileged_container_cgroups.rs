@@ -7,8 +7,8 @@ use std::os::unix::fs::chown;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use locald_daemon::container::bundle::{self, ContainerConfig, Volume};
-use locald_shim::cgroup_placement;
+use locald_image::bundle::{self, ContainerConfig, Volume};
+use locald_shim_protocol::cgroup_placement;
 use locald_tests::{Privileged, privileged, text, wait_for};
 
 const SLEEPERS: usize = 50;

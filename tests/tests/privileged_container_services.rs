@@ -133,7 +133,7 @@ fn service<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Val
 /// The container's cgroups: below this test process's own in each hierarchy, since the daemon it
 /// starts, and so the shim, inherit them.
 fn container_cgroups(uid: u32, id: &str) -> Vec<PathBuf> {
-    use locald_shim::cgroup_placement as place;
+    use locald_shim_protocol::cgroup_placement as place;
     let memberships = place::parse_memberships(&fs::read_to_string("/proc/self/cgroup").unwrap()).unwrap();
     let mounts = place::parse_cgroup_mounts(&fs::read_to_string("/proc/self/mountinfo").unwrap()).unwrap();
     let hierarchies = place::hierarchies(&memberships, &mounts).unwrap();

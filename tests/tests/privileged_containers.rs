@@ -6,7 +6,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt, chown, symlink};
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use locald_daemon::container::bundle::{self, ContainerConfig, Volume};
+use locald_image::bundle::{self, ContainerConfig, Volume};
 use locald_tests::{Privileged, privileged, text};
 
 /// A bundle directory owned by the user with a busybox-static rootfs.
@@ -35,7 +35,7 @@ fn config(p: &Privileged, id: &str, script: &str) -> ContainerConfig {
 /// Where the shim puts container `id` of `uid` when this test process starts it: below the
 /// test's own cgroup in every hierarchy.
 fn own_container_cgroups(uid: u32, id: &str) -> Vec<PathBuf> {
-    use locald_shim::cgroup_placement as place;
+    use locald_shim_protocol::cgroup_placement as place;
     let memberships = place::parse_memberships(&fs::read_to_string("/proc/self/cgroup").unwrap()).unwrap();
     let mounts = place::parse_cgroup_mounts(&fs::read_to_string("/proc/self/mountinfo").unwrap()).unwrap();
     let hierarchies = place::hierarchies(&memberships, &mounts).unwrap();

@@ -84,7 +84,7 @@ fn a_wrong_version_shim_is_refused_with_the_setup_hint() {
     assert!(!out.status.success());
     let message = text(&out);
     assert!(message.contains("0.0.1 (protocol 999)"), "{message}");
-    assert!(message.contains(&format!("protocol {}", locald_shim::PROTOCOL_VERSION)), "{message}");
+    assert!(message.contains(&format!("protocol {}", locald_shim_protocol::PROTOCOL_VERSION)), "{message}");
     assert!(message.contains("sudo locald admin setup"), "{message}");
 
     // And no privileged call goes through it.

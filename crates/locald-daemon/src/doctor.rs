@@ -26,9 +26,9 @@ pub fn run() -> Report {
 
 /// Whether the local CA exists and where it is trusted (the system store, NSS databases).
 pub fn ca_trust() -> Vec<Finding> {
-    use crate::tls::{ca::CA_CERT, trust};
+    use locald_ca::{ca::CA_CERT, trust};
     const TRUST: &str = "locald trust";
-    let Ok(dir) = crate::tls::ca_dir() else {
+    let Ok(dir) = locald_ca::ca_dir() else {
         return vec![Finding::warn("ca.present", "no data directory (HOME unset)", "set HOME")];
     };
     let cert_path = dir.join(CA_CERT);
@@ -105,7 +105,7 @@ fn shim() -> Vec<Finding> {
         Err(reason) => Finding::error("shim.mode", reason.to_string(), SETUP),
     });
     findings.push(match Shim::discover() {
-        Ok(_) => Finding::ok("shim.version", locald_shim::version_line()),
+        Ok(_) => Finding::ok("shim.version", locald_shim_protocol::version_line()),
         Err(err @ ShimClientError::VersionMismatch { .. }) => {
             Finding::error("shim.version", err.to_string(), SETUP)
         }

@@ -6,7 +6,7 @@
 use std::net::{IpAddr, ToSocketAddrs};
 
 use locald_core::config::{Config, Service};
-use locald_shim::validate::{HOSTS_SUFFIXES, hosts_domain};
+use locald_shim_protocol::validate::{HOSTS_SUFFIXES, hosts_domain};
 
 use crate::shim::Shim;
 

@@ -1,7 +1,6 @@
 //! The locald daemon as a library. It runs as the user and never gains privileges; everything
 //! that needs root is a request to `locald-shim` through [`shim`].
 
-pub mod atomic_file;
 pub mod container;
 pub mod doctor;
 pub mod health;
@@ -12,4 +11,3 @@ pub mod proxy;
 pub mod server;
 pub mod shim;
 pub mod supervisor;
-pub mod tls;

@@ -179,7 +179,7 @@ fn write_bundle(args: &[String]) -> ExitCode {
         Some(rest.remove(at).parse::<i64>().expect("a number"))
     };
     let (memory_bytes, pids) = (limit("--memory"), limit("--pids"));
-    let config = locald_daemon::container::bundle::ContainerConfig {
+    let config = locald_image::bundle::ContainerConfig {
         id: args[3].clone(),
         uid: args[1].parse().expect("uid"),
         gid: args[2].parse().expect("gid"),
@@ -188,7 +188,7 @@ fn write_bundle(args: &[String]) -> ExitCode {
         pids,
         ..Default::default()
     };
-    locald_daemon::container::bundle::write(std::path::Path::new(&args[0]), &config).expect("write bundle");
+    locald_image::bundle::write(std::path::Path::new(&args[0]), &config).expect("write bundle");
     ExitCode::SUCCESS
 }
 

@@ -1,6 +1,3 @@
 //! Containers, caller side (RFC 0098: the daemon generates the bundle, the shim executes it).
 
-pub mod bundle;
-mod copy;
-pub mod image;
 pub mod prepare;

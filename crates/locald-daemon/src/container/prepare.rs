@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 
 use locald_core::config::{Container, Service};
 
-use super::bundle::{self, BundleError, ContainerConfig, Volume};
-use super::copy::copy_tree;
-use super::image::{self, Defaults, ImageError, ImageSource};
 use crate::shim::{RemoveError, Shim, force_remove_dir_all_blocking};
-use crate::tls::ca_bundle::{self, CaFiles};
+use locald_ca::ca_bundle::{self, CaFiles};
+use locald_image::bundle::{self, BundleError, ContainerConfig, Volume};
+use locald_image::copy::copy_tree;
+use locald_image::{self as image, Defaults, ImageError, ImageSource};
 
 /// Records which image the rootfs beside it was copied from.
 const IMAGE_MARKER: &str = "image-id";
@@ -199,7 +199,7 @@ mod tests {
         assert_ne!(a, b, "services sharing a long prefix get different ids");
         for id in [&a, &b] {
             assert!(id.len() <= MAX_ID, "{id}");
-            locald_shim::bundle_policy::container_id(id).expect("the shim accepts the id");
+            locald_shim_protocol::bundle_policy::container_id(id).expect("the shim accepts the id");
         }
         assert_ne!(container_id("1111111111111111", "web"), container_id("2222222222222222", "web"));
     }
@@ -212,5 +212,35 @@ mod tests {
         };
         let service = vec![("PORT".to_owned(), "41000".to_owned()), ("MODE".to_owned(), "dev".to_owned())];
         assert_eq!(environment(&defaults, &service), ["PATH=/opt/bin", "LANG=C", "PORT=41000", "MODE=dev"]);
+    }
+
+    #[test]
+    fn the_local_ca_is_mounted_read_only_and_passes_the_policy() {
+        let files = CaFiles {
+            ca: "/home/u/.local/share/locald/ca/ca.pem".into(),
+            bundle: "/home/u/.local/share/locald/ca/ca-bundle.pem".into(),
+        };
+        let config = ContainerConfig {
+            id: "web-1".into(),
+            uid: 1000,
+            gid: 1000,
+            args: vec!["/bin/sh".into()],
+            volumes: ca_volumes(&files).to_vec(),
+            ..Default::default()
+        };
+        let spec = bundle::spec(&config).unwrap();
+        locald_shim_protocol::bundle_policy::check(&spec, 1000, 1000, "web-1").unwrap();
+        let mounts = spec.mounts().as_ref().unwrap();
+        for (source, destination) in
+            [(&files.ca, ca_bundle::CONTAINER_CA), (&files.bundle, ca_bundle::CONTAINER_BUNDLE)]
+        {
+            let mount = mounts.iter().find(|m| m.destination() == Path::new(destination)).unwrap();
+            assert_eq!(mount.source().as_ref(), Some(source));
+            let options = mount.options().as_ref().unwrap();
+            assert!(
+                options.iter().any(|o| o == "ro") && options.iter().any(|o| o == "nosuid"),
+                "{options:?}"
+            );
+        }
     }
 }

@@ -35,9 +35,9 @@ use tokio_rustls::TlsAcceptor;
 use locald_core::ipc::{ProjectStatus, ProxyStatus, ServiceState};
 
 use crate::supervisor::Project;
-use crate::tls::ca::LeafCache;
 use activity::Activity;
 use forward::Peer;
+use locald_ca::ca::LeafCache;
 use routes::{INDEX_HOST, Routes};
 use upstream::Upstreams;
 
@@ -50,7 +50,7 @@ const MAX_THREADS: usize = 4;
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     #[error("local CA: {0}")]
-    Ca(#[from] crate::tls::CaError),
+    Ca(#[from] locald_ca::CaError),
     #[error("TLS setup: {0}")]
     Tls(#[from] rustls::Error),
     #[error("proxy listeners: {0}")]
@@ -66,7 +66,7 @@ pub struct Proxy {
 impl Proxy {
     /// Binds the listeners, loads (or makes) the CA, and serves on a thread of its own.
     pub fn start(projects: &[Arc<Project>]) -> Result<Arc<Self>, ProxyError> {
-        let ca = crate::tls::user_ca()?;
+        let ca = locald_ca::user_ca()?;
         let ca_path = ca.cert_path().to_owned();
         let routes = Arc::new(Routes::default());
         routes.refresh(projects);

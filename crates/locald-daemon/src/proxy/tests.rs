@@ -11,7 +11,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::*;
-use crate::tls::ca::LocalCa;
+use locald_ca::ca::LocalCa;
 
 const PEER: Peer =
     Peer { addr: SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 4000), tls: false };

@@ -14,7 +14,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use super::routes::Routes;
 use time::OffsetDateTime;
 
-use crate::tls::ca::{Leaf, LeafCache, RENEW_BEFORE};
+use locald_ca::ca::{Leaf, LeafCache, RENEW_BEFORE};
 
 pub struct CertResolver {
     leaves: LeafCache,
@@ -107,7 +107,7 @@ pub fn server_config(resolver: Arc<CertResolver>) -> Result<Arc<ServerConfig>, r
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tls::ca::LocalCa;
+    use locald_ca::ca::LocalCa;
     use rustls::pki_types::ServerName;
 
     /// Moves everything `from` has to send into `to`.

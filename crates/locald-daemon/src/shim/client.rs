@@ -9,11 +9,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use locald_shim::protocol::{
+use locald_shim_protocol::protocol::{
     BundleRunRequest, CleanupRequest, DebugPortRequest, MountLoopRequest, SyncHostsRequest,
     UnmountLoopRequest,
 };
-use locald_shim::{BindRequest, CONTROL_FD, ExitClass, PROTOCOL_VERSION, Request, parse_version_line};
+use locald_shim_protocol::{
+    BindRequest, CONTROL_FD, ExitClass, PROTOCOL_VERSION, Request, parse_version_line,
+};
 use nix::cmsg_space;
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg, setsockopt, sockopt};
 use nix::sys::time::TimeVal;

@@ -19,7 +19,7 @@ use locald_core::ipc::{ProjectStatus, ServiceState, ServiceStatus};
 use crate::container::prepare;
 use crate::logs::LogFile;
 use crate::shim::Shim;
-use crate::tls::ca_bundle::{self, CaFiles};
+use locald_ca::ca_bundle::{self, CaFiles};
 use output::Sink;
 use service::{Control, Handle};
 

@@ -16,7 +16,7 @@ use super::output::{Sink, pump};
 use super::process::{self, Exit, Output, Running};
 use crate::container::prepare::{self, Runtime};
 use crate::health::{self, Tracker, Verdict};
-use crate::tls::ca_bundle::CaFiles;
+use locald_ca::ca_bundle::CaFiles;
 
 /// How long a SIGKILL relayed through the shim may take before the shim itself is killed.
 const SHIM_GRACE: Duration = Duration::from_secs(10);

@@ -32,7 +32,7 @@ pub fn run(dest: &Path) -> anyhow::Result<ExitCode> {
         "installed {} (root:root 4755) from {}; handshake: {}",
         shim.path().display(),
         source.display(),
-        locald_shim::version_line()
+        locald_shim_protocol::version_line()
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 use anyhow::{Context, bail};
-use locald_daemon::tls::{self, ca::CA_CERT, trust};
+use locald_ca::{self as tls, ca::CA_CERT, trust};
 
 use crate::cli::TrustArgs;
 

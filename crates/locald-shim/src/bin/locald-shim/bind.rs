@@ -4,7 +4,7 @@ use std::io::IoSlice;
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::AsRawFd;
 
-use locald_shim::{CONTROL_FD, ShimError};
+use locald_shim_protocol::{CONTROL_FD, ShimError};
 use nix::sys::socket::{AddressFamily, ControlMessage, MsgFlags, SockaddrLike, SockaddrStorage};
 use nix::sys::socket::{getsockname, sendmsg};
 use nix::sys::stat::{SFlag, fstat};

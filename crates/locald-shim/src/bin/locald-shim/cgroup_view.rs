@@ -1,5 +1,5 @@
 //! The container's cgroups, below its caller's in every hierarchy (see
-//! `locald_shim::cgroup_placement`).
+//! `locald_shim_protocol::cgroup_placement`).
 //!
 //! libcontainer takes one `cgroupsPath` for all hierarchies and joins it to each mount point, but
 //! the caller sits at a different path in each (`pids:/user.slice/user-1000.slice/session-2.scope`,
@@ -13,8 +13,8 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use locald_shim::ShimError;
-use locald_shim::cgroup_placement::{self, Hierarchy};
+use locald_shim_protocol::ShimError;
+use locald_shim_protocol::cgroup_placement::{self, Hierarchy};
 use nix::mount::{MsFlags, mount};
 
 /// Where the caller's cgroups are, read once at the start of `bundle run`.

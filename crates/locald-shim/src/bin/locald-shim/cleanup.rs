@@ -8,9 +8,9 @@
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
 
-use locald_shim::ShimError;
-use locald_shim::protocol::CleanupRequest;
-use locald_shim::validate::{cleanup_path, join};
+use locald_shim_protocol::ShimError;
+use locald_shim_protocol::protocol::CleanupRequest;
+use locald_shim_protocol::validate::{cleanup_path, join};
 use nix::dir::Dir;
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag};

@@ -6,8 +6,8 @@
 use std::collections::BTreeSet;
 use std::fs;
 
-use locald_shim::ShimError;
-use locald_shim::protocol::DebugPortRequest;
+use locald_shim_protocol::ShimError;
+use locald_shim_protocol::protocol::DebugPortRequest;
 
 use crate::privilege::Root;
 

@@ -3,9 +3,9 @@
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 
-use locald_shim::ShimError;
-use locald_shim::protocol::SyncHostsRequest;
-use locald_shim::validate::hosts_domains;
+use locald_shim_protocol::ShimError;
+use locald_shim_protocol::protocol::SyncHostsRequest;
+use locald_shim_protocol::validate::hosts_domains;
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, Flock, FlockArg, OFlag, openat, renameat};
 use nix::sys::stat::{Mode, SFlag, fchmod, fstatat};

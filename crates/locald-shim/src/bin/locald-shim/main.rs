@@ -28,7 +28,7 @@ use std::ffi::OsString;
 use std::io::Write;
 use std::process::ExitCode;
 
-use locald_shim::{Parsed, Request, ShimError, version_line};
+use locald_shim_protocol::{Parsed, Request, ShimError, version_line};
 
 fn main() -> ExitCode {
     match run() {

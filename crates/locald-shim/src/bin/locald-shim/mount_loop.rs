@@ -5,9 +5,9 @@
 use std::ffi::OsString;
 use std::os::fd::{AsRawFd, OwnedFd};
 
-use locald_shim::ShimError;
-use locald_shim::protocol::{MountLoopRequest, UnmountLoopRequest};
-use locald_shim::validate::{
+use locald_shim_protocol::ShimError;
+use locald_shim_protocol::protocol::{MountLoopRequest, UnmountLoopRequest};
+use locald_shim_protocol::validate::{
     Anchored, MOUNTS_DIR, absolute_components, join, loop_fstype, loop_mount_data, mount_target,
 };
 use nix::errno::Errno;

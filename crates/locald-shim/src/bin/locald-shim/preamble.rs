@@ -4,7 +4,7 @@
 use std::ffi::OsString;
 use std::sync::OnceLock;
 
-use locald_shim::{CONTROL_FD, ShimError};
+use locald_shim_protocol::{CONTROL_FD, ShimError};
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, OFlag, fcntl, open};
 use nix::sys::resource::{RLIM_INFINITY, Resource, getrlimit, rlim_t, setrlimit};

@@ -2,7 +2,7 @@
 //! giving it up ([`Root::drop_to_caller`]) consumes it, so code that needs root cannot run after
 //! the drop by mistake.
 
-use locald_shim::ShimError;
+use locald_shim_protocol::ShimError;
 use nix::unistd::{Gid, Uid, getegid, geteuid, getgid, getuid, setgid, setuid};
 
 /// The real identity of whoever executed the shim: every request is judged against it.

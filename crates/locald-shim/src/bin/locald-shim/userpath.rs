@@ -6,8 +6,8 @@
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
-use locald_shim::ShimError;
-use locald_shim::validate::join;
+use locald_shim_protocol::ShimError;
+use locald_shim_protocol::validate::join;
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat, openat2};
 use nix::sys::stat::{FileStat, Mode, SFlag, fstat};

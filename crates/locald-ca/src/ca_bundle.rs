@@ -70,7 +70,7 @@ pub fn write(ca: &LocalCa, system: &[&Path]) -> Result<CaFiles, CaError> {
     }
     text.extend_from_slice(ca.cert_pem().as_bytes());
     // 0644: a container's user reads it too.
-    crate::atomic_file::write(&bundle, &text, 0o644).map_err(|e| CaError::Bundle(bundle.clone(), e))?;
+    locald_core::atomic_file::write(&bundle, &text, 0o644).map_err(|e| CaError::Bundle(bundle.clone(), e))?;
     Ok(CaFiles { ca: ca_path, bundle })
 }
 

@@ -148,7 +148,7 @@ fn bind(volume: &Volume) -> Result<Mount, BundleError> {
 
 #[cfg(test)]
 mod tests {
-    use locald_shim::bundle_policy::check;
+    use locald_shim_protocol::bundle_policy::check;
     use oci_spec::runtime::{LinuxIdMappingBuilder, LinuxNamespaceBuilder, LinuxNamespaceType};
 
     use super::*;
@@ -191,31 +191,6 @@ mod tests {
         assert!(
             !linux.namespaces().as_ref().unwrap().iter().any(|ns| ns.typ() == LinuxNamespaceType::Network)
         );
-    }
-
-    #[test]
-    fn the_local_ca_is_mounted_read_only_and_passes_the_policy() {
-        let files = crate::tls::ca_bundle::CaFiles {
-            ca: "/home/u/.local/share/locald/ca/ca.pem".into(),
-            bundle: "/home/u/.local/share/locald/ca/ca-bundle.pem".into(),
-        };
-        let mut with_ca = config();
-        with_ca.volumes.extend(crate::container::prepare::ca_volumes(&files));
-        let spec = spec(&with_ca).unwrap();
-        check(&spec, 1000, 1000, "web-1").unwrap();
-        let mounts = spec.mounts().as_ref().unwrap();
-        for (source, destination) in [
-            (&files.ca, crate::tls::ca_bundle::CONTAINER_CA),
-            (&files.bundle, crate::tls::ca_bundle::CONTAINER_BUNDLE),
-        ] {
-            let mount = mounts.iter().find(|m| m.destination() == Path::new(destination)).unwrap();
-            assert_eq!(mount.source().as_ref(), Some(source));
-            let options = mount.options().as_ref().unwrap();
-            assert!(
-                options.iter().any(|o| o == "ro") && options.iter().any(|o| o == "nosuid"),
-                "{options:?}"
-            );
-        }
     }
 
     #[test]

@@ -1,4 +1,7 @@
-//! The argv protocol between `locald` and `locald-shim`.
+//! What `locald` and `locald-shim` agree on: the argv protocol, exit classes, the validation
+//! rules for every argument, the bundle policy and where a container's cgroups go. Both the
+//! setuid shim and the daemon compile this crate, so the rules are written once; it pulls in no
+//! container runtime, nothing async, no TLS and no TOML.
 //!
 //! The shim's command line is a private, versioned protocol: the daemon builds argv with
 //! [`Request::to_args`] and the shim parses it with [`Request::parse_from`], from the same types,

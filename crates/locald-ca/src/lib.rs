@@ -1,5 +1,6 @@
-//! TLS for the proxy: a local CA that can only ever vouch for local names, and leaf certificates
-//! issued per SNI on demand.
+//! The user's local certificate authority: a CA that can only ever vouch for local names, leaf
+//! certificates issued per SNI on demand (cached and renewed), the system and browser trust
+//! stores it is added to, and the CA bundle handed to services.
 
 pub mod ca;
 pub mod ca_bundle;
@@ -7,9 +8,9 @@ pub mod trust;
 
 use std::path::{Path, PathBuf};
 
-use ca::{LocalCa, TlsError};
+pub use ca::{Leaf, LeafCache, LocalCa, RENEW_BEFORE, TlsError};
 use locald_core::paths::{self, PathError};
-use locald_shim::validate::HOSTS_SUFFIXES;
+use locald_shim_protocol::validate::HOSTS_SUFFIXES;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaError {

@@ -1,7 +1,11 @@
-//! Container images from local sources: a rootfs directory, an OCI image layout directory, or a
-//! `docker save` / OCI archive tarball. Layers are unpacked in order into a content-addressed
-//! cache under the user's cache directory; pulling from a registry is not supported yet.
+//! Container images from local sources — a rootfs directory, an OCI image layout directory, or a
+//! `docker save` / OCI archive tarball — and the OCI bundle a service runs from. Layers are
+//! unpacked in order into a content-addressed cache under the user's cache directory; pulling
+//! from a registry is not supported yet. Plain blocking code: the daemon calls it from
+//! `spawn_blocking`, and nothing here is async or privileged.
 
+pub mod bundle;
+pub mod copy;
 mod layer;
 
 use std::collections::HashMap;
@@ -13,7 +17,7 @@ use std::path::{Path, PathBuf};
 use oci_spec::image::{ImageIndex, ImageManifest};
 use sha2::{Digest, Sha256};
 
-use crate::atomic_file;
+use locald_core::atomic_file;
 
 pub use layer::{LayerError, Skipped};
 

@@ -111,8 +111,9 @@ impl LocalCa {
 
         // Key first, 0600 from its creation; then the certificate, which marks the CA complete.
         // Replacing a stale CA overwrites its key here, so it can sign nothing more.
-        crate::atomic_file::write(&key_path, key.serialize_pem().as_bytes(), 0o600).map_err(io(&key_path))?;
-        crate::atomic_file::write(&cert_path, cert_pem.as_bytes(), 0o644).map_err(io(&cert_path))?;
+        locald_core::atomic_file::write(&key_path, key.serialize_pem().as_bytes(), 0o600)
+            .map_err(io(&key_path))?;
+        locald_core::atomic_file::write(&cert_path, cert_pem.as_bytes(), 0o644).map_err(io(&cert_path))?;
         let issuer = Issuer::new(params, key);
         Ok(Self { cert_path, cert_pem, issuer, suffixes: permitted, replaced })
     }
