@@ -52,7 +52,11 @@ fn crate_dependencies() -> anyhow::Result<()> {
             eprintln!("xtask: {line} [on {}]", on.join(", "));
         }
     }
-    bail!("{} dependency problems; the rules are in xtask/src/checks/deps.rs", found.len())
+    let count = match found.len() {
+        1 => "a dependency problem".to_owned(),
+        n => format!("{n} dependency problems"),
+    };
+    bail!("{count}; the rules are in xtask/src/checks/deps.rs")
 }
 
 fn host_target() -> anyhow::Result<String> {
