@@ -28,7 +28,7 @@ fn crate_dependencies() -> anyhow::Result<()> {
     let mut targets = vec![host.as_str()];
     targets.extend(LINUX_TARGETS.iter().filter(|t| **t != host));
     // One line per problem, with the platforms it shows on when that is not all of them.
-    let mut found: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+    let mut found: BTreeMap<deps::Problem, Vec<&str>> = BTreeMap::new();
     for target in &targets {
         let json = util::output(util::cargo_command().args([
             "metadata",
@@ -38,18 +38,18 @@ fn crate_dependencies() -> anyhow::Result<()> {
             target,
         ]))?;
         for problem in deps::violations(&deps::Graph::from_metadata(&json)?, deps::RULES) {
-            found.entry(problem.to_string()).or_default().push(target);
+            found.entry(problem).or_default().push(target);
         }
     }
     if found.is_empty() {
         eprintln!("xtask: the {} dependency rules hold on {targets:?}", deps::RULES.len());
         return Ok(());
     }
-    for (line, on) in &found {
+    for (problem, on) in &found {
         if on.len() == targets.len() {
-            eprintln!("xtask: {line}");
+            eprintln!("xtask: {problem}");
         } else {
-            eprintln!("xtask: {line} [on {}]", on.join(", "));
+            eprintln!("xtask: {problem} [on {}]", on.join(", "));
         }
     }
     let count = match found.len() {
