@@ -34,7 +34,7 @@ pub const RULES: &[Rule] = &[
     Rule {
         subject: Subject::AllBut(&["locald-shim"]),
         forbidden: &["libcontainer"],
-        why: "only the setuid shim runs containers; the others reach it through the protocol crate",
+        why: "only the setuid shim runs containers; the others speak to it through the protocol crate",
     },
     Rule {
         subject: Subject::Crate("locald-shim"),
@@ -117,29 +117,29 @@ pub fn violations(graph: &Graph, rules: &[Rule]) -> Vec<Problem> {
     let members: BTreeMap<&str, usize> =
         graph.members.iter().map(|&i| (graph.names[i].as_str(), i)).collect();
     let mut problems = BTreeSet::new();
-    let mut missing = |name: &str| {
-        if !members.contains_key(name) {
+    // Whether the workspace has `name`; when not, that is a problem of its own.
+    let mut exists = |name: &str| {
+        let found = members.contains_key(name);
+        if !found {
             problems.insert(Problem::NoSuchCrate { name: name.to_owned() });
-            false
-        } else {
-            true
         }
+        found
     };
     let mut checks: Vec<(usize, &Rule)> = Vec::new();
     for rule in rules {
         // Forbidden workspace crates are named exactly (families aside), so they must exist too.
         for name in rule.forbidden.iter().filter(|n| n.starts_with("locald") && !n.ends_with('*')) {
-            missing(name);
+            exists(name);
         }
         match rule.subject {
             Subject::Crate(name) => {
-                if missing(name) {
+                if exists(name) {
                     checks.push((members[name], rule));
                 }
             }
             Subject::AllBut(except) => {
                 for name in except {
-                    missing(name);
+                    exists(name);
                 }
                 checks.extend(members.iter().filter(|(n, _)| !except.contains(n)).map(|(_, &i)| (i, rule)));
             }
