@@ -4,7 +4,7 @@
 use std::fs;
 use std::os::unix::fs::{PermissionsExt, chown};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 
 pub mod daemon;
@@ -233,6 +233,16 @@ pub fn field(out: &std::process::Output, key: &str) -> String {
 
 /// Polls `probe` until it yields, for states that have no notification (a process blocking in a
 /// syscall, the kernel detaching a loop device); `None` after `timeout`.
+/// `<shim> bundle run --bundle <bundle> --id <id>` (also after `shim-caller … exec`).
+pub fn bundle_run<'c>(command: &'c mut Command, bundle: &Path, id: &str) -> &'c mut Command {
+    command.args(["bundle", "run", "--bundle"]).arg(bundle).args(["--id", id])
+}
+
+/// Started with stdout and stderr piped, for a test that watches a container while it runs.
+pub fn spawn_piped(command: &mut Command) -> Child {
+    command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+}
+
 pub fn wait_for<T>(timeout: std::time::Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = std::time::Instant::now() + timeout;
     loop {

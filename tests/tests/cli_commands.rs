@@ -259,3 +259,25 @@ fn public(url: &serde_json::Value) -> String {
         _ => url.to_owned(),
     }
 }
+
+#[test]
+fn a_ca_with_wider_constraints_is_replaced_with_a_one_line_notice() {
+    let daemon = Daemon::new();
+    // What an older locald made: a CA that could also sign names under `internal`.
+    let dir = daemon.root.join("home/.local/share/locald/ca");
+    let old = locald_ca::LocalCa::load_or_create(&dir, &["internal".to_owned(), "test".to_owned()]).unwrap();
+    let old_pem = std::fs::read_to_string(old.cert_path()).unwrap();
+    let out = daemon.run(&["ca"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one notice, nothing else:\n{stderr}");
+    assert!(
+        lines[0].starts_with("locald: replaced the local CA in ")
+            && lines[0].contains("internal")
+            && lines[0].contains("sudo locald trust"),
+        "{stderr}"
+    );
+    let path = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert_ne!(std::fs::read_to_string(path).unwrap(), old_pem, "the CA was not replaced");
+}

@@ -12,7 +12,7 @@ use std::io::BufRead;
 use std::os::unix::fs::{MetadataExt, PermissionsExt, chown};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 use locald_image::bundle::{self, ContainerConfig, Volume};
 use locald_tests::{Privileged, privileged, text};
@@ -118,12 +118,7 @@ fn bundle_dir(
 }
 
 fn run(p: &Privileged, c: &Caller, bundle: &Path, id: &str) -> Output {
-    as_caller(c, &p.shim())
-        .args(["bundle", "run", "--bundle"])
-        .arg(bundle)
-        .args(["--id", id])
-        .output()
-        .unwrap()
+    locald_tests::bundle_run(&mut as_caller(c, &p.shim()), bundle, id).output().unwrap()
 }
 
 /// A volume the container writes its marker into: present afterwards only if the command ran.
@@ -329,13 +324,8 @@ fn shims_killed_mid_run_leave_no_copies_behind() {
             bundle_dir(p, &c, id, &config(&c, id, "echo ready; exec sleep 1000", vec![]), move |json| {
                 json["annotations"] = serde_json::json!({ "padding": padding });
             });
-        let mut child = as_caller(&c, &p.shim())
-            .args(["bundle", "run", "--bundle"])
-            .arg(&bundle)
-            .args(["--id", id])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child =
+            locald_tests::spawn_piped(locald_tests::bundle_run(&mut as_caller(&c, &p.shim()), &bundle, id));
         let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
         assert_eq!(lines.next().map(|l| l.unwrap()).as_deref(), Some("ready"), "{id} did not start");
         // The caller may signal their own shim: its real uid is theirs.

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use locald_image::bundle::{self, ContainerConfig, Volume};
 use locald_shim_protocol::cgroup_placement;
-use locald_tests::{Privileged, privileged, text, wait_for};
+use locald_tests::{Privileged, bundle_run, privileged, spawn_piped, text, wait_for};
 
 const SLEEPERS: usize = 50;
 const CALLER_PIDS_MAX: usize = 10;
@@ -115,17 +115,11 @@ fn a_container_cannot_fork_beyond_its_callers_pids_limit() {
         ..Default::default()
     };
     let bundle = busybox_bundle(p, "cg-pidcap", &config);
-    let mut child = p
-        .caller(false)
-        .arg("--join-cgroup")
-        .arg(&caller_cg.0)
-        .args(["exec", "bundle", "run", "--bundle"])
-        .arg(&bundle)
-        .args(["--id", id])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_piped(bundle_run(
+        p.caller(false).arg("--join-cgroup").arg(&caller_cg.0).arg("exec"),
+        &bundle,
+        id,
+    ));
 
     let ready = wait_for(Duration::from_secs(30), || data.join("ready").exists().then_some(()));
     // While it runs: the container's pids cgroup is below the caller's, not at the root.
@@ -185,17 +179,11 @@ fn the_stale_sweep_works_below_the_callers_cgroup_only() {
         ..Default::default()
     };
     let bundle = busybox_bundle(p, "cg-sweep", &config);
-    let mut child = p
-        .caller(false)
-        .arg("--join-cgroup")
-        .arg(&caller_cg)
-        .args(["exec", "bundle", "run", "--bundle"])
-        .arg(&bundle)
-        .args(["--id", id])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_piped(bundle_run(
+        p.caller(false).arg("--join-cgroup").arg(&caller_cg).arg("exec"),
+        &bundle,
+        id,
+    ));
     let finished = wait_for(Duration::from_secs(30), || child.try_wait().unwrap());
     if finished.is_none() {
         let _ = fs::write(nested.join("freezer.state"), "THAWED");
@@ -239,15 +227,7 @@ fn each_hierarchy_nests_below_the_callers_cgroup_in_that_hierarchy() {
         ..Default::default()
     };
     let bundle = busybox_bundle(p, "cg-perhier", &config);
-    let mut child = p
-        .as_user(&p.shim())
-        .args(["bundle", "run", "--bundle"])
-        .arg(&bundle)
-        .args(["--id", id])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_piped(bundle_run(&mut p.as_user(&p.shim()), &bundle, id));
     let ready = wait_for(Duration::from_secs(30), || data.join("ready").exists().then_some(()));
     let expected = own_container_dirs(p.user.uid, id);
     // libcontainer's v1 manager handles the controller hierarchies (not name=systemd or the

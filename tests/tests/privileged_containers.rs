@@ -43,7 +43,7 @@ fn own_container_cgroups(uid: u32, id: &str) -> Vec<PathBuf> {
 }
 
 fn run_bundle(p: &Privileged, bundle: &Path, id: &str) -> Output {
-    p.as_user(&p.shim()).args(["bundle", "run", "--bundle"]).arg(bundle).args(["--id", id]).output().unwrap()
+    locald_tests::bundle_run(&mut p.as_user(&p.shim()), bundle, id).output().unwrap()
 }
 
 #[test]
@@ -277,14 +277,8 @@ fn a_stale_frozen_cgroup_at_the_containers_path_does_not_hang_the_next_run() {
         dir
     };
     let bundle = busybox_bundle(p, "ct-frozen", &config(p, id, "echo thawed"));
-    let mut child = p
-        .as_user(&p.shim())
-        .args(["bundle", "run", "--bundle"])
-        .arg(&bundle)
-        .args(["--id", id])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child =
+        locald_tests::spawn_piped(locald_tests::bundle_run(&mut p.as_user(&p.shim()), &bundle, id));
     let finished = locald_tests::wait_for(std::time::Duration::from_secs(30), || child.try_wait().unwrap());
     if finished.is_none() {
         let _ = fs::write(frozen.join("freezer.state"), "THAWED");
@@ -308,7 +302,7 @@ fn a_file_on_fd_3_is_not_mistaken_for_a_dead_daemon() {
     let file = fs::File::open("/dev/null").unwrap();
     let fd = file.as_raw_fd();
     let mut command = p.as_user(&p.shim());
-    command.args(["bundle", "run", "--bundle"]).arg(&bundle).args(["--id", "fd3"]);
+    locald_tests::bundle_run(&mut command, &bundle, "fd3");
     // SAFETY: only dup2 between fork and exec.
     unsafe {
         command.pre_exec(move || {
@@ -348,7 +342,7 @@ fn the_container_runs_with_the_callers_file_size_limit_not_the_shims() {
     let id = "fsize";
     let bundle = busybox_bundle(p, "ct-fsize", &config(p, id, "cat /proc/self/limits"));
     let mut command = p.as_user(&p.shim());
-    command.args(["bundle", "run", "--bundle"]).arg(&bundle).args(["--id", id]);
+    locald_tests::bundle_run(&mut command, &bundle, id);
     // SAFETY: only setrlimit between fork and exec. A soft limit under an unlimited hard one: the
     // shim can lift that even without CAP_SYS_RESOURCE.
     unsafe {

@@ -57,8 +57,8 @@ pub fn user_ca() -> Result<LocalCa, CaError> {
         HOSTS_SUFFIXES.iter().filter(|s| **s != "localhost").map(|s| s.to_string()).collect();
     let ca = LocalCa::load_or_create(&dir, &suffixes)?;
     if !ca.replaced().is_empty() {
-        eprintln!(
-            "locald: replaced the local CA in {}: it also permitted {}, names real hosts can have; \
+        tracing::warn!(
+            "replaced the local CA in {}: it also permitted {}, names real hosts can have; \
              its key is gone, so it can sign nothing more — run `sudo locald trust` to trust the new one",
             dir.display(),
             ca.replaced().join(", ")

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::config::Config;
+use crate::config::{Condition, Config};
 
 pub const PROTOCOL_VERSION: u32 = 1;
 /// Far above any real request or log line; keeps a broken or hostile peer from making the
@@ -141,6 +141,46 @@ impl ServiceState {
             ServiceState::Stopped => "stopped",
         }
     }
+
+    /// A process runs that takes requests: the proxy forwards to it. An unhealthy one still
+    /// gets them (it may answer some, and its own error beats a locald page).
+    pub fn serves_traffic(self) -> bool {
+        matches!(self, ServiceState::Running | ServiceState::Healthy | ServiceState::Unhealthy)
+    }
+
+    /// Nothing runs and nothing will until someone asks (start, restart, `up`).
+    pub fn is_terminal(self) -> bool {
+        matches!(self, ServiceState::Completed | ServiceState::Failed | ServiceState::Stopped)
+    }
+
+    /// Has reached what `up` waits for: done (a one-shot), healthy, or running when there is no
+    /// health check to pass.
+    pub fn is_ready(self, health_checked: bool) -> bool {
+        match self {
+            ServiceState::Completed | ServiceState::Healthy => true,
+            ServiceState::Running => !health_checked,
+            _ => false,
+        }
+    }
+
+    /// Will not get ready by itself: it gave up, was stopped, or fails its health check.
+    /// `up` reports these as failures rather than waiting on.
+    pub fn is_failing(self) -> bool {
+        matches!(self, ServiceState::Failed | ServiceState::Stopped | ServiceState::Unhealthy)
+    }
+
+    /// A dependent waiting on `condition` may start. "Started" holds from the spawn on, while the
+    /// process lives, and for a one-shot that completed; "healthy" only while the health check
+    /// passes.
+    pub fn satisfies(self, condition: Condition) -> bool {
+        match condition {
+            Condition::Started => {
+                self.serves_traffic() || matches!(self, ServiceState::Starting | ServiceState::Completed)
+            }
+            Condition::Healthy => self == ServiceState::Healthy,
+            Condition::CompletedSuccessfully => self == ServiceState::Completed,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -151,7 +191,7 @@ pub struct ProjectStatus {
     pub services: Vec<ServiceStatus>,
     /// Loop mounts made with `locald mount`; filled in by the CLI from the mount table.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub mounts: Vec<crate::mounts::MountStatus>,
+    pub mounts: Vec<MountStatus>,
 }
 
 /// The daemon's HTTPS/HTTP proxy: the ports it really listens on and how it got them.
@@ -281,6 +321,15 @@ pub fn read<T: DeserializeOwned>(reader: &mut impl BufRead) -> Result<Option<T>,
     decode(&line).map(Some)
 }
 
+/// A loop mount `locald mount` made in a project, as `status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountStatus {
+    pub name: String,
+    /// The image file behind the loop device, when the kernel says.
+    pub image: Option<PathBuf>,
+    pub read_only: bool,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,5 +349,57 @@ mod tests {
         let mut reader = &big[..];
         assert!(matches!(read::<Request>(&mut reader), Err(FrameError::TooLarge)));
         assert_eq!(reader.len(), big.len() - MAX_FRAME - 1, "read no further than the cap");
+    }
+}
+
+#[cfg(test)]
+mod state_tests {
+    use super::ServiceState::{self, *};
+    use crate::config::Condition;
+
+    const ALL: [ServiceState; 9] =
+        [Waiting, Starting, Running, Healthy, Unhealthy, Completed, BackingOff, Failed, Stopped];
+
+    fn those(f: impl Fn(ServiceState) -> bool) -> Vec<ServiceState> {
+        ALL.into_iter().filter(|s| f(*s)).collect()
+    }
+
+    #[test]
+    fn only_a_live_process_serves_traffic_even_when_unhealthy() {
+        assert_eq!(those(ServiceState::serves_traffic), [Running, Healthy, Unhealthy]);
+    }
+
+    #[test]
+    fn terminal_states_are_the_ones_nothing_leaves_unasked() {
+        assert_eq!(those(ServiceState::is_terminal), [Completed, Failed, Stopped]);
+        // Traffic: served, coming (the starting page), or down — each state exactly one.
+        for state in ALL {
+            assert!(!(state.serves_traffic() && state.is_terminal()), "{state:?}");
+        }
+    }
+
+    #[test]
+    fn running_is_ready_only_without_a_health_check() {
+        assert_eq!(those(|s| s.is_ready(false)), [Running, Healthy, Completed]);
+        assert_eq!(those(|s| s.is_ready(true)), [Healthy, Completed]);
+    }
+
+    #[test]
+    fn up_fails_on_given_up_stopped_and_unhealthy_and_never_on_a_ready_state() {
+        assert_eq!(those(ServiceState::is_failing), [Unhealthy, Failed, Stopped]);
+        for state in ALL {
+            assert!(!(state.is_failing() && state.is_ready(false)), "{state:?}");
+        }
+    }
+
+    #[test]
+    fn dependency_conditions() {
+        assert_eq!(
+            those(|s| s.satisfies(Condition::Started)),
+            [Starting, Running, Healthy, Unhealthy, Completed],
+            "started: from the spawn on, and a finished one-shot"
+        );
+        assert_eq!(those(|s| s.satisfies(Condition::Healthy)), [Healthy]);
+        assert_eq!(those(|s| s.satisfies(Condition::CompletedSuccessfully)), [Completed]);
     }
 }

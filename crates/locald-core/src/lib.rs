@@ -4,5 +4,4 @@ pub mod atomic_file;
 pub mod config;
 pub mod diagnostics;
 pub mod ipc;
-pub mod mounts;
 pub mod paths;

@@ -2,6 +2,7 @@
 //! that needs root is a request to `locald-shim` through [`shim`].
 
 pub mod container;
+pub mod daemon_log;
 pub mod doctor;
 pub mod health;
 pub mod hosts;

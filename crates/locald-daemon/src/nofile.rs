@@ -18,7 +18,7 @@ pub fn raise() -> u64 {
     if soft < hard {
         match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
             Ok(()) => return hard,
-            Err(e) => eprintln!("locald: raising RLIMIT_NOFILE from {soft} to {hard}: {e}"),
+            Err(e) => tracing::warn!("raising RLIMIT_NOFILE from {soft} to {hard}: {e}"),
         }
     }
     soft

@@ -9,7 +9,7 @@
 
 use std::path::{Component, Path, PathBuf};
 
-use crate::ShimError;
+use crate::{ShimError, mountinfo};
 
 /// The container's cgroup relative to the caller's: `locald/<uid>/<id>`. The uid keeps two
 /// callers that share a cgroup (everyone is in `/` of an unused v1 hierarchy) apart.
@@ -63,48 +63,19 @@ pub fn parse_memberships(text: &str) -> Result<Vec<Membership>, ShimError> {
         .collect()
 }
 
-/// `\040` and friends, as the kernel escapes mount points and roots in mountinfo.
-fn unescape(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal = bytes.get(i + 1..i + 4).filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
-        match (bytes[i], octal) {
-            (b'\\', Some(digits)) => {
-                out.push(digits.iter().fold(0u8, |n, d| n.wrapping_mul(8).wrapping_add(d - b'0')));
-                i += 4;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 pub fn parse_cgroup_mounts(text: &str) -> Result<Vec<CgroupMount>, ShimError> {
     let mut mounts = Vec::new();
     for line in text.lines().filter(|l| !l.is_empty()) {
-        let Some((left, right)) = line.split_once(" - ") else { return Err(malformed("mountinfo", line)) };
-        let mut right = right.split(' ');
-        let fstype = right.next().unwrap_or_default();
-        if fstype != "cgroup" && fstype != "cgroup2" {
+        let Some(entry) = mountinfo::parse_line(line) else { return Err(malformed("mountinfo", line)) };
+        if entry.fstype != "cgroup" && entry.fstype != "cgroup2" {
             continue;
         }
-        let options = right.nth(1).unwrap_or_default().split(',').map(str::to_owned).collect();
-        let mut left = left.split(' ');
-        let (Some(root), Some(point)) = (left.nth(3), left.next()) else {
-            return Err(malformed("mountinfo", line));
-        };
-        let root = unescape(root);
-        checked_cgroup_path(&root)?;
+        checked_cgroup_path(&entry.root)?;
         mounts.push(CgroupMount {
-            point: PathBuf::from(unescape(point)),
-            root,
-            v2: fstype == "cgroup2",
-            options,
+            point: entry.point,
+            root: entry.root,
+            v2: entry.fstype == "cgroup2",
+            options: entry.super_options,
         });
     }
     Ok(mounts)

@@ -2,6 +2,7 @@
 
 mod cli;
 mod commands;
+mod notices;
 
 use std::process::ExitCode;
 
@@ -9,8 +10,11 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    if !matches!(cli.command, cli::Command::Server { command: cli::ServerCommand::Start }) {
+    if matches!(cli.command, cli::Command::Server { command: cli::ServerCommand::Start }) {
+        locald_daemon::daemon_log::init();
+    } else {
         quiet_on_closed_stdout();
+        notices::init();
     }
     match commands::run(cli) {
         Ok(code) => code,

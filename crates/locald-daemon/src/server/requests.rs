@@ -133,24 +133,14 @@ async fn up(supervisor: &Supervisor, proxy: Option<&Proxy>, dir: &Path, out: &mu
                 })
                 .await?;
             }
-            let ready = match snapshot.state {
-                ServiceState::Completed => true,
-                ServiceState::Running => handle.service.health_check.is_none(),
-                ServiceState::Healthy => true,
-                ServiceState::Failed | ServiceState::Unhealthy | ServiceState::Stopped => {
-                    let last_lines = logs::last_lines(&project.log_dir, &handle.service.name, 20);
-                    let message = snapshot.detail.unwrap_or_else(|| snapshot.state.as_str().into());
-                    return out
-                        .send(Response::UpFailed {
-                            service: handle.service.name.clone(),
-                            message,
-                            last_lines,
-                        })
-                        .await;
-                }
-                _ => false,
-            };
-            all_ready &= ready;
+            if snapshot.state.is_failing() {
+                let last_lines = logs::last_lines(&project.log_dir, &handle.service.name, 20);
+                let message = snapshot.detail.unwrap_or_else(|| snapshot.state.as_str().into());
+                return out
+                    .send(Response::UpFailed { service: handle.service.name.clone(), message, last_lines })
+                    .await;
+            }
+            all_ready &= snapshot.state.is_ready(handle.service.health_check.is_some());
         }
         if all_ready {
             let config_changed = attached && project.config_changed();

@@ -113,9 +113,5 @@ fn remove_dir(dir: &Path) {
 
 fn cgroup2_mount() -> Option<PathBuf> {
     let mountinfo = fs::read_to_string("/proc/self/mountinfo").ok()?;
-    mountinfo.lines().find_map(|line| {
-        let (left, right) = line.split_once(" - ")?;
-        let mount_point = left.split_whitespace().nth(4)?;
-        (right.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(mount_point))
-    })
+    locald_shim_protocol::mountinfo::entries(&mountinfo).find(|m| m.fstype == "cgroup2").map(|m| m.point)
 }

@@ -3,6 +3,7 @@
 //! after a crash clears the old processes and brings the same projects up again.
 
 pub mod cgroup;
+mod lifecycle;
 pub mod output;
 pub mod process;
 pub mod service;

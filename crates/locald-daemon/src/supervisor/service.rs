@@ -1,17 +1,22 @@
-//! The life of one service: wait for dependencies, run, check health and liveness, restart
-//! with backoff, obey start/stop/restart. One tokio task per service; its state is published
-//! on a watch channel that `up`, `status` and dependents read.
+//! The task of one service: spawns, stops and watches its process, runs its checks and
+//! timers, and carries out what [`Lifecycle`] decides from each thing that happens. One tokio
+//! task per service; its state is published on a watch channel that `up`, `status` and
+//! dependents read.
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
 
-use locald_core::config::{Check, Condition, Dependency, RestartPolicy, Service};
-use locald_core::ipc::ServiceState;
+use locald_core::config::{Check, Dependency, Service};
 
 use super::cgroup::Cgroups;
+pub use super::lifecycle::Snapshot;
+use super::lifecycle::{Action, Event, Lifecycle, Request};
 use super::output::{Sink, pump};
 use super::process::{self, Exit, Output, Running};
 use crate::container::prepare::{self, Runtime};
@@ -20,39 +25,6 @@ use locald_ca::ca_bundle::CaFiles;
 
 /// How long a SIGKILL relayed through the shim may take before the shim itself is killed.
 const SHIM_GRACE: Duration = Duration::from_secs(10);
-
-#[derive(Debug, Clone)]
-pub struct Snapshot {
-    pub state: ServiceState,
-    pub pid: Option<u32>,
-    pub healthy: Option<bool>,
-    pub restarts: u32,
-    pub since: Option<Instant>,
-    pub exit: Option<Exit>,
-    pub detail: Option<String>,
-}
-
-impl Snapshot {
-    fn new() -> Self {
-        Self {
-            state: ServiceState::Waiting,
-            pid: None,
-            healthy: None,
-            restarts: 0,
-            since: None,
-            exit: None,
-            detail: None,
-        }
-    }
-
-    fn satisfies(&self, condition: Condition) -> bool {
-        match condition {
-            Condition::Started => self.pid.is_some() || self.state == ServiceState::Completed,
-            Condition::Healthy => self.healthy == Some(true),
-            Condition::CompletedSuccessfully => self.state == ServiceState::Completed,
-        }
-    }
-}
 
 pub enum Control {
     Start(oneshot::Sender<()>),
@@ -92,16 +64,22 @@ pub fn start(
     let (status_tx, status) = watch::channel(Snapshot::new());
     let (control, control_rx) = mpsc::unbounded_channel();
     let service = Arc::new(service);
+    let (deps, watches): (Vec<_>, Vec<_>) = deps.into_iter().unzip();
+    let lifecycle = Lifecycle::new(service.restart.clone(), service.health_check.is_some(), deps);
     tokio::spawn(
         Task {
             service: service.clone(),
-            deps,
+            deps: watches,
             sink,
             owner,
             cgroup,
             container,
             status: status_tx,
             control: control_rx,
+            lifecycle,
+            run: None,
+            backoff: None,
+            ack: None,
         }
         .run(),
     );
@@ -110,196 +88,136 @@ pub fn start(
 
 struct Task {
     service: Arc<Service>,
-    deps: Vec<(Dependency, watch::Receiver<Snapshot>)>,
+    deps: Vec<watch::Receiver<Snapshot>>,
     sink: Sink,
     owner: String,
     cgroup: CgroupSlot,
     container: Option<ContainerSlot>,
     status: watch::Sender<Snapshot>,
     control: mpsc::UnboundedReceiver<Control>,
+    lifecycle: Lifecycle,
+    run: Option<Run>,
+    backoff: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Of the request being carried out, for [`Action::Ack`].
+    ack: Option<oneshot::Sender<()>>,
 }
 
-/// Why a run ended.
-enum End {
-    Exited(Exit),
-    /// The liveness check failed and the process was stopped.
-    Liveness(Exit),
-    /// Stopped on request; the acknowledgement is sent once the group is gone.
-    Stopped(oneshot::Sender<()>),
-    Restart(oneshot::Sender<()>),
+/// The process of the current run, with what reads its output and checks it.
+struct Run {
+    running: Running,
+    readers: [JoinHandle<()>; 2],
+    checkers: Vec<JoinHandle<()>>,
+    verdicts: mpsc::UnboundedReceiver<(Kind, Verdict)>,
 }
 
 impl Task {
-    fn set(&self, f: impl FnOnce(&mut Snapshot)) {
-        self.status.send_modify(f);
-    }
-
-    fn set_state(&self, state: ServiceState, detail: Option<String>) {
-        self.set(|s| {
-            s.state = state;
-            s.detail = detail;
-        });
-    }
-
     async fn run(mut self) {
-        let mut attempt: u32 = 0;
+        let mut actions = self.lifecycle.begin();
+        // What carrying out an action answered, handled before anything else happens.
+        let mut answers = VecDeque::new();
         loop {
-            if !self.wait_for_dependencies().await {
-                if !self.idle().await {
-                    return;
+            for action in actions {
+                match action {
+                    Action::Finish => return,
+                    action => answers.extend(self.carry_out(action).await),
                 }
-                continue;
             }
-            let started = Instant::now();
-            let cgroup = self.cgroup.as_ref().and_then(|(cgroups, name)| match cgroups.create(name) {
-                Ok(cgroup) => Some(cgroup),
-                Err(e) => {
-                    self.sink.note(format!("no cgroup ({e}); process group only"));
-                    None
-                }
-            });
-            let spawned = match &self.container {
-                Some(slot) => self.spawn_container(slot.clone()).await,
-                None => process::spawn(&self.service, &self.owner, cgroup),
+            let event = match answers.pop_front() {
+                Some(event) => event,
+                None => self.next_event().await,
             };
-            let end = match spawned {
-                Ok((running, output)) => self.supervise(running, output).await,
-                Err(e) => {
-                    self.sink.note(format!("cannot start: {e}"));
-                    End::Exited(Exit::Code(127))
-                }
-            };
-            let (exit, liveness) = match end {
-                End::Exited(exit) => (exit, false),
-                End::Liveness(exit) => (exit, true),
-                End::Stopped(ack) => {
-                    self.set_state(ServiceState::Stopped, None);
-                    let _ = ack.send(());
-                    attempt = 0;
-                    if !self.idle().await {
-                        return;
-                    }
-                    continue;
-                }
-                End::Restart(ack) => {
-                    let _ = ack.send(());
-                    attempt = 0;
-                    continue;
-                }
-            };
-            if started.elapsed() > self.service.restart.max_backoff * 2 {
-                attempt = 0;
+            actions = self.lifecycle.step(event);
+        }
+    }
+
+    async fn carry_out(&mut self, action: Action) -> Option<Event> {
+        match action {
+            Action::Publish(snapshot) => {
+                self.status.send_replace(snapshot);
             }
-            let restart = &self.service.restart;
-            let wanted = liveness
-                || match restart.policy {
-                    RestartPolicy::No => false,
-                    RestartPolicy::OnFailure => !exit.success(),
-                    RestartPolicy::Always => true,
+            Action::Note(text) => self.sink.note(text),
+            Action::CheckDependency(index) => {
+                let snapshot = self.deps[index].borrow_and_update().clone();
+                return Some(Event::Dependency { index, snapshot });
+            }
+            Action::Spawn => return Some(self.spawn().await),
+            Action::Kill => {
+                // Asked for only while a process runs.
+                let run = self.run.take()?;
+                let exit = self.stop(&run.running).await;
+                run.end().await;
+                return Some(Event::Exited { exit, at: Instant::now() });
+            }
+            Action::Backoff(delay) => self.backoff = Some(Box::pin(tokio::time::sleep(delay))),
+            Action::Ack => {
+                if let Some(ack) = self.ack.take() {
+                    let _ = ack.send(());
+                }
+            }
+            // Ends the loop in `run`.
+            Action::Finish => {}
+        }
+        None
+    }
+
+    /// Waits for whatever can happen in the current phase: the process exiting or a check's
+    /// verdict, a control request, the awaited dependency changing, the backoff ending.
+    async fn next_event(&mut self) -> Event {
+        let Task { deps, control, lifecycle, run, backoff, .. } = self;
+        let dependency = lifecycle.awaited_dependency().map(|i| (i, &mut deps[i]));
+        let timer = backoff.as_mut().filter(|_| lifecycle.backing_off());
+        let woke = tokio::select! {
+            woke = from_run(run.as_mut()) => woke,
+            request = control.recv() => Woke::Control(request),
+            event = changed(dependency) => Woke::Event(event),
+            () = expired(timer) => Woke::Backoff,
+        };
+        match woke {
+            Woke::Event(event) => event,
+            Woke::Exit(exit) => {
+                if let Some(run) = self.run.take() {
+                    run.end().await;
+                }
+                Event::Exited { exit, at: Instant::now() }
+            }
+            Woke::Backoff => {
+                self.backoff = None;
+                Event::BackoffOver
+            }
+            Woke::Control(None) => Event::ControlClosed,
+            Woke::Control(Some(request)) => {
+                let (request, ack) = match request {
+                    Control::Start(ack) => (Request::Start, ack),
+                    Control::Stop(ack) => (Request::Stop, ack),
+                    Control::Restart(ack) => (Request::Restart, ack),
                 };
-            if !wanted {
-                let state = if exit.success() { ServiceState::Completed } else { ServiceState::Failed };
-                self.set_state(state, Some(exit.describe()));
-            } else if attempt >= restart.max_restarts {
-                self.sink.note(format!("gave up after {attempt} restarts"));
-                self.set_state(
-                    ServiceState::Failed,
-                    Some(format!("{}; gave up after {attempt} restarts", exit.describe())),
-                );
-            } else {
-                let delay = restart.delay(attempt);
-                attempt += 1;
-                self.sink.note(format!("restarting in {}", humantime::format_duration(delay)));
-                self.set(|s| {
-                    s.state = ServiceState::BackingOff;
-                    s.restarts += 1;
-                    s.detail = Some(exit.describe());
-                });
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => continue,
-                    control = self.control.recv() => match control {
-                        None => return,
-                        Some(Control::Stop(ack)) => {
-                            self.set_state(ServiceState::Stopped, None);
-                            let _ = ack.send(());
-                        }
-                        Some(Control::Start(ack) | Control::Restart(ack)) => {
-                            let _ = ack.send(());
-                            attempt = 0;
-                            continue;
-                        }
-                    }
-                }
-            }
-            if !self.idle().await {
-                return;
-            }
-            attempt = 0;
-        }
-    }
-
-    /// Not running: wait for start or restart. False when the project is gone.
-    async fn idle(&mut self) -> bool {
-        loop {
-            match self.control.recv().await {
-                None => return false,
-                Some(Control::Stop(ack)) => {
-                    if self.status.borrow().state != ServiceState::Failed {
-                        self.set_state(ServiceState::Stopped, None);
-                    }
-                    let _ = ack.send(());
-                }
-                Some(Control::Start(ack) | Control::Restart(ack)) => {
-                    // Before the ack: whoever asked must not still see "stopped".
-                    self.set_state(ServiceState::Waiting, None);
-                    let _ = ack.send(());
-                    return true;
-                }
+                self.ack = Some(ack);
+                Event::Control(request)
             }
         }
     }
 
-    /// True once every dependency meets its condition; false if one failed (or on stop).
-    async fn wait_for_dependencies(&mut self) -> bool {
-        self.set(|s| {
-            s.state = ServiceState::Waiting;
-            s.pid = None;
-            s.healthy = None;
+    async fn spawn(&mut self) -> Event {
+        let started = Instant::now();
+        let cgroup = self.cgroup.as_ref().and_then(|(cgroups, name)| match cgroups.create(name) {
+            Ok(cgroup) => Some(cgroup),
+            Err(e) => {
+                self.sink.note(format!("no cgroup ({e}); process group only"));
+                None
+            }
         });
-        for (dep, status) in &mut self.deps {
-            loop {
-                let snapshot = status.borrow_and_update().clone();
-                if snapshot.satisfies(dep.condition) {
-                    break;
-                }
-                if matches!(snapshot.state, ServiceState::Failed)
-                    || (dep.condition == Condition::CompletedSuccessfully
-                        && snapshot.exit.is_some_and(|e| !e.success())
-                        && snapshot.state != ServiceState::BackingOff)
-                {
-                    let detail = format!("dependency {} failed", dep.name);
-                    self.sink.note(detail.clone());
-                    self.status.send_modify(|s| {
-                        s.state = ServiceState::Failed;
-                        s.detail = Some(detail);
-                    });
-                    return false;
-                }
-                tokio::select! {
-                    changed = status.changed() => if changed.is_err() { return false },
-                    control = self.control.recv() => match control {
-                        None => return false,
-                        Some(Control::Stop(ack)) => {
-                            self.status.send_modify(|s| s.state = ServiceState::Stopped);
-                            let _ = ack.send(());
-                            return false;
-                        }
-                        Some(Control::Start(ack) | Control::Restart(ack)) => { let _ = ack.send(()); }
-                    }
-                }
+        let spawned = match &self.container {
+            Some(slot) => self.spawn_container(slot.clone()).await,
+            None => process::spawn(&self.service, &self.owner, cgroup),
+        };
+        match spawned {
+            Ok((running, output)) => {
+                let pid = running.pid;
+                self.run = Some(self.watch(running, output));
+                Event::Spawned { pid, started, at: Instant::now() }
             }
+            Err(e) => Event::SpawnFailed { error: e.to_string(), started, at: Instant::now() },
         }
-        true
     }
 
     /// Prepares the bundle (unpacking the image if the cache does not have it) off the async
@@ -323,87 +241,27 @@ impl Task {
         process::spawn_container(&runtime.shim, &bundle, &id)
     }
 
-    async fn supervise(&mut self, running: Running, output: Output) -> End {
-        let pid = running.pid;
+    /// Starts reading the output of a new process and checking it.
+    fn watch(&self, running: Running, output: Output) -> Run {
         let confined = match &running.container {
             Some(id) => format!(" (locald-shim running container {id})"),
             None if running.has_cgroup() => " in its own cgroup".into(),
             None => String::new(),
         };
-        self.sink.note(format!("started pid {pid}{confined}"));
+        self.sink.note(format!("started pid {}{confined}", running.pid));
         let readers = [
             tokio::spawn(pump(output.stdout, self.sink.clone(), "out")),
             tokio::spawn(pump(output.stderr, self.sink.clone(), "err")),
         ];
-        let has_check = self.service.health_check.is_some();
-        self.set(|s| {
-            s.state = if has_check { ServiceState::Starting } else { ServiceState::Running };
-            s.pid = Some(pid);
-            s.since = Some(Instant::now());
-            s.healthy = has_check.then_some(false);
-            s.exit = None;
-            s.detail = None;
-        });
         // Each check runs in its own task: a probe that hangs (the case liveness exists for)
         // must not be cancelled by the other check's verdicts or a control message.
-        let (verdict_tx, mut verdicts) = mpsc::unbounded_channel();
-        let checkers: Vec<_> =
-            [(Kind::Health, &self.service.health_check), (Kind::Liveness, &self.service.liveness)]
-                .into_iter()
-                .filter_map(|(kind, check)| Some((kind, check.clone()?)))
-                .map(|(kind, check)| {
-                    tokio::spawn(checker(kind, check, self.service.clone(), verdict_tx.clone()))
-                })
-                .collect();
-        let end = loop {
-            tokio::select! {
-                exit = running.wait() => break End::Exited(exit),
-                Some((kind, verdict)) = verdicts.recv() => match (kind, verdict) {
-                    (Kind::Health, Verdict::Healthy) => self.set(|s| { s.healthy = Some(true); s.state = ServiceState::Healthy; }),
-                    (Kind::Health, Verdict::Failed) => {
-                        if self.status.borrow().state != ServiceState::Unhealthy {
-                            self.sink.note("health check failing".into());
-                        }
-                        self.set(|s| { s.healthy = Some(false); s.state = ServiceState::Unhealthy; });
-                    }
-                    (Kind::Liveness, Verdict::Failed) => {
-                        self.sink.note("liveness check failed; restarting".into());
-                        break End::Liveness(self.stop(&running).await);
-                    }
-                    _ => {}
-                },
-                control = self.control.recv() => match control {
-                    None => { self.stop(&running).await; break End::Stopped(oneshot::channel().0) }
-                    Some(Control::Stop(ack)) => { self.stop(&running).await; break End::Stopped(ack) }
-                    Some(Control::Restart(ack)) => {
-                        self.stop(&running).await;
-                        self.set(|s| s.restarts += 1);
-                        break End::Restart(ack)
-                    }
-                    Some(Control::Start(ack)) => { let _ = ack.send(()); }
-                },
-            }
-        };
-        for checker in checkers {
-            checker.abort();
-        }
-        // Output written just before the exit belongs before the exit note. A process that
-        // left the group may still hold the pipe: its output keeps flowing, but we go on.
-        for reader in readers {
-            let _ = tokio::time::timeout(Duration::from_secs(1), reader).await;
-        }
-        if let End::Exited(exit) | End::Liveness(exit) = &end {
-            self.sink.note(exit.describe());
-            self.set(|s| s.exit = Some(*exit));
-        }
-        self.set(|s| {
-            s.pid = None;
-            s.since = None;
-            if has_check {
-                s.healthy = Some(false);
-            }
-        });
-        end
+        let (verdict_tx, verdicts) = mpsc::unbounded_channel();
+        let checkers = [(Kind::Health, &self.service.health_check), (Kind::Liveness, &self.service.liveness)]
+            .into_iter()
+            .filter_map(|(kind, check)| Some((kind, check.clone()?)))
+            .map(|(kind, check)| tokio::spawn(checker(kind, check, self.service.clone(), verdict_tx.clone())))
+            .collect();
+        Run { running, readers, checkers, verdicts }
     }
 
     /// Stop signal to the group, `stop_timeout`, then SIGKILL; returns once reaped.
@@ -453,5 +311,55 @@ async fn checker(
         if verdicts.send((kind, tracker.record(ok))).is_err() {
             return;
         }
+    }
+}
+
+impl Run {
+    /// The process is gone: checks end, and its output is read to the end so that what it wrote
+    /// just before exiting comes before the exit note. A process that left the group may still
+    /// hold the pipe: its output keeps flowing, but we go on.
+    async fn end(self) {
+        for checker in self.checkers {
+            checker.abort();
+        }
+        for reader in self.readers {
+            let _ = tokio::time::timeout(Duration::from_secs(1), reader).await;
+        }
+    }
+}
+
+enum Woke {
+    Event(Event),
+    Exit(Exit),
+    Control(Option<Control>),
+    Backoff,
+}
+
+async fn from_run(run: Option<&mut Run>) -> Woke {
+    let Some(Run { running, verdicts, .. }) = run else { return std::future::pending().await };
+    tokio::select! {
+        exit = running.wait() => Woke::Exit(exit),
+        // The senders live in the checkers, which are only aborted with the run.
+        Some((kind, verdict)) = verdicts.recv() => Woke::Event(match kind {
+            Kind::Health => Event::Health(verdict),
+            Kind::Liveness => Event::Liveness(verdict),
+        }),
+    }
+}
+
+async fn changed(dependency: Option<(usize, &mut watch::Receiver<Snapshot>)>) -> Event {
+    match dependency {
+        Some((index, status)) => match status.changed().await {
+            Ok(()) => Event::Dependency { index, snapshot: status.borrow_and_update().clone() },
+            Err(_) => Event::DependencyGone,
+        },
+        None => std::future::pending().await,
+    }
+}
+
+async fn expired(backoff: Option<&mut Pin<Box<tokio::time::Sleep>>>) {
+    match backoff {
+        Some(sleep) => sleep.as_mut().await,
+        None => std::future::pending().await,
     }
 }

@@ -7,6 +7,7 @@ mod config_show;
 mod debug_port;
 mod doctor;
 mod logs;
+mod mounted;
 mod mounts;
 mod project;
 mod server;

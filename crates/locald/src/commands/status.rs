@@ -12,7 +12,7 @@ pub fn run(json: bool) -> anyhow::Result<ExitCode> {
         anyhow::bail!("unexpected answer from the daemon");
     };
     for project in &mut projects {
-        project.mounts = locald_core::mounts::list(&project.dir);
+        project.mounts = super::mounted::list(&project.dir);
     }
     if json {
         println!("{}", serde_json::to_string_pretty(&projects)?);

@@ -6,6 +6,7 @@ use std::ffi::OsString;
 use std::os::fd::{AsRawFd, OwnedFd};
 
 use locald_shim_protocol::ShimError;
+use locald_shim_protocol::mountinfo::{self, MountEntry};
 use locald_shim_protocol::protocol::{MountLoopRequest, UnmountLoopRequest};
 use locald_shim_protocol::validate::{
     Anchored, MOUNTS_DIR, absolute_components, join, loop_fstype, loop_mount_data, mount_target,
@@ -116,7 +117,7 @@ pub fn unmount_loop(root: Root, request: &UnmountLoopRequest) -> Result<(), Shim
     // Mounted directly on the caller's directory (not stacked on another mount), the whole
     // filesystem, and made the way mount-loop makes them.
     match mount_by_id(&mountinfo, target_id) {
-        Some(entry) if entry.parent_id == parent_id && entry.root == "/" && entry.is_locald_loop_mount() => {}
+        Some(entry) if entry.parent_id == parent_id && entry.root == "/" && is_locald_loop_mount(&entry) => {}
         _ => {
             return Err(ShimError::refused(format!(
                 "{shown} is not a loop mount made by locald (nosuid,nodev,noexec on /dev/loop*, \
@@ -177,61 +178,17 @@ fn is_empty(dir: &OwnedFd) -> Result<bool, ShimError> {
     Ok(true)
 }
 
-#[derive(Debug, PartialEq, Eq)]
-pub struct MountEntry {
-    pub parent_id: u64,
-    /// The directory of the filesystem mounted there, `/` for a whole filesystem.
-    pub root: String,
-    pub options: Vec<String>,
-    pub fstype: String,
-    pub source: String,
-}
-
-impl MountEntry {
-    fn is_locald_loop_mount(&self) -> bool {
-        let has = |o: &str| self.options.iter().any(|x| x == o);
-        self.source.starts_with("/dev/loop") && has("nosuid") && has("nodev") && has("noexec")
-    }
+/// Made the way mount-loop makes them: a loop device, nosuid, nodev, noexec.
+fn is_locald_loop_mount(entry: &MountEntry) -> bool {
+    entry.source.starts_with("/dev/loop")
+        && entry.has_option("nosuid")
+        && entry.has_option("nodev")
+        && entry.has_option("noexec")
 }
 
 /// The mount with id `id` in a `/proc/self/mountinfo` text.
-pub fn mount_by_id(mountinfo: &str, id: u64) -> Option<MountEntry> {
-    mountinfo.lines().find_map(|line| {
-        let (left, right) = line.split_once(" - ")?;
-        let fields: Vec<&str> = left.split(' ').collect();
-        let right: Vec<&str> = right.split(' ').collect();
-        if fields.first()?.parse::<u64>().ok()? != id {
-            return None;
-        }
-        Some(MountEntry {
-            parent_id: fields.get(1)?.parse().ok()?,
-            root: unescape(fields.get(3)?),
-            options: fields.get(5)?.split(',').map(str::to_owned).collect(),
-            fstype: right.first()?.to_string(),
-            source: right.get(1)?.to_string(),
-        })
-    })
-}
-
-/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && i + 3 < bytes.len()
-            && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b))
-        {
-            let value = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
-            out.push(value);
-            i += 4;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+fn mount_by_id(text: &str, id: u64) -> Option<MountEntry> {
+    mountinfo::entries(text).find(|entry| entry.id == id)
 }
 
 #[cfg(test)]
@@ -249,19 +206,19 @@ mod tests {
     fn finds_the_loop_mount_by_id_and_recognises_it() {
         let entry = mount_by_id(INFO, 40).unwrap();
         assert_eq!((entry.parent_id, entry.root.as_str(), entry.source.as_str()), (22, "/", "/dev/loop0"));
-        assert!(entry.is_locald_loop_mount());
+        assert!(is_locald_loop_mount(&entry));
     }
 
     #[test]
     fn other_mounts_are_not_locald_loop_mounts() {
-        assert!(!mount_by_id(INFO, 41).unwrap().is_locald_loop_mount());
+        assert!(!is_locald_loop_mount(&mount_by_id(INFO, 41).unwrap()));
         assert!(mount_by_id(INFO, 99).is_none());
     }
 
     #[test]
     fn escaped_fields_are_unescaped() {
         let entry = mount_by_id(INFO, 42).unwrap();
-        assert!(entry.is_locald_loop_mount());
+        assert!(is_locald_loop_mount(&entry));
         assert_eq!(entry.root, "/sub dir");
     }
 }
