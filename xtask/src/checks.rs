@@ -1,47 +1,71 @@
-//! Static checks that no unit test can make: what the shim links, that it builds for macOS, and
-//! that the daemon and CLI type-check (with clippy) for macOS.
+//! Static checks that no unit test can make: which crate depends on which (the rules are in
+//! `deps.rs`), that the shim builds for macOS, and that the daemon and CLI type-check (with
+//! clippy) for macOS.
+
+mod deps;
+
+use std::collections::BTreeMap;
 
 use anyhow::bail;
 
 use crate::util;
 
-/// Crates that must never reach the setuid binary (DESIGN §3): async runtimes, HTTP, TLS, TOML.
-const FORBIDDEN_IN_SHIM: &[&str] = &["tokio", "hyper", "rustls", "toml", "openssl", "ring"];
 const MAC_TARGETS: &[&str] = &["aarch64-apple-darwin", "x86_64-apple-darwin"];
+/// The platforms locald ships for on Linux (musl: the VM suite's static build). Dependencies
+/// can differ per platform, so the rules are checked on each, and on the host.
+const LINUX_TARGETS: &[&str] =
+    &["x86_64-unknown-linux-gnu", "aarch64-unknown-linux-gnu", "x86_64-unknown-linux-musl"];
 
 pub fn run() -> anyhow::Result<()> {
-    shim_dependencies()?;
+    crate_dependencies()?;
     shim_builds_for_macos()?;
     locald_checks_for_macos()?;
     Ok(())
 }
 
-fn shim_dependencies() -> anyhow::Result<()> {
-    let tree = util::output(util::cargo_command().args([
-        "tree",
-        "-p",
-        "locald-shim",
-        "-e",
-        "normal",
-        "--prefix",
-        "none",
-        "--target",
-        "all",
-    ]))?;
-    let found = forbidden(&tree);
-    if !found.is_empty() {
-        bail!("locald-shim must not depend on {found:?}; its dependency tree:\n{tree}");
+fn crate_dependencies() -> anyhow::Result<()> {
+    let host = host_target()?;
+    let mut targets = vec![host.as_str()];
+    targets.extend(LINUX_TARGETS.iter().filter(|t| **t != host));
+    // One line per problem, with the platforms it shows on when that is not all of them.
+    let mut found: BTreeMap<deps::Problem, Vec<&str>> = BTreeMap::new();
+    for target in &targets {
+        let json = util::output(util::cargo_command().args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--filter-platform",
+            target,
+        ]))?;
+        for problem in deps::violations(&deps::Graph::from_metadata(&json)?, deps::RULES) {
+            found.entry(problem).or_default().push(target);
+        }
     }
-    eprintln!("xtask: locald-shim depends on none of {FORBIDDEN_IN_SHIM:?}");
-    Ok(())
+    if found.is_empty() {
+        eprintln!("xtask: the {} dependency rules hold on {targets:?}", deps::RULES.len());
+        return Ok(());
+    }
+    for (problem, on) in &found {
+        if on.len() == targets.len() {
+            eprintln!("xtask: {problem}");
+        } else {
+            eprintln!("xtask: {problem} [on {}]", on.join(", "));
+        }
+    }
+    let count = match found.len() {
+        1 => "a dependency problem".to_owned(),
+        n => format!("{n} dependency problems"),
+    };
+    bail!("{count}; the rules are in xtask/src/checks/deps.rs")
 }
 
-fn forbidden(tree: &str) -> Vec<String> {
-    tree.lines()
-        .filter_map(|line| line.split_whitespace().next())
-        .filter(|name| FORBIDDEN_IN_SHIM.iter().any(|f| name == f || name.starts_with(&format!("{f}-"))))
-        .map(str::to_owned)
-        .collect()
+fn host_target() -> anyhow::Result<String> {
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let version = util::output(std::process::Command::new(rustc).arg("-vV"))?;
+    match version.lines().find_map(|l| l.strip_prefix("host: ")) {
+        Some(host) => Ok(host.trim().to_owned()),
+        None => bail!("rustc -vV names no host target:\n{version}"),
+    }
 }
 
 fn shim_builds_for_macos() -> anyhow::Result<()> {
@@ -90,16 +114,4 @@ fn write_script(path: &std::path::Path, body: &str) -> anyhow::Result<()> {
     std::fs::write(path, format!("#!/bin/sh\n# Type-checking only: see locald_checks_for_macos.\n{body}"))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::forbidden;
-
-    #[test]
-    fn forbidden_crates_are_spotted_in_a_tree() {
-        let tree = "locald-shim v0.1.0\nclap v4.5.0\ntokio v1.0.0 (*)\ntokio-util v0.7.0\ntomlette v1\n";
-        assert_eq!(forbidden(tree), vec!["tokio", "tokio-util"]);
-        assert!(forbidden("locald-shim v0.1.0\nclap v4\nlibc v0.2\n").is_empty());
-    }
 }

@@ -9,7 +9,7 @@ use anyhow::bail;
 
 const USAGE: &str = "usage: cargo xtask <test|checks|vm [SCENARIO...]>
   test     the whole test suite: build, unit + black-box + privileged tests, shim checks, VM suite
-  checks   only the static checks of the shim (dependency tree, macOS build)
+  checks   only the static checks (which crate may depend on which, macOS build)
   vm       boot a real kernel under QEMU and run vm-tests/scenarios (all, or those named)";
 
 fn main() -> anyhow::Result<()> {
