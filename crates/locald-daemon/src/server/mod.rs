@@ -52,7 +52,8 @@ pub async fn run(socket: PathBuf, state_dir: PathBuf) -> Result<(), ServerError>
     signal_ready();
     // Before the proxy sizes its connection cap from it.
     crate::nofile::raise();
-    let supervisor = Arc::new(Supervisor::new(state_dir));
+    // The one discovery of the shim: everything in the daemon that needs root asks this.
+    let supervisor = Arc::new(Supervisor::new(state_dir, crate::shim::discover()));
     let shutdown = Arc::new(Shutdown { notify: Notify::new(), socket: socket.clone() });
     for (dir, why) in supervisor.recover() {
         eprintln!("locald: could not bring {} back up: {why}", dir.display());

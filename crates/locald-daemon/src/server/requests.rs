@@ -94,9 +94,10 @@ async fn publish(supervisor: &Supervisor, proxy: Option<&Proxy>) {
         proxy.refresh(&projects);
     }
     let domains = crate::hosts::routed_names(projects.iter().map(|p| &p.config));
-    let result = tokio::task::spawn_blocking(move || crate::hosts::sync(&domains)).await;
-    if let Ok(Err(message)) = result {
-        eprintln!("locald: {message}");
+    let privileged = supervisor.privileged();
+    let result = tokio::task::spawn_blocking(move || crate::hosts::sync(&*privileged, &domains)).await;
+    if let Ok(Err(e)) = result {
+        eprintln!("locald: {e}");
     }
 }
 
