@@ -3,8 +3,21 @@
 //! NSS databases (`~/.pki/nssdb` for Chromium, Firefox profiles) through `certutil`. Each store
 //! can also say whether the CA is in it, for `locald doctor`.
 
+use std::io;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, ExitStatus};
+
+/// A store could not be changed. `command` is the program and arguments as they were run.
+#[derive(Debug, thiserror::Error)]
+pub enum TrustError {
+    #[error("{command}: {source}")]
+    Spawn { command: String, source: io::Error },
+    /// `message`: the last line the command wrote to stderr.
+    #[error("{command} failed: {message}")]
+    Failed { command: String, status: ExitStatus, message: String },
+    #[error("{}: {source}", .path.display())]
+    Anchor { path: PathBuf, source: io::Error },
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SystemKind {
@@ -60,19 +73,20 @@ pub fn system_store(cert_pem: &str) -> Option<SystemStore> {
     None
 }
 
-fn run(command: &mut Command) -> Result<(), String> {
+fn run(command: &mut Command) -> Result<(), TrustError> {
     let shown = format!("{command:?}");
-    let out = command.output().map_err(|e| format!("{shown}: {e}"))?;
+    let out = command.output().map_err(|source| TrustError::Spawn { command: shown.clone(), source })?;
     if out.status.success() {
         return Ok(());
     }
     let stderr = String::from_utf8_lossy(&out.stderr);
-    Err(format!("{shown} failed: {}", stderr.lines().last().unwrap_or("").trim()))
+    let message = stderr.lines().last().unwrap_or("").trim().to_owned();
+    Err(TrustError::Failed { command: shown, status: out.status, message })
 }
 
 impl SystemStore {
     /// Needs root.
-    pub fn install(&self, cert_path: &Path, cert_pem: &str) -> Result<(), String> {
+    pub fn install(&self, cert_path: &Path, cert_pem: &str) -> Result<(), TrustError> {
         match self.kind {
             SystemKind::MacOs => run(Command::new("/usr/bin/security")
                 .args([
@@ -86,14 +100,14 @@ impl SystemStore {
                 .arg(cert_path)),
             SystemKind::Debian | SystemKind::Fedora => {
                 std::fs::write(&self.anchor, cert_pem)
-                    .map_err(|e| format!("{}: {e}", self.anchor.display()))?;
+                    .map_err(|source| TrustError::Anchor { path: self.anchor.clone(), source })?;
                 run(&mut self.update_command())
             }
         }
     }
 
     /// Needs root. Not being there is not an error.
-    pub fn remove(&self, cert_path: &Path) -> Result<(), String> {
+    pub fn remove(&self, cert_path: &Path) -> Result<(), TrustError> {
         match self.kind {
             SystemKind::MacOs => {
                 run(Command::new("/usr/bin/security").args(["remove-trusted-cert", "-d"]).arg(cert_path))
@@ -102,7 +116,7 @@ impl SystemStore {
                 match std::fs::remove_file(&self.anchor) {
                     Ok(()) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-                    Err(e) => return Err(format!("{}: {e}", self.anchor.display())),
+                    Err(source) => return Err(TrustError::Anchor { path: self.anchor.clone(), source }),
                 }
                 let mut update = self.update_command();
                 if self.kind == SystemKind::Debian {
@@ -182,11 +196,11 @@ fn certutil(db: &Path) -> Command {
     command
 }
 
-pub fn nss_install(db: &Path, cert_path: &Path, cert_pem: &str) -> Result<(), String> {
+pub fn nss_install(db: &Path, cert_path: &Path, cert_pem: &str) -> Result<(), TrustError> {
     run(certutil(db).args(["-A", "-t", "C,,", "-n", &nickname(cert_pem), "-i"]).arg(cert_path))
 }
 
-pub fn nss_remove(db: &Path, cert_pem: &str) -> Result<(), String> {
+pub fn nss_remove(db: &Path, cert_pem: &str) -> Result<(), TrustError> {
     if !nss_contains(db, cert_pem) {
         return Ok(());
     }
@@ -205,6 +219,31 @@ mod tests {
     fn names_depend_on_the_certificate() {
         assert_eq!(nickname("A"), nickname("A\n"));
         assert_ne!(nickname("A"), nickname("B"));
+    }
+
+    #[test]
+    fn a_failing_command_keeps_its_status_and_last_stderr_line() {
+        let err = run(Command::new("sh").args(["-c", "echo noise >&2; echo 'certutil: bad db' >&2; exit 3"]))
+            .unwrap_err();
+        assert!(err.to_string().ends_with(" failed: certutil: bad db"), "{err}");
+        assert!(matches!(err, TrustError::Failed { status, .. } if status.code() == Some(3)));
+
+        let err = run(&mut Command::new("/nonexistent/certutil")).unwrap_err();
+        assert!(err.to_string().starts_with("\"/nonexistent/certutil\": "), "{err}");
+        let TrustError::Spawn { source, .. } = err else { panic!("{err}") };
+        assert_eq!(source.kind(), io::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn an_anchor_that_cannot_be_written_is_named_with_its_cause() {
+        let dir = tempfile::tempdir().unwrap();
+        let anchor = dir.path().join("missing-dir/locald.crt");
+        let store = SystemStore { kind: SystemKind::Debian, anchor: anchor.clone() };
+        let err = store.install(&anchor, "PEM").unwrap_err();
+        assert!(
+            matches!(&err, TrustError::Anchor { path, source } if path == &anchor && source.kind() == io::ErrorKind::NotFound)
+        );
+        assert!(err.to_string().starts_with(&format!("{}: ", anchor.display())), "{err}");
     }
 
     #[test]

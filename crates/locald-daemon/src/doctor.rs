@@ -8,18 +8,19 @@ use std::os::unix::fs::MetadataExt;
 
 use locald_core::diagnostics::{Finding, Report};
 
-use crate::shim::{self as discovery, Shim, ShimClientError};
+use crate::shim::{self as discovery, PortOwner, Privileged, ShimClientError};
 
-pub fn run() -> Report {
+/// `privileged`: the shim as this process found it ([`discovery::discover`]).
+pub fn run(privileged: &dyn Privileged) -> Report {
     let mut findings = Vec::new();
-    findings.extend(shim());
+    findings.extend(shim(privileged));
     match containers_elsewhere(std::env::consts::OS) {
         Some(finding) => findings.push(finding),
         None => findings.extend(cgroups()),
     }
     findings.push(localhost_resolution());
-    findings.push(port_free("port.80", SocketAddr::from(([127, 0, 0, 1], 80))));
-    findings.push(port_free("port.443", SocketAddr::from(([127, 0, 0, 1], 443))));
+    findings.push(port_free("port.80", SocketAddr::from(([127, 0, 0, 1], 80)), privileged));
+    findings.push(port_free("port.443", SocketAddr::from(([127, 0, 0, 1], 443)), privileged));
     findings.extend(ca_trust());
     Report { findings }
 }
@@ -74,8 +75,9 @@ pub fn ca_trust() -> Vec<Finding> {
 
 /// One finding per property of the shim: present, owner, mode (setuid, not writable, closed
 /// directory chain), version. Without a shim locald still works, on unprivileged ports.
-fn shim() -> Vec<Finding> {
-    const SETUP: &str = "sudo locald admin setup";
+const SETUP: &str = "sudo locald admin setup";
+
+fn shim(privileged: &dyn Privileged) -> Vec<Finding> {
     let env_override = std::env::var_os(discovery::ENV_OVERRIDE).filter(|v| !v.is_empty());
     let candidates = discovery::candidates(env_override);
     let Some(path) = candidates.iter().find(|p| p.exists()) else {
@@ -104,14 +106,19 @@ fn shim() -> Vec<Finding> {
         ),
         Err(reason) => Finding::error("shim.mode", reason.to_string(), SETUP),
     });
-    findings.push(match Shim::discover() {
-        Ok(_) => Finding::ok("shim.version", locald_shim_protocol::version_line()),
-        Err(err @ ShimClientError::VersionMismatch { .. }) => {
-            Finding::error("shim.version", err.to_string(), SETUP)
-        }
-        Err(err) => Finding::error("shim.version", format!("no handshake: {err}"), SETUP),
-    });
+    findings.push(shim_version(privileged));
     findings
+}
+
+/// Read from the one discovery's answer, so doctor says what the rest of locald found.
+fn shim_version(privileged: &dyn Privileged) -> Finding {
+    let Some(reason) = privileged.unavailable() else {
+        return Finding::ok("shim.version", locald_shim_protocol::version_line());
+    };
+    match &*reason {
+        ShimClientError::VersionMismatch { .. } => Finding::error("shim.version", reason.to_string(), SETUP),
+        _ => Finding::error("shim.version", format!("no handshake: {reason}"), SETUP),
+    }
 }
 
 /// Off Linux there are no cgroups to inspect: what matters is where container services go.
@@ -229,23 +236,31 @@ fn display_ips(addrs: &[IpAddr]) -> String {
     addrs.iter().map(IpAddr::to_string).collect::<Vec<_>>().join(", ")
 }
 
-fn port_free(id: &'static str, addr: SocketAddr) -> Finding {
+fn port_free(id: &'static str, addr: SocketAddr, privileged: &dyn Privileged) -> Finding {
     let port = addr.port();
     match TcpStream::connect_timeout(&addr, Duration::from_millis(500)) {
         Ok(_) => Finding::warn(
             id,
-            format!("port {port} on 127.0.0.1 is already in use by {}", port_owner(port)),
+            format!(
+                "port {port} on 127.0.0.1 is already in use by {}",
+                describe_owner(port_owner(privileged, port).as_ref())
+            ),
             format!("stop whatever listens on {port}, or locald falls back to an unprivileged port"),
         ),
         Err(_) => Finding::ok(id, format!("port {port} on 127.0.0.1 is free")),
     }
 }
 
-/// "pid 123 (uid 1000, nginx)" (or "a process of uid 0" for another user's) through the shim's
-/// `debug port`, or a generic phrase without it.
-pub fn port_owner(port: u16) -> String {
-    let owners = Shim::discover().and_then(|shim| shim.debug_port(port)).unwrap_or_default();
-    match owners.first() {
+/// The first process listening on `port`, through the shim's `debug port`: `None` without a
+/// shim, or when it cannot say. Runs the shim.
+pub fn port_owner(privileged: &dyn Privileged, port: u16) -> Option<PortOwner> {
+    privileged.debug_port(port).ok()?.into_iter().next()
+}
+
+/// "pid 123 (uid 1000, nginx)" (or "a process of uid 0" for another user's), or a generic
+/// phrase when the shim could not say.
+pub fn describe_owner(owner: Option<&PortOwner>) -> String {
+    match owner {
         Some(o) => o.to_string(),
         None => "another program".to_owned(),
     }
@@ -254,6 +269,8 @@ pub fn port_owner(port: u16) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shim::Unavailable;
+    use crate::shim::fake::{Call, Fake};
 
     #[test]
     fn off_linux_doctor_points_container_services_at_the_lima_vm() {
@@ -277,8 +294,38 @@ mod tests {
         // 80/443 may be taken on a developer machine, so the probe is exercised on a port we own.
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
-        assert_eq!(port_free("port.test", addr).severity, Severity::Warn);
+        let owner = PortOwner { process: Some((42, "nginx".into())), uid: 1000 };
+        let fake = Fake::new().with_owners(vec![owner]);
+        let busy = port_free("port.test", addr, &fake);
+        assert_eq!(busy.severity, Severity::Warn);
+        assert!(busy.message.ends_with("already in use by pid 42 (uid 1000, nginx)"), "{}", busy.message);
+        assert_eq!(fake.calls(), [Call::DebugPort(addr.port())]);
         drop(listener);
-        assert_eq!(port_free("port.test", addr).severity, Severity::Ok);
+        assert_eq!(port_free("port.test", addr, &fake).severity, Severity::Ok);
+        assert_eq!(fake.calls().len(), 1, "a free port needs no shim");
+    }
+
+    #[test]
+    fn the_version_finding_reports_the_reason_discovery_gave() {
+        use locald_core::diagnostics::Severity;
+        assert_eq!(shim_version(&Fake::new()).severity, Severity::Ok);
+
+        let mismatch = ShimClientError::VersionMismatch {
+            path: "/usr/local/libexec/locald/locald-shim".into(),
+            found: "0.0.1 (protocol 999)".into(),
+            needed: "1 (protocol 1)".into(),
+        };
+        let text = mismatch.to_string();
+        let finding = shim_version(&Unavailable::new(mismatch));
+        assert_eq!(finding.severity, Severity::Error);
+        assert_eq!(finding.message, text, "the reason as it is");
+
+        let missing = ShimClientError::NotFound { reasons: "/x/locald-shim does not exist".into() };
+        let finding = shim_version(&Unavailable::new(missing));
+        assert!(
+            finding.message.starts_with("no handshake: no usable locald-shim: /x/locald-shim does not exist"),
+            "{}",
+            finding.message
+        );
     }
 }

@@ -8,7 +8,7 @@ use std::net::{IpAddr, ToSocketAddrs};
 use locald_core::config::{Config, Service};
 use locald_shim_protocol::validate::{HOSTS_SUFFIXES, hosts_domain};
 
-use crate::shim::Shim;
+use crate::shim::{Privileged, ShimClientError};
 
 /// Resolves a name to its addresses (the system resolver in production).
 pub type Resolver<'a> = &'a dyn Fn(&str) -> Vec<IpAddr>;
@@ -75,12 +75,22 @@ pub fn names_needing_hosts(domains: &[String], resolve: Resolver) -> Vec<String>
     needed
 }
 
+/// The shim could not make the block what it should be.
+#[derive(Debug, thiserror::Error)]
+#[error("could not update /etc/hosts: {0}")]
+pub struct HostsError(#[source] pub ShimClientError);
+
 /// Makes the user's block list exactly the needed names of `domains` (all running projects);
 /// an empty list removes the block. Without a usable shim nothing is written (`doctor` says why).
-pub fn sync(domains: &[String]) -> Result<(), String> {
-    let needed = names_needing_hosts(domains, &system_resolver);
-    let Ok(shim) = Shim::discover() else { return Ok(()) };
-    shim.sync_hosts(&needed).map_err(|e| format!("could not update /etc/hosts: {e}"))
+pub fn sync(privileged: &dyn Privileged, domains: &[String]) -> Result<(), HostsError> {
+    sync_with(privileged, domains, &system_resolver)
+}
+
+fn sync_with(privileged: &dyn Privileged, domains: &[String], resolve: Resolver) -> Result<(), HostsError> {
+    if privileged.unavailable().is_some() {
+        return Ok(());
+    }
+    privileged.sync_hosts(&names_needing_hosts(domains, resolve)).map_err(HostsError)
 }
 
 #[cfg(test)]
@@ -155,6 +165,35 @@ mod tests {
         );
         assert!(!note.contains('\n'));
         assert_eq!(unwritable_note(&config("[services.web]\ncommand = \"x\"\nport = 41003\n")), None);
+    }
+
+    #[test]
+    fn sync_asks_the_shim_for_exactly_the_needed_names_and_keeps_its_refusal_as_the_cause() {
+        use crate::shim::fake::{Call, Fake};
+        let routed = routed_names([&config(SHOP)]);
+        let native = |name: &str| {
+            if name.ends_with(".localhost") { vec!["127.0.0.1".parse().unwrap()] } else { vec![] }
+        };
+        let fake = Fake::new();
+        sync_with(&fake, &routed, &native).unwrap();
+        assert_eq!(fake.calls(), [Call::SyncHosts(names(&["shop.test"]))]);
+        sync_with(&fake, &[], &native).unwrap();
+        assert_eq!(fake.calls()[1], Call::SyncHosts(vec![]), "no project left: the block goes");
+
+        let refusing = Fake::new().failing("locald-shim: refused: /etc/hosts is a symlink");
+        let err = sync_with(&refusing, &routed, &native).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "could not update /etc/hosts: locald-shim: refused: /etc/hosts is a symlink"
+        );
+        assert!(matches!(err.0, ShimClientError::Failed { .. }));
+    }
+
+    #[test]
+    fn without_a_shim_sync_writes_nothing_and_is_no_error() {
+        let none = crate::shim::Unavailable::new(ShimClientError::NotFound { reasons: "none".into() });
+        let nothing = |_: &str| vec![];
+        assert!(sync_with(&none, &names(&["shop.test"]), &nothing).is_ok());
     }
 
     #[test]

@@ -195,7 +195,10 @@ fn write_bundle(args: &[String]) -> ExitCode {
 /// Try-Catch-Delegate removal exactly as the daemon does it.
 fn remove(path: &str) -> ExitCode {
     let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
-    match runtime.block_on(locald_daemon::shim::force_remove_dir_all(std::path::Path::new(path))) {
+    match runtime.block_on(locald_daemon::shim::force_remove_dir_all(
+        std::path::Path::new(path),
+        locald_daemon::shim::discover(),
+    )) {
         Ok(()) => {
             println!("removed={path}");
             ExitCode::SUCCESS

@@ -5,10 +5,11 @@
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use locald_core::config::{Container, Service};
 
-use crate::shim::{RemoveError, Shim, force_remove_dir_all_blocking};
+use crate::shim::{Privileged, RemoveError, force_remove_dir_all_blocking};
 use locald_ca::ca_bundle::{self, CaFiles};
 use locald_image::bundle::{self, BundleError, ContainerConfig, Volume};
 use locald_image::copy::copy_tree;
@@ -22,7 +23,7 @@ const MAX_ID: usize = 64;
 /// What every container of one daemon shares.
 #[derive(Debug)]
 pub struct Runtime {
-    pub shim: Shim,
+    pub shim: Arc<dyn Privileged>,
     /// `$XDG_CACHE_HOME/locald/images`.
     pub cache: PathBuf,
     pub uid: u32,
@@ -124,7 +125,7 @@ pub fn prepare(
         && dir.join("rootfs").is_dir();
     if !reusable {
         // Files a container left root-owned go through the shim's cleanup.
-        force_remove_dir_all_blocking(&dir, Some(&runtime.shim))?;
+        force_remove_dir_all_blocking(&dir, &*runtime.shim)?;
         fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
         copy_tree(&prepared.rootfs, &dir.join("rootfs"))
             .map_err(io_err("copy the image's rootfs to", &dir))?;

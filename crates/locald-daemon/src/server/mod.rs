@@ -53,35 +53,38 @@ pub async fn run(socket: PathBuf, state_dir: PathBuf) -> Result<(), ServerError>
     signal_ready();
     // Before the proxy sizes its connection cap from it.
     crate::nofile::raise();
-    let supervisor = Arc::new(Supervisor::new(state_dir));
+    // The one discovery of the shim: everything in the daemon that needs root asks this.
+    let supervisor = Arc::new(Supervisor::new(state_dir, crate::shim::discover()));
     let shutdown = Arc::new(Shutdown { notify: Notify::new(), socket: socket.clone() });
     for (dir, why) in supervisor.recover() {
-        eprintln!("locald: could not bring {} back up: {why}", dir.display());
+        tracing::warn!("could not bring {} back up: {why}", dir.display());
     }
-    let shim = crate::shim::Shim::discover().map_err(|e| e.to_string());
-    let proxy = match Proxy::start(wiring::low_ports(&shim)) {
+    let privileged = supervisor.privileged();
+    let via_shim = wiring::ViaShim(&*privileged);
+    let proxy = match Proxy::start(wiring::low_ports(&via_shim)) {
         Ok(proxy) => {
             let status = proxy.status();
             let also = if status.ipv6_note.is_none() { " (and on [::1])" } else { "" };
-            eprintln!(
-                "locald: proxy on https 127.0.0.1:{} and http 127.0.0.1:{}{also}",
-                status.https_port, status.http_port
+            tracing::info!(
+                "proxy on https 127.0.0.1:{} and http 127.0.0.1:{}{also}",
+                status.https_port,
+                status.http_port
             );
             if let Some(note) = &status.note {
-                eprintln!("locald: proxy not on 443/80: {note}");
+                tracing::warn!("proxy not on 443/80: {note}");
             }
             if let Some(note) = &status.ipv6_note {
-                eprintln!("locald: proxy not on ::1: {note}");
+                tracing::warn!("proxy not on ::1: {note}");
             }
             Some(proxy)
         }
         Err(e) => {
-            eprintln!("locald: no proxy: {e}");
+            tracing::warn!("no proxy: {e}");
             None
         }
     };
     let wiring = Wiring::start(&supervisor, proxy.clone());
-    eprintln!("locald: daemon {} listening on {}", std::process::id(), socket.display());
+    tracing::info!("daemon {} listening on {}", std::process::id(), socket.display());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| ServerError::Io(socket.clone(), e))?;
     let uid = nix::unistd::getuid().as_raw();

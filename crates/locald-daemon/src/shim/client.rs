@@ -40,6 +40,9 @@ pub enum ShimClientError {
     Spawn { path: PathBuf, source: std::io::Error },
     #[error("{message}")]
     Failed { class: Option<ExitClass>, message: String },
+    /// Asked of a daemon that found no usable shim when it started: why it found none.
+    #[error(transparent)]
+    Unavailable(std::sync::Arc<ShimClientError>),
 }
 
 impl ShimClientError {

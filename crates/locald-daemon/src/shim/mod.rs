@@ -2,6 +2,9 @@
 
 mod client;
 mod discovery;
+#[cfg(test)]
+pub mod fake;
+mod privileged;
 mod remove;
 
 pub use client::{PortOwner, Shim, ShimClientError};
@@ -9,4 +12,5 @@ pub use discovery::{
     DEFAULT_INSTALL_DIR, ENV_OVERRIDE, Insecure, NIXOS_WRAPPER, SHIM_NAME, candidates, check_dir_chain,
     check_trusted,
 };
+pub use privileged::{Privileged, Unavailable, discover};
 pub use remove::{RemoveError, force_remove_dir_all, force_remove_dir_all_blocking};

@@ -19,8 +19,10 @@ use locald_core::ipc::{ProjectStatus, ServiceState, ServiceStatus};
 
 use crate::container::prepare;
 use crate::logs::LogFile;
-use crate::shim::Shim;
+use crate::shim::{PortOwner, Privileged, ShimClientError};
+use locald_ca::CaError;
 use locald_ca::ca_bundle::{self, CaFiles};
+use locald_core::paths::PathError;
 use output::Sink;
 use service::{Control, Handle};
 
@@ -88,6 +90,8 @@ pub struct Supervisor {
     /// Sent to under the `projects` lock, so publications come in the order of the changes.
     running: watch::Sender<Running>,
     cgroups: Option<Arc<cgroup::Cgroups>>,
+    /// Found once when the daemon started.
+    privileged: Arc<dyn Privileged>,
 }
 
 /// Free ports that no other project of this daemon holds.
@@ -102,13 +106,25 @@ impl PortSource for DaemonPorts {
 }
 
 impl Supervisor {
-    pub fn new(state_dir: PathBuf) -> Self {
-        let owner = format!("{:016x}", fnv(state_dir.as_os_str().as_encoded_bytes()));
-        let cgroups = cgroup::Cgroups::detect(&owner).map(Arc::new);
-        let (running, _) = watch::channel(Running::default());
-        Self { state_dir, owner, projects: Mutex::new(BTreeMap::new()), running, cgroups }
+    pub fn new(state_dir: PathBuf, privileged: Arc<dyn Privileged>) -> Self {
+        Self::with_cgroups(state_dir, privileged, cgroup::Cgroups::detect)
     }
 
+    fn with_cgroups(
+        state_dir: PathBuf,
+        privileged: Arc<dyn Privileged>,
+        detect: fn(&str) -> Option<cgroup::Cgroups>,
+    ) -> Self {
+        let owner = format!("{:016x}", fnv(state_dir.as_os_str().as_encoded_bytes()));
+        let cgroups = detect(&owner).map(Arc::new);
+        let (running, _) = watch::channel(Running::default());
+        Self { state_dir, owner, projects: Mutex::new(BTreeMap::new()), running, cgroups, privileged }
+    }
+
+    /// What root does for this daemon, for everyone else in it that needs that.
+    pub fn privileged(&self) -> Arc<dyn Privileged> {
+        self.privileged.clone()
+    }
     /// Every set of running projects from now on, starting with the current one.
     pub fn running(&self) -> watch::Receiver<Running> {
         self.running.subscribe()
@@ -137,13 +153,13 @@ impl Supervisor {
 
     /// After a crash of the previous daemon: kill what it left running, then bring its projects
     /// up again. Returns the projects that could not be restored, with why.
-    pub fn recover(&self) -> Vec<(PathBuf, String)> {
+    pub fn recover(&self) -> Vec<(PathBuf, UpError)> {
         if let Some(cgroups) = &self.cgroups {
             cgroups.kill_leftovers();
         }
         let killed = process::kill_leftovers(&self.owner);
         if killed > 0 {
-            eprintln!("locald: stopped {killed} process(es) left by a previous daemon");
+            tracing::info!("stopped {killed} process(es) left by a previous daemon");
         }
         let dirs: Vec<PathBuf> = std::fs::read(self.projects_file())
             .ok()
@@ -152,7 +168,7 @@ impl Supervisor {
         let mut failed = Vec::new();
         for dir in dirs {
             if let Err(e) = self.up(&dir) {
-                failed.push((dir, e.to_string()));
+                failed.push((dir, e));
             }
         }
         self.persist();
@@ -165,7 +181,7 @@ impl Supervisor {
         let tmp = self.state_dir.join("projects.json.tmp");
         let json = serde_json::to_vec(&dirs).expect("paths serialize");
         if std::fs::write(&tmp, json).and_then(|()| std::fs::rename(&tmp, self.projects_file())).is_err() {
-            eprintln!("locald: cannot record the running projects in {}", self.state_dir.display());
+            tracing::warn!("cannot record the running projects in {}", self.state_dir.display());
         }
     }
 
@@ -189,6 +205,20 @@ impl Supervisor {
     /// Starts the project in `dir`, or returns the running one (`true` = it was running).
     pub fn up(&self, dir: &Path) -> Result<(Arc<Project>, bool), UpError> {
         let dir = dir.canonicalize().map_err(|e| UpError::Dir(dir.to_owned(), e))?;
+        match self.up_locked(dir) {
+            // Naming the holder spawns the shim, so it waits until the projects lock is free:
+            // a slow shim must not stall every other request of the daemon.
+            Err(UpError::PortInUse { file, service, port, owner: None }) => {
+                let owner = crate::doctor::port_owner(&*self.privileged, port);
+                Err(UpError::PortInUse { file, service, port, owner })
+            }
+            other => other,
+        }
+    }
+
+    /// The part of [`Supervisor::up`] under the projects lock; it never runs the shim (a
+    /// container's shim is started later, by its service's task).
+    fn up_locked(&self, dir: PathBuf) -> Result<(Arc<Project>, bool), UpError> {
         // One lock from lookup to insert, and nothing in between awaits: two `up`s of the same
         // project can never both start it.
         let mut projects = self.projects.lock().unwrap_or_else(|e| e.into_inner());
@@ -198,7 +228,7 @@ impl Supervisor {
         let taken = projects.values().flat_map(|p| p.config.services.iter().map(|s| s.port)).collect();
         let config = config::load(&dir, &mut DaemonPorts(taken))?;
         check_ports_free(&config)?;
-        let runtime = container_runtime(&config)?;
+        let runtime = container_runtime(&config, &self.privileged)?;
         let ca_files = ca_files(&config)?;
         let log_dir = self.log_dir(&dir);
         let (live, _) = broadcast::channel(4096);
@@ -317,61 +347,84 @@ fn fnv(bytes: &[u8]) -> u64 {
     hash
 }
 
+/// Why `up` started nothing. `file` is the project's `locald.toml`, `service` the one at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum UpError {
     #[error("{0}: {1}")]
     Dir(PathBuf, std::io::Error),
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("{0}")]
-    Unsupported(String),
+    #[error(
+        "{}: service {service:?} runs in a container, which needs Linux; on {} run this project in locald's \
+         Lima VM, which shares your home: `locald-lima up` (the flake's packages.lima), or \
+         `limactl start --name=locald lima/locald.yaml` once and then `limactl shell locald locald up` here",
+        .file.display(),
+        platform_name(.os)
+    )]
+    Unsupported { file: PathBuf, service: String, os: String },
     #[error("cannot open logs in {0}: {1}")]
     Logs(PathBuf, std::io::Error),
-    #[error("{0}")]
-    PortInUse(String),
-    #[error("{0}")]
-    Container(String),
-    #[error("{0}")]
-    Ca(String),
+    /// `owner`: who holds it, when the shim could say.
+    #[error(
+        "{}: service {service:?} wants port {port}, which is already in use by {} — stop it or choose another port",
+        .file.display(),
+        crate::doctor::describe_owner(.owner.as_ref())
+    )]
+    PortInUse { file: PathBuf, service: String, port: u16, owner: Option<PortOwner> },
+    #[error("{}: service {service:?}: {source}", .file.display())]
+    Image { file: PathBuf, service: String, source: Box<prepare::PrepareError> },
+    #[error(
+        "{}: service {service:?} runs in a container, which needs the setuid locald-shim: {source}",
+        .file.display()
+    )]
+    NoShim { file: PathBuf, service: String, source: Arc<ShimClientError> },
+    #[error("no cache directory for images: {0}")]
+    ImageCache(#[source] PathError),
+    #[error("{}: service {service:?} has trust_local_ca: {source}", .file.display())]
+    Ca { file: PathBuf, service: String, source: CaError },
+}
+
+fn platform_name(os: &str) -> &str {
+    if os == "macos" { "macOS" } else { os }
 }
 
 /// The CA bundle, written afresh (the system's roots may have changed since the last `up`) when
 /// a service of the project opts in to `trust_local_ca`.
 fn ca_files(config: &Config) -> Result<Option<CaFiles>, UpError> {
     let Some(first) = config.services.iter().find(|s| s.trust_local_ca) else { return Ok(None) };
-    ca_bundle::prepare().map(Some).map_err(|e| {
-        UpError::Ca(format!(
-            "{}: service {:?} has trust_local_ca: {e}",
-            config.project.source.display(),
-            first.name
-        ))
+    ca_bundle::prepare().map(Some).map_err(|source| UpError::Ca {
+        file: config.project.source.clone(),
+        service: first.name.clone(),
+        source,
     })
 }
 
 /// What containers of this project need, checked before anything starts: local images that
 /// exist, a platform that runs them, and a trustworthy shim. `None` when there are no image
 /// services.
-fn container_runtime(config: &Config) -> Result<Option<Arc<prepare::Runtime>>, UpError> {
+fn container_runtime(
+    config: &Config,
+    privileged: &Arc<dyn Privileged>,
+) -> Result<Option<Arc<prepare::Runtime>>, UpError> {
     refuse_containers_off_linux(config, std::env::consts::OS)?;
-    let source = config.project.source.display();
+    let file = || config.project.source.clone();
     let mut first = None;
     for service in &config.services {
         let Some(container) = &service.container else { continue };
-        prepare::check(&config.project.dir, service, container)
-            .map_err(|e| UpError::Container(format!("{source}: service {:?}: {e}", service.name)))?;
+        prepare::check(&config.project.dir, service, container).map_err(|source| UpError::Image {
+            file: file(),
+            service: service.name.clone(),
+            source: Box::new(source),
+        })?;
         first.get_or_insert(service.name.as_str());
     }
     let Some(name) = first else { return Ok(None) };
-    let shim = Shim::discover().map_err(|e| {
-        UpError::Container(format!(
-            "{source}: service {name:?} runs in a container, which needs the setuid locald-shim: {e}"
-        ))
-    })?;
-    let cache = locald_core::paths::cache_dir()
-        .map_err(|e| UpError::Container(format!("no cache directory for images: {e}")))?
-        .join("images");
+    if let Some(source) = privileged.unavailable() {
+        return Err(UpError::NoShim { file: file(), service: name.to_owned(), source });
+    }
+    let cache = locald_core::paths::cache_dir().map_err(UpError::ImageCache)?.join("images");
     Ok(Some(Arc::new(prepare::Runtime {
-        shim,
+        shim: privileged.clone(),
         cache,
         uid: nix::unistd::getuid().as_raw(),
         gid: nix::unistd::getgid().as_raw(),
@@ -386,31 +439,27 @@ fn refuse_containers_off_linux(config: &Config, os: &str) -> Result<(), UpError>
     if os == "linux" {
         return Ok(());
     }
-    let platform = if os == "macos" { "macOS" } else { os };
-    Err(UpError::Unsupported(format!(
-        "{}: service {:?} runs in a container, which needs Linux; on {platform} run this project in locald's \
-         Lima VM, which shares your home: `locald-lima up` (the flake's packages.lima), or \
-         `limactl start --name=locald lima/locald.yaml` once and then `limactl shell locald locald up` here",
-        config.project.source.display(),
-        service.name
-    )))
+    Err(UpError::Unsupported {
+        file: config.project.source.clone(),
+        service: service.name.clone(),
+        os: os.to_owned(),
+    })
 }
 
 /// A port written in `locald.toml` that something else already holds fails `up` before anything
-/// starts, naming the holder (through the shim's `debug port` when it is installed). Assigned
+/// starts; [`Supervisor::up`] then names the holder (through the shim's `debug port`). Assigned
 /// ports are left alone: they were found free a moment ago, and probing again would only catch
 /// another daemon's probe of the same port (projects of the same name get the same preferred
 /// port) and refuse a project for a port nobody holds.
 fn check_ports_free(config: &Config) -> Result<(), UpError> {
     for service in config.services.iter().filter(|s| s.port_written) {
         if !ports::is_free(service.port) {
-            return Err(UpError::PortInUse(format!(
-                "{}: service {:?} wants port {}, which is already in use by {} — stop it or choose another port",
-                config.project.source.display(),
-                service.name,
-                service.port,
-                crate::doctor::port_owner(service.port)
-            )));
+            return Err(UpError::PortInUse {
+                file: config.project.source.clone(),
+                service: service.name.clone(),
+                port: service.port,
+                owner: None,
+            });
         }
     }
     Ok(())
@@ -442,6 +491,72 @@ mod tests {
         let refused = check_ports_free(&config(port, true)).unwrap_err().to_string();
         assert!(refused.contains(&format!("wants port {port}, which is already in use")), "{refused}");
         assert!(check_ports_free(&config(port, false)).is_ok(), "an assigned port is not probed again");
+    }
+
+    /// A supervisor without cgroups (tests must not leave cgroups behind) asking `privileged`.
+    fn supervisor(state: &Path, privileged: Arc<dyn Privileged>) -> Arc<Supervisor> {
+        Arc::new(Supervisor::with_cgroups(state.to_owned(), privileged, |_| None))
+    }
+
+    fn project(toml: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("locald.toml"), toml).unwrap();
+        dir
+    }
+
+    #[test]
+    fn naming_a_ports_holder_runs_the_shim_only_once_the_projects_lock_is_free() {
+        use crate::shim::fake::{Call, Fake};
+        use std::sync::{OnceLock, Weak};
+        let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = holder.local_addr().unwrap().port();
+        let dir = project(&format!("[services.web]\ncommand = \"sleep 60\"\nport = {port}\n"));
+        let state = tempfile::tempdir().unwrap();
+
+        let watched: Arc<OnceLock<Weak<Supervisor>>> = Arc::default();
+        let seen = watched.clone();
+        let owner = PortOwner { process: Some((7, "nginx".into())), uid: 1000 };
+        let fake = Fake::new()
+            .with_owners(vec![owner])
+            .before_each(move |call| {
+                let supervisor = seen.get().and_then(Weak::upgrade).expect("the supervisor is alive");
+                assert!(supervisor.projects.try_lock().is_ok(), "{call:?} ran under the projects lock");
+            })
+            .shared();
+        let supervisor = supervisor(state.path(), fake.clone());
+        watched.set(Arc::downgrade(&supervisor)).unwrap();
+
+        let refused = supervisor.up(dir.path()).err().expect("the port is taken");
+        assert!(
+            refused.to_string().contains(&format!(
+                "wants port {port}, which is already in use by pid 7 (uid 1000, nginx) — "
+            )),
+            "{refused}"
+        );
+        assert_eq!(fake.calls(), [Call::DebugPort(port)]);
+        assert!(supervisor.all().is_empty(), "nothing started");
+    }
+
+    #[test]
+    fn a_container_project_without_a_shim_is_refused_with_the_discovery_reason() {
+        let dir = project("[services.db]\nimage = \"./rootfs\"\ncommand = \"true\"\n");
+        std::fs::create_dir_all(dir.path().join("rootfs/bin")).unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let reason = ShimClientError::NotFound { reasons: "/x/locald-shim does not exist".into() };
+        let supervisor = supervisor(state.path(), Arc::new(crate::shim::Unavailable::new(reason)));
+
+        let refused = supervisor.up(dir.path()).err().expect("no shim, no container");
+        let text = refused.to_string();
+        assert!(
+            text.ends_with(
+                "service \"db\" runs in a container, which needs the setuid locald-shim: \
+                 no usable locald-shim: /x/locald-shim does not exist — run `sudo locald admin setup`"
+            ),
+            "{text}"
+        );
+        let cause = std::error::Error::source(&refused).expect("the reason is kept as the cause");
+        assert!(cause.to_string().starts_with("no usable locald-shim"), "{cause}");
+        assert!(supervisor.all().is_empty(), "nothing started");
     }
 
     #[test]

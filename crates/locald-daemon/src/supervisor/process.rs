@@ -10,6 +10,7 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, killpg};
@@ -21,7 +22,7 @@ use tokio::net::unix::pipe;
 use locald_core::config::Service;
 
 use super::cgroup::ServiceCgroup;
-use crate::shim::Shim;
+use crate::shim::Privileged;
 
 /// Every process the daemon starts carries this variable: `<owner>` names the state dir of
 /// the daemon that started it, so a later daemon on the same state can find leftovers of a
@@ -119,9 +120,9 @@ fn watch(mut child: std::process::Child) -> io::Result<(u32, AsyncFd<OwnedFd>, O
 
 /// Starts `locald-shim bundle run` for a prepared bundle; the shim's stdout and stderr are the
 /// container's.
-pub fn spawn_container(shim: &Shim, bundle: &Path, id: &str) -> io::Result<(Running, Output)> {
+pub fn spawn_container(shim: &Arc<dyn Privileged>, bundle: &Path, id: &str) -> io::Result<(Running, Output)> {
     let (ours, theirs) = UnixStream::pair()?;
-    let mut cmd = shim.bundle_run(bundle, id, theirs.as_raw_fd());
+    let mut cmd = shim.bundle_run(bundle, id, theirs.as_raw_fd()).map_err(io::Error::other)?;
     // Its own group: a terminal's Ctrl-C to the daemon must not reach the shim directly.
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
     // The shim hands the container the limits it was started with.

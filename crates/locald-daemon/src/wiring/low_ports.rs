@@ -1,21 +1,25 @@
-//! Ports 443 and 80 for the proxy, from `locald-shim bind`.
+//! Ports 443 and 80 for the proxy, from `locald-shim bind` through the daemon's one
+//! [`Privileged`] boundary.
 
 use std::net::{IpAddr, TcpListener};
 
 use locald_proxy::{LowPorts, LowPortsError};
 
-use crate::shim::Shim;
+use crate::shim::Privileged;
 
-impl LowPorts for Shim {
+/// The proxy's view of the privileged boundary: only `bind`.
+pub struct ViaShim<'a>(pub &'a dyn Privileged);
+
+impl LowPorts for ViaShim<'_> {
     fn bind_low(&self, port: u16, address: IpAddr) -> Result<TcpListener, LowPortsError> {
-        Ok(self.bind(port, Some(address))?)
+        Ok(self.0.bind(port, Some(address))?)
     }
 }
 
-/// The shim as the proxy's [`LowPorts`], or why there is none (the proxy's note says it).
-pub fn low_ports(shim: &Result<Shim, String>) -> Result<&dyn LowPorts, String> {
-    match shim {
-        Ok(shim) => Ok(shim),
-        Err(why) => Err(why.clone()),
+/// The boundary as the proxy's [`LowPorts`], or why there is no shim (the proxy's note says it).
+pub fn low_ports<'a>(privileged: &'a ViaShim<'a>) -> Result<&'a dyn LowPorts, String> {
+    match privileged.0.unavailable() {
+        None => Ok(privileged),
+        Some(why) => Err(why.to_string()),
     }
 }

@@ -15,10 +15,10 @@ use tokio::sync::watch;
 use locald_proxy::{ProjectRoutes, Proxy, ServiceRoutes};
 
 use crate::supervisor::{Project, Running, Supervisor};
-pub use low_ports::low_ports;
+pub use low_ports::{ViaShim, low_ports};
 
 /// How `/etc/hosts` is made to list exactly these names ([`crate::hosts::sync`]).
-type HostsSync = Arc<dyn Fn(&[String]) -> Result<(), String> + Send + Sync>;
+type HostsSync = Arc<dyn Fn(&[String]) -> Result<(), crate::hosts::HostsError> + Send + Sync>;
 
 /// What request handlers hold of the wiring: how far it has applied the publications.
 #[derive(Clone)]
@@ -30,7 +30,12 @@ impl Wiring {
     /// Routes what runs now at once (what a start recovered: `/etc/hosts` is left as the last
     /// daemon left it, as before), then follows every later publication with routes and hosts.
     pub fn start(supervisor: &Supervisor, proxy: Option<Arc<Proxy>>) -> Self {
-        Self::start_with(supervisor, proxy, Arc::new(crate::hosts::sync))
+        let privileged = supervisor.privileged();
+        Self::start_with(
+            supervisor,
+            proxy,
+            Arc::new(move |names: &[String]| crate::hosts::sync(&*privileged, names)),
+        )
     }
 
     fn start_with(supervisor: &Supervisor, proxy: Option<Arc<Proxy>>, hosts: HostsSync) -> Self {

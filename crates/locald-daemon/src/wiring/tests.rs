@@ -12,7 +12,7 @@ async fn a_change_is_in_hosts_when_its_generation_is_applied_with_the_names_the_
     let state = tempfile::tempdir().unwrap();
     let project = tempfile::tempdir().unwrap();
     std::fs::write(project.path().join("locald.toml"), SHOP).unwrap();
-    let supervisor = Supervisor::new(state.path().to_owned());
+    let supervisor = Supervisor::new(state.path().to_owned(), crate::shim::fake::Fake::new().shared());
     let synced: Arc<Mutex<Vec<Vec<String>>>> = Arc::default();
     let record = synced.clone();
     let wiring = Wiring::start_with(

@@ -1,9 +1,9 @@
 use std::process::ExitCode;
 
-use locald_daemon::shim::Shim;
+use locald_daemon::shim;
 
 pub fn run(port: u16) -> anyhow::Result<ExitCode> {
-    let owners = Shim::discover()?.debug_port(port)?;
+    let owners = shim::discover().debug_port(port)?;
     if owners.is_empty() {
         println!("nothing listens on port {port}");
     }

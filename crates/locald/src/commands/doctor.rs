@@ -6,7 +6,7 @@ use locald_core::ipc::{Request, Response};
 use super::client::Client;
 
 pub fn run(json: bool) -> anyhow::Result<ExitCode> {
-    let mut report = locald_daemon::doctor::run();
+    let mut report = locald_daemon::doctor::run(&*locald_daemon::shim::discover());
     let proxy = proxy_status();
     if let Some(Some(proxy)) = &proxy
         && proxy.via_shim

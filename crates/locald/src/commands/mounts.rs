@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use locald_daemon::shim::Shim;
+use locald_daemon::shim;
 
 pub fn mount(image: &Path, name: Option<String>, fstype: &str, read_write: bool) -> anyhow::Result<ExitCode> {
     // The shim follows no symlink, so hand it the real paths.
@@ -17,8 +17,11 @@ pub fn mount(image: &Path, name: Option<String>, fstype: &str, read_write: bool)
     };
     check_name(&name)?;
     let target = mounts_dir()?.join(&name);
+    let shim = shim::discover();
+    if let Some(reason) = shim.unavailable() {
+        return Err(reason.into());
+    }
     fs::create_dir(&target).with_context(|| format!("cannot create mount point {}", target.display()))?;
-    let shim = Shim::discover()?;
     if let Err(e) = shim.mount_loop(&image, &target, fstype, read_write) {
         let _ = fs::remove_dir(&target);
         return Err(e).context(format!("mount {}", image.display()));
@@ -31,7 +34,11 @@ pub fn mount(image: &Path, name: Option<String>, fstype: &str, read_write: bool)
 pub fn unmount(name: &str) -> anyhow::Result<ExitCode> {
     check_name(name)?;
     let target = mounts_dir()?.join(name);
-    Shim::discover()?.unmount_loop(&target).with_context(|| format!("unmount {name}"))?;
+    let shim = shim::discover();
+    if let Some(reason) = shim.unavailable() {
+        return Err(reason.into());
+    }
+    shim.unmount_loop(&target).with_context(|| format!("unmount {name}"))?;
     fs::remove_dir(&target).with_context(|| format!("remove {}", target.display()))?;
     println!("unmounted {}", target.display());
     Ok(ExitCode::SUCCESS)

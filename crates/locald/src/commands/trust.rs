@@ -109,7 +109,7 @@ fn nss(action: Action, t: &Target) -> bool {
 }
 
 /// Says what became of the CA in `place`; false when the change failed.
-fn report(action: Action, place: &str, result: Result<(), String>) -> bool {
+fn report(action: Action, place: &str, result: Result<(), trust::TrustError>) -> bool {
     match result {
         Ok(()) if action == Action::Trust => println!("trusted in {place}"),
         Ok(()) => println!("removed from {place}"),

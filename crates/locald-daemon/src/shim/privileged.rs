@@ -1,0 +1,165 @@
+//! The privileged boundary as one trait: everything the daemon asks of root goes through a
+//! [`Privileged`], found once when the process starts ([`discover`]) and handed to whoever needs
+//! it. Discovery checks a directory chain and spawns the shim for a handshake; doing that once
+//! keeps it off hot paths and out of locked sections, and gives every caller the same answer.
+
+use std::net::{IpAddr, TcpListener};
+use std::os::fd::RawFd;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+
+use super::{PortOwner, Shim, ShimClientError};
+
+/// What root does for the daemon. [`Shim`] does it through `locald-shim`; [`Unavailable`] answers
+/// every request with why there is no usable shim.
+pub trait Privileged: Send + Sync + std::fmt::Debug {
+    /// Why there is no usable shim: `None` when there is one.
+    fn unavailable(&self) -> Option<Arc<ShimClientError>>;
+    /// A listening socket on privileged `port`.
+    fn bind(&self, port: u16, address: Option<IpAddr>) -> Result<TcpListener, ShimClientError>;
+    /// Makes the caller's `/etc/hosts` block map exactly `domains` to loopback.
+    fn sync_hosts(&self, domains: &[String]) -> Result<(), ShimClientError>;
+    /// Removes `path` (inside a `.locald` directory) although root owns parts of it.
+    fn cleanup(&self, path: &Path) -> Result<(), ShimClientError>;
+    fn mount_loop(
+        &self,
+        image: &Path,
+        target: &Path,
+        fstype: &str,
+        read_write: bool,
+    ) -> Result<(), ShimClientError>;
+    fn unmount_loop(&self, target: &Path) -> Result<(), ShimClientError>;
+    /// Who listens on `port`: one entry per process.
+    fn debug_port(&self, port: u16) -> Result<Vec<PortOwner>, ShimClientError>;
+    /// The command that runs the bundle at `bundle` as container `id`, `control` as its fd 3
+    /// (see [`Shim::bundle_run`]); the caller spawns it.
+    fn bundle_run(&self, bundle: &Path, id: &str, control: RawFd) -> Result<Command, ShimClientError>;
+}
+
+/// The daemon's (and the CLI's) one way to find the shim: `$LOCALD_SHIM`, else the standard
+/// places, checked and handshaken now, once.
+pub fn discover() -> Arc<dyn Privileged> {
+    match Shim::discover() {
+        Ok(shim) => Arc::new(shim),
+        Err(reason) => Arc::new(Unavailable::new(reason)),
+    }
+}
+
+impl Privileged for Shim {
+    fn unavailable(&self) -> Option<Arc<ShimClientError>> {
+        None
+    }
+
+    fn bind(&self, port: u16, address: Option<IpAddr>) -> Result<TcpListener, ShimClientError> {
+        Shim::bind(self, port, address)
+    }
+
+    fn sync_hosts(&self, domains: &[String]) -> Result<(), ShimClientError> {
+        Shim::sync_hosts(self, domains)
+    }
+
+    fn cleanup(&self, path: &Path) -> Result<(), ShimClientError> {
+        Shim::cleanup(self, path)
+    }
+
+    fn mount_loop(
+        &self,
+        image: &Path,
+        target: &Path,
+        fstype: &str,
+        read_write: bool,
+    ) -> Result<(), ShimClientError> {
+        Shim::mount_loop(self, image, target, fstype, read_write)
+    }
+
+    fn unmount_loop(&self, target: &Path) -> Result<(), ShimClientError> {
+        Shim::unmount_loop(self, target)
+    }
+
+    fn debug_port(&self, port: u16) -> Result<Vec<PortOwner>, ShimClientError> {
+        Shim::debug_port(self, port)
+    }
+
+    fn bundle_run(&self, bundle: &Path, id: &str, control: RawFd) -> Result<Command, ShimClientError> {
+        Ok(Shim::bundle_run(self, bundle, id, control))
+    }
+}
+
+/// No usable shim: every request fails with the reason discovery gave.
+#[derive(Debug, Clone)]
+pub struct Unavailable {
+    reason: Arc<ShimClientError>,
+}
+
+impl Unavailable {
+    pub fn new(reason: ShimClientError) -> Self {
+        Self { reason: Arc::new(reason) }
+    }
+
+    fn refuse<T>(&self) -> Result<T, ShimClientError> {
+        Err(ShimClientError::Unavailable(self.reason.clone()))
+    }
+}
+
+impl Privileged for Unavailable {
+    fn unavailable(&self) -> Option<Arc<ShimClientError>> {
+        Some(self.reason.clone())
+    }
+
+    fn bind(&self, _: u16, _: Option<IpAddr>) -> Result<TcpListener, ShimClientError> {
+        self.refuse()
+    }
+
+    fn sync_hosts(&self, _: &[String]) -> Result<(), ShimClientError> {
+        self.refuse()
+    }
+
+    fn cleanup(&self, _: &Path) -> Result<(), ShimClientError> {
+        self.refuse()
+    }
+
+    fn mount_loop(&self, _: &Path, _: &Path, _: &str, _: bool) -> Result<(), ShimClientError> {
+        self.refuse()
+    }
+
+    fn unmount_loop(&self, _: &Path) -> Result<(), ShimClientError> {
+        self.refuse()
+    }
+
+    fn debug_port(&self, _: u16) -> Result<Vec<PortOwner>, ShimClientError> {
+        self.refuse()
+    }
+
+    fn bundle_run(&self, _: &Path, _: &str, _: RawFd) -> Result<Command, ShimClientError> {
+        self.refuse()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_a_shim_every_request_fails_with_the_discovery_reason_in_its_words() {
+        let reason = ShimClientError::NotFound { reasons: "/x/locald-shim does not exist".into() };
+        let text = reason.to_string();
+        let none = Unavailable::new(reason);
+        assert_eq!(none.unavailable().map(|r| r.to_string()).as_deref(), Some(text.as_str()));
+        let errors = [
+            none.bind(443, None).unwrap_err(),
+            none.sync_hosts(&["a.test".into()]).unwrap_err(),
+            none.cleanup(Path::new("/p/.locald")).unwrap_err(),
+            none.mount_loop(Path::new("i"), Path::new("t"), "ext4", false).unwrap_err(),
+            none.unmount_loop(Path::new("t")).unwrap_err(),
+            none.debug_port(80).unwrap_err(),
+            none.bundle_run(Path::new("b"), "id", 3).unwrap_err(),
+        ];
+        for error in errors {
+            assert_eq!(error.to_string(), text);
+            assert!(
+                matches!(&error, ShimClientError::Unavailable(r) if matches!(**r, ShimClientError::NotFound { .. }))
+            );
+        }
+    }
+}
