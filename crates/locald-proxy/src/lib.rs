@@ -9,6 +9,9 @@
 // Everything but the API the daemon uses is the crate's own.
 #![warn(unreachable_pub)]
 
+#[macro_use]
+mod write_through;
+
 mod activity;
 mod forward;
 mod h1;
