@@ -1,14 +1,14 @@
 //! The locald daemon as a library. It runs as the user and never gains privileges; everything
 //! that needs root is a request to `locald-shim` through [`shim`].
 
-pub mod container;
+mod container;
 pub mod daemon_log;
 pub mod doctor;
-pub mod health;
-pub mod hosts;
-pub mod logs;
-pub mod nofile;
+mod health;
+mod hosts;
+mod logs;
+mod nofile;
 pub mod server;
 pub mod shim;
-pub mod supervisor;
-pub mod wiring;
+mod supervisor;
+mod wiring;
