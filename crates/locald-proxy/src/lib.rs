@@ -28,6 +28,8 @@ pub use routes::{ProjectRoutes, ServiceNow, ServiceRoutes, ServiceView};
 #[cfg(test)]
 mod routing_tests;
 #[cfg(test)]
+mod service_cap_tests;
+#[cfg(test)]
 mod tests;
 
 use std::convert::Infallible;

@@ -11,7 +11,7 @@ use super::tests::{recorder, short_limits, start};
 use super::*;
 
 /// A service whose state the test sets, recording what the proxy asked of it.
-struct Fake {
+pub(super) struct Fake {
     now: Mutex<ServiceNow>,
     lines: Vec<String>,
     asked_lines: Mutex<Vec<usize>>,
@@ -38,15 +38,15 @@ impl ServiceView for Fake {
     }
 }
 
-fn service(name: &str, port: u16, hosts: &[&str], view: Arc<Fake>) -> ServiceRoutes {
+pub(super) fn service(name: &str, port: u16, hosts: &[&str], view: Arc<Fake>) -> ServiceRoutes {
     ServiceRoutes { name: name.into(), port, hosts: hosts.iter().map(|h| h.to_string()).collect(), view }
 }
 
-fn project(name: &str, https_redirect: bool, services: Vec<ServiceRoutes>) -> ProjectRoutes {
+pub(super) fn project(name: &str, https_redirect: bool, services: Vec<ServiceRoutes>) -> ProjectRoutes {
     ProjectRoutes { name: name.into(), https_redirect, services }
 }
 
-fn running() -> Arc<Fake> {
+pub(super) fn running() -> Arc<Fake> {
     Fake::new(ServiceState::Running, None, &[])
 }
 

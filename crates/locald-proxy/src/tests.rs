@@ -80,7 +80,7 @@ impl TestProxy {
     }
 
     /// An HTTP/2 client over a TLS connection for `sni`.
-    async fn h2(
+    pub(super) async fn h2(
         &self,
         sni: &str,
     ) -> (hyper::client::conn::http2::SendRequest<Empty<Bytes>>, tokio::task::JoinHandle<()>) {
