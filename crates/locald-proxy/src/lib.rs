@@ -242,7 +242,9 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let route = |host: &str| forwardable(&shared, host, peer.tls, sni.as_deref());
-    if let h1::Outcome::Fallback(io) = h1::serve(io, peer, shared.limits.header, route).await {
+    if let h1::Outcome::Fallback(io) =
+        h1::serve(io, peer, shared.limits.header, activity.clone(), route).await
+    {
         serve(TokioIo::new(io), shared.clone(), peer, sni, activity).await;
     }
 }

@@ -102,3 +102,44 @@ async fn one_h2_client_has_at_most_its_share_of_requests_at_a_service() {
     }
     assert_eq!(slow.most.load(Ordering::SeqCst), CAP);
 }
+
+#[tokio::test]
+async fn a_fast_path_client_waiting_for_its_answer_is_not_evicted_as_idle() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let limits = limits::Limits { max_clients: 2, ..short_limits() };
+    let proxy = start(limits).await;
+    let slow = slow_service();
+    proxy
+        .shared
+        .routes
+        .set(RouteTable::build(&[project("t", false, vec![service("web", slow.port, &["t.localhost"], running())])]));
+
+    // A plain HTTP/1.1 request takes the fast path and waits at the service, moving no bytes.
+    let mut waiting = tokio::net::TcpStream::connect(proxy.http).await.unwrap();
+    waiting.write_all(b"GET / HTTP/1.1\r\nHost: t.localhost\r\n\r\n").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while slow.held.load(Ordering::SeqCst) < 1 {
+        assert!(Instant::now() < deadline, "the request never reached the service");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Later than the waiting one's last byte, so more recently active: an idle connection.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let mut idle = tokio::net::TcpStream::connect(proxy.http).await.unwrap();
+    while proxy.shared.admission.admitted() < 2 {
+        assert!(Instant::now() < deadline, "the idle connection was never admitted");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // At the cap, a third connection makes room: the idle one must go, not the waiting one.
+    let _third = tokio::net::TcpStream::connect(proxy.http).await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(2), idle.read_to_end(&mut rest))
+        .await
+        .expect("the idle connection is closed to make room")
+        .unwrap();
+
+    slow.release.store(true, Ordering::SeqCst);
+    let mut answer = [0u8; 128];
+    let n = tokio::time::timeout(Duration::from_secs(5), waiting.read(&mut answer)).await.unwrap().unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n") && answer.ends_with("ok"), "{answer:?}");
+}

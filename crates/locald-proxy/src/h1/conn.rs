@@ -2,6 +2,7 @@
 //! service (or a new one), relay the answer, and again.
 
 use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
@@ -17,6 +18,7 @@ use super::codec::{
 };
 use super::{MAX_HEAD, Outcome, Prefixed, READ_CHUNK, Target};
 use crate::Body;
+use crate::activity::Activity;
 use crate::forward::Peer;
 
 /// The client connection's kept connection to a service.
@@ -27,11 +29,14 @@ struct Upstream {
 }
 
 /// Serves the client connection until it closes or needs hyper's path. `route` maps a `Host`
-/// to the service it may be forwarded to, `None` for anything hyper's path must answer.
+/// to the service it may be forwarded to, `None` for anything hyper's path must answer. Each
+/// forwarded request is open in `activity` until its answer is relayed, so a client waiting for
+/// a slow service is busy, not idle, to the admission's eviction.
 pub(crate) async fn serve<S, T, R>(
     mut client: S,
     peer: Peer,
     header_timeout: Duration,
+    activity: Arc<Activity>,
     route: R,
 ) -> Outcome<S>
 where
@@ -62,6 +67,7 @@ where
             }
         };
         let port = target.port();
+        let _open = activity.begin();
 
         // Every reuse is checked: bytes the service sent after the end of its last answer (a
         // body after a HEAD, 204 or 304, more than its length, a response ahead of any request)

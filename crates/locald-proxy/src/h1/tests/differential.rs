@@ -233,7 +233,15 @@ async fn run(path: Path, exchanges: &[Exchange]) -> Run {
     tokio::spawn(async move {
         if path == Path::Fast {
             let route = |host: &str| routed(host).then_some(App(port));
-            if let Outcome::Fallback(rest) = serve(server, PEER, Duration::from_secs(30), route).await {
+            if let Outcome::Fallback(rest) = serve(
+                server,
+                PEER,
+                Duration::from_secs(30),
+                std::sync::Arc::new(crate::activity::Activity::new()),
+                route,
+            )
+            .await
+            {
                 hyper_path(rest, port).await;
             }
         } else {

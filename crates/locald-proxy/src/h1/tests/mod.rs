@@ -96,7 +96,16 @@ pub(super) const PEER: Peer = Peer {
 pub(super) fn proxy(port: u16) -> (DuplexStream, tokio::task::JoinHandle<Outcome<DuplexStream>>) {
     let (client, server) = tokio::io::duplex(1 << 20);
     let route = move |host: &str| (host == "app.localhost").then_some(Port(port));
-    (client, tokio::spawn(serve(server, PEER, Duration::from_secs(30), route)))
+    (
+        client,
+        tokio::spawn(serve(
+            server,
+            PEER,
+            Duration::from_secs(30),
+            std::sync::Arc::new(crate::activity::Activity::new()),
+            route,
+        )),
+    )
 }
 
 /// Reads one response with a `content-length` (or none: until the end) from the client side.
