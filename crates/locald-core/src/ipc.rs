@@ -60,6 +60,12 @@ pub enum Request {
     ConfigShow {
         dir: PathBuf,
     },
+    /// Restart a running project's services when files their `watch` globs name change
+    /// (`on = false`: stop watching).
+    Watch {
+        dir: PathBuf,
+        on: bool,
+    },
     /// Stop every project, then exit.
     Shutdown,
 }
@@ -103,6 +109,10 @@ pub enum Response {
     },
     Log(LogLine),
     Config(Box<Config>),
+    /// `watch`: the services watched, each with its globs.
+    Watching {
+        services: Vec<(String, Vec<String>)>,
+    },
     Ok,
     Error {
         message: String,
@@ -189,6 +199,9 @@ pub struct ProjectStatus {
     pub dir: PathBuf,
     pub domain: String,
     pub services: Vec<ServiceStatus>,
+    /// Files are watched (`locald up --watch`).
+    #[serde(default)]
+    pub watching: bool,
     /// Loop mounts made with `locald mount`; filled in by the CLI from the mount table.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mounts: Vec<MountStatus>,
@@ -249,6 +262,9 @@ pub struct ServiceStatus {
     /// Since the current process started.
     pub uptime_secs: Option<u64>,
     pub exit_code: Option<i32>,
+    /// The last restart a file change caused: `src/app.py (and 2 more) changed 12s ago`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changed: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -11,4 +11,5 @@ mod nofile;
 pub mod server;
 pub mod shim;
 mod supervisor;
+mod watch;
 mod wiring;

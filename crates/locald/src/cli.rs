@@ -45,7 +45,19 @@ pub enum Command {
     },
     /// Start the project in DIR (default: here) and wait until every service is ready; attaches
     /// to it when it is already up.
-    Up { dir: Option<PathBuf> },
+    Up {
+        dir: Option<PathBuf>,
+        /// Then restart services when files their `watch` globs name change.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// `up --watch`: start the project (or attach to it) and restart services when files their
+    /// `watch` globs name change; `--stop` ends the watch and leaves the services running.
+    Watch {
+        dir: Option<PathBuf>,
+        #[arg(long)]
+        stop: bool,
+    },
     /// Stop the project's services and forget it.
     Down { dir: Option<PathBuf> },
     /// Every project and service: state, pid, port, URL, health, restarts, uptime.

@@ -69,6 +69,22 @@ pub struct Service {
     pub stop_signal: i32,
     #[serde(with = "duration_text")]
     pub stop_timeout: Duration,
+    /// What restarts it when files change, with `locald up --watch`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watch: Option<Watch>,
+}
+
+/// A service's file watch: `paths` and `ignore` are globs relative to the project directory
+/// (`src/**`, `package.json`, `**/*.tmp`); `.gitignore`, `.git/` and `.locald/` are never
+/// watched.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Watch {
+    pub paths: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ignore: Vec<String>,
+    /// A build step run in the service's directory with its environment before it restarts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_change: Option<Command>,
 }
 
 impl Service {

@@ -60,6 +60,13 @@ pub struct RawService {
     pub memory: Option<Spanned<Size>>,
     /// Image services only: the most tasks the container may hold.
     pub pids: Option<Spanned<i64>>,
+    /// Globs, relative to the project directory, whose changes restart the service (with
+    /// `locald up --watch`).
+    pub watch: Option<Vec<Spanned<String>>>,
+    /// Globs that never restart it, beside `.gitignore`.
+    pub ignore: Option<Vec<Spanned<String>>>,
+    /// Run before a restart caused by a change; a failure keeps the running copy.
+    pub on_change: Option<Spanned<RawCommand>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -8,6 +8,7 @@ use std::time::Duration;
 use toml::Spanned;
 
 mod names;
+mod watch;
 
 #[cfg(test)]
 use names::suffix_from;
@@ -217,6 +218,7 @@ pub fn resolve_toml(
             restart,
             stop_signal: s.stop_signal.map_or(libc::SIGTERM, |s| s.0),
             stop_timeout: s.stop_timeout.map_or(Duration::from_secs(10), |d| d.0),
+            watch: watch::resolve(&ctx, s, &lookup)?,
         });
     }
     Ok(Config {
@@ -295,6 +297,7 @@ pub fn resolve_procfile(
             },
             stop_signal: libc::SIGTERM,
             stop_timeout: Duration::from_secs(10),
+            watch: None,
         });
     }
     if services.is_empty() {

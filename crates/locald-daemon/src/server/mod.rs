@@ -18,6 +18,7 @@ use tokio::sync::Notify;
 use locald_core::ipc::{self, FrameError, Request, Response};
 
 use crate::supervisor::Supervisor;
+use crate::watch::Watchers;
 use crate::wiring::{self, Wiring};
 use locald_proxy::Proxy;
 
@@ -84,6 +85,7 @@ pub async fn run(socket: PathBuf, state_dir: PathBuf) -> Result<(), ServerError>
         }
     };
     let wiring = Wiring::start(&supervisor, proxy.clone());
+    let watchers = Arc::new(Watchers::default());
     tracing::info!("daemon {} listening on {}", std::process::id(), socket.display());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| ServerError::Io(socket.clone(), e))?;
@@ -98,6 +100,7 @@ pub async fn run(socket: PathBuf, state_dir: PathBuf) -> Result<(), ServerError>
                             supervisor: supervisor.clone(),
                             proxy: proxy.clone(),
                             wiring: wiring.clone(),
+                            watchers: watchers.clone(),
                         };
                         tokio::spawn(serve(stream, daemon, shutdown.clone()));
                     }
@@ -110,6 +113,7 @@ pub async fn run(socket: PathBuf, state_dir: PathBuf) -> Result<(), ServerError>
             _ = tokio::signal::ctrl_c() => break,
         }
     }
+    watchers.stop_all();
     supervisor.shutdown().await;
     // Like `server stop`: the names go from `/etc/hosts` before the daemon does.
     wiring.applied(supervisor.generation()).await;
@@ -181,6 +185,7 @@ pub(crate) struct Daemon {
     pub(crate) supervisor: Arc<Supervisor>,
     pub(crate) proxy: Option<Arc<Proxy>>,
     pub(crate) wiring: Wiring,
+    pub(crate) watchers: Arc<Watchers>,
 }
 
 async fn serve(stream: UnixStream, daemon: Daemon, shutdown: Arc<Shutdown>) {

@@ -12,6 +12,7 @@ use super::{Daemon, Out, Shutdown};
 use crate::logs;
 use crate::supervisor::service::Control;
 use crate::supervisor::{Project, Supervisor, control};
+use crate::watch::Watchers;
 use locald_proxy::Proxy;
 
 pub(super) async fn handle(
@@ -31,6 +32,7 @@ pub(super) async fn handle(
         // changes the set of projects after that, so there is nothing to redo here.
         Request::Up { dir } => up(daemon, &dir, out).await,
         Request::Down { dir } => {
+            daemon.watchers.stop(&dir);
             let response = if supervisor.down(&dir).await {
                 Response::Ok
             } else {
@@ -40,7 +42,15 @@ pub(super) async fn handle(
             out.send(response).await
         }
         Request::Status => {
-            let projects = supervisor.all().iter().map(|p| project_status(proxy, p)).collect();
+            let projects = supervisor
+                .all()
+                .iter()
+                .map(|p| {
+                    let mut status = project_status(proxy, p);
+                    watch_status(&daemon.watchers, &mut status);
+                    status
+                })
+                .collect();
             out.send(Response::Status { projects, proxy: proxy.map(|p| p.status().clone()) }).await
         }
         Request::Logs { dir, services, follow, tail, since_micros } => {
@@ -66,7 +76,21 @@ pub(super) async fn handle(
             };
             out.send(response).await
         }
+        Request::Watch { dir, on } => {
+            let response = if on {
+                match daemon.watchers.start(&daemon.supervisor, &dir) {
+                    Ok(services) => Response::Watching { services },
+                    Err(e) => Response::Error { message: e.to_string() },
+                }
+            } else if daemon.watchers.stop(&dir) {
+                Response::Ok
+            } else {
+                Response::Error { message: format!("{} is not watched", dir.display()) }
+            };
+            out.send(response).await
+        }
         Request::Shutdown => {
+            daemon.watchers.stop_all();
             supervisor.shutdown().await;
             reachable(daemon).await;
             // Gone before the answer: once `server stop` returns, nobody can reach this daemon.
@@ -87,6 +111,23 @@ fn project_status(proxy: Option<&Proxy>, project: &Project) -> ProjectStatus {
         }
     }
     status
+}
+
+/// Whether the project is watched, and what the last change a service restarted for was.
+fn watch_status(watchers: &Watchers, status: &mut ProjectStatus) {
+    let Some(changes) = watchers.of(&status.dir) else { return };
+    status.watching = true;
+    for service in &mut status.services {
+        if let Some(change) = changes.get(&service.name) {
+            let more = match change.more {
+                0 => String::new(),
+                n => format!(" (and {n} more)"),
+            };
+            let ago =
+                humantime::format_duration(std::time::Duration::from_secs(change.at.elapsed().as_secs()));
+            service.changed = Some(format!("{}{more} changed {ago} ago", change.path));
+        }
+    }
 }
 
 /// Returns once the projects that are up now, and only those, are reachable: the supervisor

@@ -51,6 +51,7 @@ impl Project {
             dir: self.config.project.dir.clone(),
             domain: self.config.project.domain.clone(),
             mounts: Vec::new(),
+            watching: false,
             services: self
                 .services
                 .iter()
@@ -66,6 +67,7 @@ impl Project {
                         restarts: s.restarts,
                         uptime_secs: s.since.map(|t| t.elapsed().as_secs()),
                         exit_code: s.exit.map(process::Exit::code),
+                        changed: None,
                     }
                 })
                 .collect(),

@@ -38,6 +38,8 @@ pub struct Handle {
     pub service: Arc<Service>,
     pub status: watch::Receiver<Snapshot>,
     pub control: mpsc::UnboundedSender<Control>,
+    /// Its log, for lines about it from elsewhere in the daemon (the file watcher).
+    pub sink: Sink,
 }
 
 /// Where a service's cgroups are made (when the user has a delegated subtree), and its name.
@@ -70,7 +72,7 @@ pub fn start(
         Task {
             service: service.clone(),
             deps: watches,
-            sink,
+            sink: sink.clone(),
             owner,
             cgroup,
             container,
@@ -83,7 +85,7 @@ pub fn start(
         }
         .run(),
     );
-    Handle { service, status, control }
+    Handle { service, status, control, sink }
 }
 
 struct Task {

@@ -28,7 +28,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Unmount { name } => mounts::unmount(&name),
         Command::Debug { command: DebugCommand::Port { port } } => debug_port::run(port),
-        Command::Up { dir } => up::run(dir),
+        Command::Up { dir, watch } => up::run(dir, watch),
+        Command::Watch { dir, stop: false } => up::run(dir, true),
+        Command::Watch { dir, stop: true } => up::unwatch(dir),
         Command::Down { dir } => project::down(dir),
         Command::Status { json } => status::run(json),
         Command::Logs { services, follow, tail, since, timestamps, project } => {

@@ -46,6 +46,14 @@ pub fn run(json: bool) -> anyhow::Result<ExitCode> {
             );
         }
     }
+    for project in projects.iter().filter(|p| p.watching) {
+        println!("{:<14} watching files", project.name);
+        for s in &project.services {
+            if let Some(changed) = &s.changed {
+                println!("{:<14} {} restarted: {changed}", project.name, s.name);
+            }
+        }
+    }
     if let Some(proxy) = &proxy {
         print_proxy_note(proxy);
     }

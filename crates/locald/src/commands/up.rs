@@ -11,11 +11,11 @@ use locald_core::ipc::{Request, Response, ServiceState};
 use super::client::{Client, project_dir};
 use super::status::paint;
 
-pub fn run(dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+pub fn run(dir: Option<PathBuf>, watch: bool) -> anyhow::Result<ExitCode> {
     let dir = project_dir(dir)?;
     let mut board = Board { tty: std::io::stdout().is_terminal(), rows: Vec::new(), drawn: 0 };
     let mut client = Client::connect()?;
-    client.send(&Request::Up { dir })?;
+    client.send(&Request::Up { dir: dir.clone() })?;
     loop {
         match client.next()? {
             Response::Progress { service, state, detail } => board.update(service, state, detail),
@@ -40,6 +40,9 @@ pub fn run(dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
                 for note in notes {
                     println!("note: {note}");
                 }
+                if watch {
+                    start_watch(dir)?;
+                }
                 return Ok(ExitCode::SUCCESS);
             }
             Response::UpFailed { service, message, last_lines } => {
@@ -55,6 +58,29 @@ pub fn run(dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
             Response::Error { message } => anyhow::bail!("{message}"),
             other => anyhow::bail!("unexpected answer from the daemon: {other:?}"),
         }
+    }
+}
+
+/// Asks the daemon to watch the project's files and says what it watches.
+fn start_watch(dir: PathBuf) -> anyhow::Result<()> {
+    match Client::call(&Request::Watch { dir, on: true })? {
+        Response::Watching { services } => {
+            for (service, globs) in services {
+                println!("watching {service}: {}", globs.join(", "));
+            }
+            Ok(())
+        }
+        Response::Error { message } => anyhow::bail!("{message}"),
+        other => anyhow::bail!("unexpected answer from the daemon: {other:?}"),
+    }
+}
+
+/// `locald watch --stop`.
+pub fn unwatch(dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    match Client::call(&Request::Watch { dir: project_dir(dir)?, on: false })? {
+        Response::Ok => Ok(ExitCode::SUCCESS),
+        Response::Error { message } => anyhow::bail!("{message}"),
+        other => anyhow::bail!("unexpected answer from the daemon: {other:?}"),
     }
 }
 
