@@ -153,3 +153,37 @@ fn watch_without_watched_services_or_with_a_bad_glob_says_so() {
     let err = text(&out);
     assert!(err.contains("locald.toml:3:") && err.contains("leaves the project directory"), "{err}");
 }
+
+#[test]
+fn a_daemon_started_after_a_crash_watches_the_same_projects() {
+    let daemon = Daemon::new();
+    let token = sleep_token();
+    let dir = daemon.project(
+        "kept",
+        &format!(
+            "[services.web]\ncommand = \"exec sleep {token}\"\nstop_timeout = \"1s\"\nwatch = [\"src\"]\n"
+        ),
+    );
+    std::fs::create_dir_all(dir.join("src")).unwrap();
+    daemon.ok(&["up", "--watch", dir.to_str().unwrap()]);
+    let pid_before = daemon.daemon_pid().expect("daemon running");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid_before), nix::sys::signal::Signal::SIGKILL)
+        .unwrap();
+    // Gone once its socket refuses: a process being torn down (its inotify watches take a
+    // moment) no longer shows a command line but may still hold the listener.
+    let gone = wait_for(Duration::from_secs(5), || {
+        let refused = std::os::unix::net::UnixStream::connect(daemon.socket()).is_err();
+        (daemon.daemon_pid().is_none() && refused).then_some(())
+    });
+    assert!(gone.is_some(), "daemon did not die");
+
+    // The next command starts a daemon that brings the project back, watched.
+    let status = daemon.ok(&["status"]);
+    assert!(status.contains("kept           watching files"), "{status}");
+    let first = pid(&daemon, "kept");
+    touch(&dir.join("src/lib.rs"));
+    restarted(&daemon, "kept", first);
+    daemon.ok(&["down", dir.to_str().unwrap()]);
+    let status = daemon.ok(&["status"]);
+    assert!(!status.contains("watching"), "{status}");
+}

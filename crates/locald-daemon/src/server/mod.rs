@@ -55,7 +55,7 @@ pub async fn run(socket: PathBuf, state_dir: PathBuf) -> Result<(), ServerError>
     // Before the proxy sizes its connection cap from it.
     crate::nofile::raise();
     // The one discovery of the shim: everything in the daemon that needs root asks this.
-    let supervisor = Arc::new(Supervisor::new(state_dir, crate::shim::discover()));
+    let supervisor = Arc::new(Supervisor::new(state_dir.clone(), crate::shim::discover()));
     let shutdown = Arc::new(Shutdown { notify: Notify::new(), socket: socket.clone() });
     for (dir, why) in supervisor.recover() {
         tracing::warn!("could not bring {} back up: {why}", dir.display());
@@ -85,7 +85,8 @@ pub async fn run(socket: PathBuf, state_dir: PathBuf) -> Result<(), ServerError>
         }
     };
     let wiring = Wiring::start(&supervisor, proxy.clone());
-    let watchers = Arc::new(Watchers::default());
+    let watchers = Arc::new(Watchers::new(&state_dir));
+    watchers.restore(&supervisor);
     tracing::info!("daemon {} listening on {}", std::process::id(), socket.display());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| ServerError::Io(socket.clone(), e))?;

@@ -45,10 +45,11 @@ impl Drop for Watching {
     }
 }
 
-/// Every watched project of the daemon, by project directory.
-#[derive(Default)]
+/// Every watched project of the daemon, by project directory; the list is kept in the state
+/// directory so a daemon started after a crash watches the same projects again.
 pub(crate) struct Watchers {
     by_dir: Mutex<HashMap<PathBuf, Watching>>,
+    file: PathBuf,
 }
 
 /// Why a project cannot be watched.
@@ -63,6 +64,31 @@ pub(crate) enum WatchError {
 }
 
 impl Watchers {
+    pub(crate) fn new(state_dir: &Path) -> Self {
+        Watchers { by_dir: Mutex::default(), file: state_dir.join("watched.json") }
+    }
+
+    /// Watches again what was watched when the last daemon stopped, of the projects that are
+    /// running now.
+    pub(crate) fn restore(&self, supervisor: &Arc<Supervisor>) {
+        let dirs: Vec<PathBuf> =
+            std::fs::read(&self.file).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+        for dir in dirs {
+            if let Err(e) = self.start(supervisor, &dir) {
+                tracing::warn!("not watching {} again: {e}", dir.display());
+            }
+        }
+        self.persist(&self.lock());
+    }
+
+    fn persist(&self, watching: &HashMap<PathBuf, Watching>) {
+        let dirs: Vec<&PathBuf> = watching.keys().collect();
+        let json = serde_json::to_vec(&dirs).unwrap_or_default();
+        if locald_core::atomic_file::write(&self.file, &json, 0o600).is_err() {
+            tracing::warn!("cannot record the watched projects in {}", self.file.display());
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, Watching>> {
         self.by_dir.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -105,18 +131,26 @@ impl Watchers {
         }
         let changes = Arc::new(Mutex::new(HashMap::new()));
         let task = tokio::spawn(run(dir.clone(), supervisor.clone(), rx, changes.clone()));
-        self.lock().insert(dir, Watching { _debouncer: debouncer, task, changes });
+        let mut watching = self.lock();
+        watching.insert(dir, Watching { _debouncer: debouncer, task, changes });
+        self.persist(&watching);
         Ok(watched)
     }
 
     /// Stops watching `dir`; true if it was watched.
     pub(crate) fn stop(&self, dir: &Path) -> bool {
         let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_owned());
-        self.lock().remove(&dir).is_some()
+        let mut watching = self.lock();
+        let was = watching.remove(&dir).is_some();
+        self.persist(&watching);
+        was
     }
 
+    /// At `server stop`: nothing is watched by the next daemon either, as nothing runs.
     pub(crate) fn stop_all(&self) {
-        self.lock().clear();
+        let mut watching = self.lock();
+        watching.clear();
+        self.persist(&watching);
     }
 
     /// Whether `dir` is watched, and the last restart a change caused per service.
