@@ -6,6 +6,7 @@
 
 pub mod bundle;
 pub mod copy;
+pub mod identity;
 mod layer;
 
 use std::collections::HashMap;
