@@ -7,9 +7,8 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{
     Capabilities, Capability, LinuxBuilder, LinuxCapabilities, LinuxCapabilitiesBuilder, LinuxIdMapping,
-    LinuxIdMappingBuilder, LinuxMemoryBuilder,
-    LinuxPidsBuilder, LinuxResourcesBuilder, Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec,
-    UserBuilder,
+    LinuxIdMappingBuilder, LinuxMemoryBuilder, LinuxPidsBuilder, LinuxResourcesBuilder, Mount, MountBuilder,
+    ProcessBuilder, RootBuilder, Spec, UserBuilder,
 };
 
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -146,7 +145,11 @@ fn id_map(own: u32, subordinate: Option<crate::identity::Range>) -> Result<Vec<L
     let mut map = vec![LinuxIdMappingBuilder::default().container_id(0u32).host_id(own).size(1u32).build()?];
     if let Some(range) = subordinate {
         map.push(
-            LinuxIdMappingBuilder::default().container_id(1u32).host_id(range.start).size(range.count).build()?,
+            LinuxIdMappingBuilder::default()
+                .container_id(1u32)
+                .host_id(range.start)
+                .size(range.count)
+                .build()?,
         );
     }
     Ok(map)

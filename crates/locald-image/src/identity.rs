@@ -61,7 +61,8 @@ pub fn resolve(rootfs: &Path, spec: &str, subordinate: &Subordinate) -> Result<P
         p.lines().find_map(|line| {
             let f: Vec<&str> = line.split(':').collect();
             let (uid, gid) = (f.get(2)?.parse::<u32>().ok()?, f.get(3)?.parse::<u32>().ok()?);
-            (f[0] == user_part || (user_part.parse::<u32>().ok() == Some(uid))).then(|| (f[0].to_owned(), uid, gid))
+            (f[0] == user_part || (user_part.parse::<u32>().ok() == Some(uid)))
+                .then(|| (f[0].to_owned(), uid, gid))
         })
     });
     let (name, uid, primary) = match (entry, user_part.parse::<u32>()) {
@@ -76,7 +77,8 @@ pub fn resolve(rootfs: &Path, spec: &str, subordinate: &Subordinate) -> Result<P
             g.lines()
                 .filter_map(|line| {
                     let f: Vec<&str> = line.split(':').collect();
-                    let members = f.get(3).map(|m| m.split(',').map(str::to_owned).collect()).unwrap_or_default();
+                    let members =
+                        f.get(3).map(|m| m.split(',').map(str::to_owned).collect()).unwrap_or_default();
                     Some((f.first()?.to_string(), f.get(2)?.parse().ok()?, members))
                 })
                 .collect()

@@ -37,11 +37,10 @@ fn an_explicit_group_by_name_or_id_replaces_the_primary_one() {
 #[test]
 fn numeric_ids_need_no_files() {
     let dir = tempfile::tempdir().unwrap();
-    assert_eq!(resolve(dir.path(), "1234:55", &MAPPED).unwrap(), ProcessUser {
-        uid: 1234,
-        gid: 55,
-        additional_gids: vec![]
-    });
+    assert_eq!(
+        resolve(dir.path(), "1234:55", &MAPPED).unwrap(),
+        ProcessUser { uid: 1234, gid: 55, additional_gids: vec![] }
+    );
     assert_eq!(resolve(dir.path(), "0", &Subordinate::default()).unwrap().uid, 0);
 }
 
