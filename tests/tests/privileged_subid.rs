@@ -176,7 +176,7 @@ fn ranges_outside_the_callers_allocation_are_refused_and_nothing_runs() {
     let own = |uid| map(0, uid, 1);
     let good = || vec![own(c.gid), map(1, CALLER_RANGE.start, CALLER_RANGE.count)];
     let victim = map(1, VICTIM_RANGE.start, 100);
-    attack(p, "subid-victim", vec![own(c.uid), victim.clone()], good(), "not inside the caller's allocation");
+    attack(p, "subid-victim", vec![own(c.uid), victim], good(), "not inside the caller's allocation");
     attack(
         p,
         "subid-gid-victim",

@@ -25,7 +25,7 @@ fn the_own_id_alone_and_a_range_inside_the_allocation_pass() {
 #[test]
 fn the_first_entry_must_be_the_caller_as_container_root() {
     for first in [map(0, 0, 1), map(0, CALLER, 2), map(1, CALLER, 1), map(0, 100_000, 1)] {
-        let err = check(&[first.clone(), map(1, 100_000, 10)]).unwrap_err();
+        let err = check(&[first, map(1, 100_000, 10)]).unwrap_err();
         assert!(err.contains("must start with exactly 0 -> 1000"), "{first:?}: {err}");
     }
     assert!(check(&[]).is_err());
