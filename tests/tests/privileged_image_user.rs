@@ -2,13 +2,13 @@
 //! as the image's uid, which is the allocation's start + uid − 1 on the host; without one the
 //! start fails with one line saying how to add an allocation.
 //!
-//! The fixture user gets an allocation only for the length of the test, which holds a lock so
-//! the case without one runs first.
+//! The fixture user gets an allocation only for the length of the test, after the case without
+//! one.
 
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
 use locald_tests::{Privileged, privileged, text, wait_for};
@@ -114,34 +114,49 @@ impl Drop for Project {
     }
 }
 
-/// The fixture user's allocation, removed on drop.
+/// The fixture user's allocation, removed on drop. The files are edited directly: `usermod`
+/// refuses a user that has processes, and other suites run some as this user.
 struct Allocation(String);
 
 impl Allocation {
+    fn line(&self) -> String {
+        format!("{}:{}:{}", self.0, RANGE.0, RANGE.1)
+    }
+
     fn add(user: &str) -> Self {
-        let range = format!("{}-{}", RANGE.0, RANGE.0 + RANGE.1 - 1);
-        let status = Command::new("usermod")
-            .args(["--add-subuids", &range, "--add-subgids", &range, user])
-            .status()
-            .unwrap();
-        assert!(status.success(), "usermod: {status}");
-        Allocation(user.to_owned())
+        let allocation = Allocation(user.to_owned());
+        allocation.edit(true);
+        allocation
+    }
+
+    fn edit(&self, present: bool) {
+        for file in ["/etc/subuid", "/etc/subgid"] {
+            let old = fs::read_to_string(file).unwrap_or_default();
+            let mut lines: Vec<String> =
+                old.lines().filter(|l| *l != self.line()).map(str::to_owned).collect();
+            if present {
+                lines.push(self.line());
+            }
+            let temp = format!("{file}.locald-test");
+            fs::write(&temp, lines.iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+            fs::set_permissions(&temp, fs::Permissions::from_mode(0o644)).unwrap();
+            fs::rename(&temp, file).unwrap();
+        }
     }
 }
 
 impl Drop for Allocation {
     fn drop(&mut self) {
-        let range = format!("{}-{}", RANGE.0, RANGE.0 + RANGE.1 - 1);
-        let _ = Command::new("usermod")
-            .args(["--del-subuids", &range, "--del-subgids", &range, &self.0])
-            .status();
+        self.edit(false);
     }
 }
 
 #[test]
 fn the_images_user_runs_the_service_through_the_users_allocation() {
     let Some(p) = privileged() else { return };
-    // Without an allocation: a clear refusal, nothing written.
+    // Without an allocation (one left by an aborted run is removed): a clear refusal, nothing
+    // written.
+    drop(Allocation(p.user.name.clone()));
     let project = Project::new(p, "img-user-none");
     let _ = project.run(&["up"]);
     let logs = wait_for(Duration::from_secs(10), || {
