@@ -83,7 +83,9 @@ impl Project {
             root.join("project/locald.toml"),
             "[project]\nname = \"imguser\"\n\n[services.job]\nimage = \"./app.tar\"\n\
              command = \"id -u > /data/uid; id -g > /data/gid; id -G > /data/groups; touch /data/f\"\n\
-             volumes = [\"./data:/data\"]\nrestart = \"no\"\n",
+             volumes = [\"./data:/data\"]\nrestart = \"no\"\n\n\
+             [services.over]\nimage = \"./app.tar\"\nuser = \"101:103\"\n\
+             command = \"id -G > /data/over-groups\"\nvolumes = [\"./data:/data\"]\nrestart = \"no\"\n",
         )
         .unwrap();
         archive(&root.join("project/app.tar"));
@@ -172,12 +174,17 @@ fn the_images_user_runs_the_service_through_the_users_allocation() {
     let project = Project::new(p, "img-user");
     let up = project.run(&["up"]);
     let data = project.root.join("project/data");
-    let done = wait_for(Duration::from_secs(10), || data.join("f").exists().then_some(()));
+    let done = wait_for(Duration::from_secs(10), || {
+        (data.join("f").exists()
+            && fs::read_to_string(data.join("over-groups")).is_ok_and(|g| g.ends_with('\n')))
+        .then_some(())
+    });
     assert!(done.is_some(), "{}\nlogs:\n{}", text(&up), text(&project.run(&["logs"])));
     let read = |f: &str| fs::read_to_string(data.join(f)).unwrap().trim().to_owned();
     assert_eq!(read("uid"), "101");
     assert_eq!(read("gid"), "102");
     assert_eq!(read("groups"), "102 103", "supplementary groups from the image's /etc/group");
+    assert_eq!(read("over-groups"), "103", "`user = \"101:103\"` in locald.toml overrides the image's User");
     let meta = fs::metadata(data.join("f")).unwrap();
     assert_eq!((meta.uid(), meta.gid()), (RANGE.0 + 100, RANGE.0 + 101), "start + id - 1 on the host");
 }

@@ -60,6 +60,9 @@ pub struct RawService {
     pub memory: Option<Spanned<Size>>,
     /// Image services only: the most tasks the container may hold.
     pub pids: Option<Spanned<i64>>,
+    /// Image services only: who the command runs as (`name`, `uid`, `:group`), instead of the
+    /// image's `User`.
+    pub user: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -145,7 +145,7 @@ pub fn prepare(
     }
     // The image's user, in the image's own files, mapped through the user's allocation (if any).
     let subordinate = Subordinate::of_host_user(runtime.uid);
-    let user = match prepared.defaults.user.as_deref() {
+    let user = match container.user.as_deref().or(prepared.defaults.user.as_deref()) {
         None | Some("0") | Some("root") | Some("0:0") | Some("root:root") => None,
         Some(spec) => Some(
             identity::resolve(&dir.join("rootfs"), spec, &subordinate)
