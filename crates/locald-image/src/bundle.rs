@@ -216,6 +216,23 @@ mod tests {
     }
 
     #[test]
+    fn bundles_with_a_subordinate_range_and_an_image_user_pass_the_policy_with_that_allocation() {
+        use crate::identity::{ProcessUser, Range, Subordinate};
+        let range = Range { start: 100_000, count: 65_536 };
+        let mut config = config();
+        config.subordinate = Subordinate { uids: Some(range), gids: Some(range) };
+        config.user = Some(ProcessUser { uid: 101, gid: 102, additional_gids: vec![103] });
+        let spec = spec(&config).unwrap();
+        let allocations = locald_shim_protocol::subid::Allocations { uids: vec![range], gids: vec![range] };
+        locald_shim_protocol::bundle_policy::check_with(&spec, 1000, 1000, "web-1", &allocations).unwrap();
+        // Without the allocation the shim refuses the same bundle.
+        assert!(refused(&spec).contains("not inside the caller's allocation"));
+        let caps = spec.process().as_ref().unwrap().capabilities().clone().unwrap();
+        assert!(caps.bounding().as_ref().unwrap().contains(&Capability::Setgid));
+        assert!(!caps.ambient().as_ref().unwrap().contains(&Capability::Setgid), "never ambient");
+    }
+
+    #[test]
     fn generated_bundles_pass_the_shims_policy() {
         let spec = spec(&config()).unwrap();
         check(&spec, 1000, 1000, "web-1").unwrap();
