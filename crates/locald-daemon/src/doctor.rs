@@ -8,6 +8,8 @@ use std::os::unix::fs::MetadataExt;
 
 use locald_core::diagnostics::{Finding, Report};
 
+use locald_image::identity::{ADD_ALLOCATION, Subordinate};
+
 use crate::shim::{self as discovery, PortOwner, Privileged, ShimClientError};
 
 /// `privileged`: the shim as this process found it ([`discovery::discover`]).
@@ -16,7 +18,10 @@ pub fn run(privileged: &dyn Privileged) -> Report {
     findings.extend(shim(privileged));
     match containers_elsewhere(std::env::consts::OS) {
         Some(finding) => findings.push(finding),
-        None => findings.extend(cgroups()),
+        None => {
+            findings.extend(cgroups());
+            findings.push(subid_allocation(&Subordinate::of_host_user(nix::unistd::getuid().as_raw())));
+        }
     }
     findings.push(localhost_resolution());
     findings.push(port_free("port.80", SocketAddr::from(([127, 0, 0, 1], 80)), privileged));
@@ -133,6 +138,29 @@ fn containers_elsewhere(os: &str) -> Option<Finding> {
 }
 
 /// How the host's cgroups are mounted, and whether this user may create cgroups of its own.
+/// Whether containers can hold users besides root: the user's `/etc/subuid` and `/etc/subgid`
+/// allocations (the shim checks them again itself).
+pub fn subid_allocation(sub: &Subordinate) -> Finding {
+    match (sub.uids, sub.gids) {
+        (Some(u), Some(g)) => Finding::ok(
+            "subid.allocation",
+            format!(
+                "container ids 1-{} map to uids {}-{} and gids {}-{}",
+                u.count.min(g.count),
+                u.start,
+                u64::from(u.start) + u64::from(u.count) - 1,
+                g.start,
+                u64::from(g.start) + u64::from(g.count) - 1
+            ),
+        ),
+        _ => Finding::warn(
+            "subid.allocation",
+            "no /etc/subuid and /etc/subgid allocation: containers hold only root (you), so images with another User fail",
+            ADD_ALLOCATION,
+        ),
+    }
+}
+
 pub fn cgroups() -> Vec<Finding> {
     let mode = cgroup_mode(Path::new("/sys/fs/cgroup"));
     let mut findings = vec![match mode {
@@ -278,6 +306,18 @@ mod tests {
         let text = format!("{finding:?}");
         assert!(text.contains("platform.containers") && text.contains("locald-lima up"), "{text}");
         assert!(containers_elsewhere("linux").is_none(), "Linux reports its cgroups instead");
+    }
+
+    #[test]
+    fn the_allocation_finding_says_what_maps_or_how_to_add_one() {
+        use locald_image::identity::Range;
+        let range = Some(Range { start: 100_000, count: 65_536 });
+        let ok = subid_allocation(&Subordinate { uids: range, gids: range });
+        assert_eq!((ok.id, ok.severity), ("subid.allocation", locald_core::diagnostics::Severity::Ok));
+        assert!(ok.message.contains("uids 100000-165535"), "{}", ok.message);
+        let missing = subid_allocation(&Subordinate { uids: range, gids: None });
+        assert_eq!(missing.severity, locald_core::diagnostics::Severity::Warn);
+        assert!(missing.hint.unwrap().contains("usermod --add-subuids"));
     }
 
     #[test]

@@ -6,9 +6,9 @@
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{
-    Capabilities, Capability, LinuxBuilder, LinuxCapabilities, LinuxCapabilitiesBuilder, LinuxMemoryBuilder,
-    LinuxPidsBuilder, LinuxResourcesBuilder, Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec,
-    UserBuilder,
+    Capabilities, Capability, LinuxBuilder, LinuxCapabilities, LinuxCapabilitiesBuilder, LinuxIdMapping,
+    LinuxIdMappingBuilder, LinuxMemoryBuilder, LinuxPidsBuilder, LinuxResourcesBuilder, Mount, MountBuilder,
+    ProcessBuilder, RootBuilder, Spec, UserBuilder,
 };
 
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -34,6 +34,10 @@ pub struct ContainerConfig {
     pub volumes: Vec<Volume>,
     pub memory_bytes: Option<i64>,
     pub pids: Option<i64>,
+    /// The caller's subordinate ids, mapped from container id 1 on; none: only `0 → uid`.
+    pub subordinate: crate::identity::Subordinate,
+    /// Who the process runs as inside; `None`: root (the caller on the host).
+    pub user: Option<crate::identity::ProcessUser>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,7 +59,7 @@ pub fn spec(config: &ContainerConfig) -> Result<Spec, BundleError> {
     let mut process = spec.process().clone().unwrap_or_default();
     let template = ProcessBuilder::default()
         .terminal(false)
-        .user(UserBuilder::default().uid(0u32).gid(0u32).build()?)
+        .user(process_user(config.user.as_ref())?)
         .args(config.args.clone())
         .env(env)
         .cwd(config.cwd.clone().unwrap_or_else(|| PathBuf::from("/")))
@@ -69,7 +73,7 @@ pub fn spec(config: &ContainerConfig) -> Result<Spec, BundleError> {
     process.set_no_new_privileges(Some(true));
     // The caller's rlimits apply; the shim refuses bundles that set their own.
     process.set_rlimits(None);
-    process.set_capabilities(Some(capabilities()?));
+    process.set_capabilities(Some(capabilities(config.subordinate.gids.is_some())?));
     spec.set_process(Some(process));
     spec.set_hostname(Some(config.id.clone()));
     spec.set_root(Some(RootBuilder::default().path("rootfs").readonly(false).build()?));
@@ -86,6 +90,8 @@ pub fn spec(config: &ContainerConfig) -> Result<Spec, BundleError> {
     let mut linux = base;
     // Spec::rootless sets none; the shim refuses a bundle that names one.
     linux.set_cgroups_path(None);
+    linux.set_uid_mappings(Some(id_map(config.uid, config.subordinate.uids)?));
+    linux.set_gid_mappings(Some(id_map(config.gid, config.subordinate.gids)?));
     if config.memory_bytes.is_some() || config.pids.is_some() {
         let mut resources = LinuxResourcesBuilder::default();
         if let Some(limit) = config.memory_bytes {
@@ -113,15 +119,49 @@ pub fn write(dir: &Path, config: &ContainerConfig) -> Result<(), BundleError> {
 /// allowed set: signals, binding low ports inside, audit writes.
 const CAPABILITIES: &[Capability] = &[Capability::AuditWrite, Capability::Kill, Capability::NetBindService];
 
-fn capabilities() -> Result<LinuxCapabilities, BundleError> {
-    let set: Capabilities = CAPABILITIES.iter().copied().collect();
+/// Where the container has other users to be (subordinate ids), what an entrypoint needs to
+/// step down to one of them (`gosu`, `su-exec`, `setpriv`) and to hand it its files. Never
+/// ambient: a process that starts as another user does not keep them.
+const STEP_DOWN: &[Capability] =
+    &[Capability::Setuid, Capability::Setgid, Capability::Chown, Capability::DacOverride, Capability::Fowner];
+
+fn capabilities(step_down: bool) -> Result<LinuxCapabilities, BundleError> {
+    let ambient: Capabilities = CAPABILITIES.iter().copied().collect();
+    let mut set = ambient.clone();
+    if step_down {
+        set.extend(STEP_DOWN.iter().copied());
+    }
     Ok(LinuxCapabilitiesBuilder::default()
         .bounding(set.clone())
         .effective(set.clone())
         .inheritable(set.clone())
-        .permitted(set.clone())
-        .ambient(set)
+        .permitted(set)
+        .ambient(ambient)
         .build()?)
+}
+
+/// `0 → own` (size 1), then container ids 1… → the subordinate range, when there is one.
+fn id_map(own: u32, subordinate: Option<crate::identity::Range>) -> Result<Vec<LinuxIdMapping>, BundleError> {
+    let mut map = vec![LinuxIdMappingBuilder::default().container_id(0u32).host_id(own).size(1u32).build()?];
+    if let Some(range) = subordinate {
+        map.push(
+            LinuxIdMappingBuilder::default()
+                .container_id(1u32)
+                .host_id(range.start)
+                .size(range.count)
+                .build()?,
+        );
+    }
+    Ok(map)
+}
+
+fn process_user(user: Option<&crate::identity::ProcessUser>) -> Result<oci_spec::runtime::User, BundleError> {
+    let Some(user) = user else { return Ok(UserBuilder::default().uid(0u32).gid(0u32).build()?) };
+    let mut builder = UserBuilder::default().uid(user.uid).gid(user.gid);
+    if !user.additional_gids.is_empty() {
+        builder = builder.additional_gids(user.additional_gids.clone());
+    }
+    Ok(builder.build()?)
 }
 
 fn tmpfs(destination: &str) -> Result<Mount, BundleError> {
@@ -173,6 +213,23 @@ mod tests {
 
     fn refused(spec: &Spec) -> String {
         check(spec, 1000, 1000, "web-1").expect_err("must be refused").message
+    }
+
+    #[test]
+    fn bundles_with_a_subordinate_range_and_an_image_user_pass_the_policy_with_that_allocation() {
+        use crate::identity::{ProcessUser, Range, Subordinate};
+        let range = Range { start: 100_000, count: 65_536 };
+        let mut config = config();
+        config.subordinate = Subordinate { uids: Some(range), gids: Some(range) };
+        config.user = Some(ProcessUser { uid: 101, gid: 102, additional_gids: vec![103] });
+        let spec = spec(&config).unwrap();
+        let allocations = locald_shim_protocol::subid::Allocations { uids: vec![range], gids: vec![range] };
+        locald_shim_protocol::bundle_policy::check_with(&spec, 1000, 1000, "web-1", &allocations).unwrap();
+        // Without the allocation the shim refuses the same bundle.
+        assert!(refused(&spec).contains("not inside the caller's allocation"));
+        let caps = spec.process().as_ref().unwrap().capabilities().clone().unwrap();
+        assert!(caps.bounding().as_ref().unwrap().contains(&Capability::Setgid));
+        assert!(!caps.ambient().as_ref().unwrap().contains(&Capability::Setgid), "never ambient");
     }
 
     #[test]

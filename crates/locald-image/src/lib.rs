@@ -6,6 +6,7 @@
 
 pub mod bundle;
 pub mod copy;
+pub mod identity;
 mod layer;
 
 use std::collections::HashMap;
@@ -67,6 +68,9 @@ pub struct Defaults {
     /// `KEY=VALUE`.
     pub env: Vec<String>,
     pub workdir: Option<String>,
+    /// `User`: a name or uid, optionally `:group`; resolved in the image's own files.
+    #[serde(default)]
+    pub user: Option<String>,
 }
 
 impl Defaults {
@@ -86,6 +90,7 @@ impl Defaults {
             cmd: strings("Cmd"),
             env: strings("Env"),
             workdir: config["WorkingDir"].as_str().filter(|w| !w.is_empty()).map(str::to_owned),
+            user: config["User"].as_str().filter(|u| !u.is_empty()).map(str::to_owned),
         }
     }
 

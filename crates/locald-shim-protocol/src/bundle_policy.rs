@@ -8,6 +8,7 @@ use std::path::{Component, Path};
 use oci_spec::runtime::{Capability, LinuxNamespaceType, Mount, Process, Spec};
 
 use crate::ShimError;
+use crate::subid::{self, Allocations};
 
 /// `[A-Za-z0-9_.-]{1,64}`, not `.` or `..`: ids become directory names under the state root.
 pub fn container_id(id: &str) -> Result<(), ShimError> {
@@ -154,8 +155,20 @@ fn only_allowed_fields(spec: &Spec) -> Result<(), ShimError> {
     Ok(())
 }
 
-/// Checks `spec` for a container `id` run by `uid:gid`.
+/// Checks `spec` for a container `id` run by `uid:gid`, who has no subordinate ids.
 pub fn check(spec: &Spec, uid: u32, gid: u32, id: &str) -> Result<(), ShimError> {
+    check_with(spec, uid, gid, id, &Allocations::default())
+}
+
+/// Checks `spec` for a container `id` run by `uid:gid`, whose subordinate ids (read by the shim
+/// from `/etc/subuid` and `/etc/subgid`) are `allocations`.
+pub fn check_with(
+    spec: &Spec,
+    uid: u32,
+    gid: u32,
+    id: &str,
+    allocations: &Allocations,
+) -> Result<(), ShimError> {
     container_id(id)?;
     only_allowed_fields(spec)?;
     let Some(linux) = spec.linux() else { return refuse("no linux section") };
@@ -181,13 +194,16 @@ pub fn check(spec: &Spec, uid: u32, gid: u32, id: &str) -> Result<(), ShimError>
     }
     let own_netns = kinds.contains(&LinuxNamespaceType::Network);
 
-    // Exactly one mapping each: container 0 -> the caller, size 1.
-    for (what, mappings, host) in [("uid", linux.uid_mappings(), uid), ("gid", linux.gid_mappings(), gid)] {
-        match mappings.as_deref() {
-            Some([m]) if m.container_id() == 0 && m.host_id() == host && m.size() == 1 => {}
-            _ => return refuse(format!("{what} mappings must be exactly 0 -> {host} (size 1)")),
+    // Container 0 -> the caller, size 1, then only ids allocated to the caller.
+    for (what, mappings, host, allowed) in [
+        ("uid", linux.uid_mappings(), uid, &allocations.uids),
+        ("gid", linux.gid_mappings(), gid, &allocations.gids),
+    ] {
+        if let Err(why) = subid::check_map(what, mappings.as_deref(), host, allowed) {
+            return refuse(why);
         }
     }
+    let subordinate_gids = subid::uses_subordinate(linux.gid_mappings().as_deref());
 
     if let Some(hooks) = spec.hooks() {
         let any = [
@@ -237,11 +253,33 @@ pub fn check(spec: &Spec, uid: u32, gid: u32, id: &str) -> Result<(), ShimError>
     // Without a process section (or its capabilities) libcontainer would leave the container
     // every capability of its user namespace.
     let Some(process) = spec.process() else { return refuse("no process section") };
-    capabilities(process)?;
-    if process.user().additional_gids().as_ref().is_some_and(|g| !g.is_empty()) {
+    capabilities(process, subordinate_gids)?;
+    if let Some(gids) = process.user().additional_gids().as_ref().filter(|g| !g.is_empty()) {
         // libcontainer would setgroups to them, dropping the caller's groups (see
-        // ALLOWED_CAPABILITIES).
-        return refuse("process.user.additionalGids are not allowed");
+        // ALLOWED_CAPABILITIES): allowed, as newgidmap allows setgroups, only to a caller with
+        // subordinate gids, and only to gids the container maps.
+        if !subordinate_gids {
+            return refuse("process.user.additionalGids need subordinate gids in the gid mappings");
+        }
+        let mapped = |g: u32| {
+            linux.gid_mappings().iter().flatten().any(|m| {
+                u64::from(m.container_id()) <= u64::from(g)
+                    && u64::from(g) < u64::from(m.container_id()) + u64::from(m.size())
+            })
+        };
+        if let Some(g) = gids.iter().find(|&&g| !mapped(g)) {
+            return refuse(format!("additional gid {g} is not mapped in the container"));
+        }
+    }
+    for (what, id) in [("uid", process.user().uid()), ("gid", process.user().gid())] {
+        let mappings = if what == "uid" { linux.uid_mappings() } else { linux.gid_mappings() };
+        let mapped = mappings.iter().flatten().any(|m| {
+            u64::from(m.container_id()) <= u64::from(id)
+                && u64::from(id) < u64::from(m.container_id()) + u64::from(m.size())
+        });
+        if !mapped {
+            return refuse(format!("process.user.{what} {id} is not mapped in the container"));
+        }
     }
     if process.oom_score_adj().is_some_and(|adj| adj < 0) {
         return refuse("a negative oomScoreAdj needs privilege");
@@ -296,11 +334,16 @@ pub fn bind_sources(spec: &Spec) -> Vec<std::path::PathBuf> {
         .collect()
 }
 
-/// All five sets must be given, each within [`ALLOWED_CAPABILITIES`]: libcontainer leaves a
-/// missing set as it is (full in a new user namespace) and a missing bounding set empty.
-fn capabilities(process: &Process) -> Result<(), ShimError> {
+/// All five sets must be given, each within [`ALLOWED_CAPABILITIES`] (plus `CAP_SETGID` where
+/// the container maps subordinate gids, as newgidmap then allows setgroups, so that `gosu` and
+/// `su-exec` can step down): libcontainer leaves a missing set as it is (full in a new user
+/// namespace) and a missing bounding set empty.
+fn capabilities(process: &Process, subordinate_gids: bool) -> Result<(), ShimError> {
     let Some(caps) = process.capabilities() else { return refuse("process.capabilities is missing") };
-    let allowed: HashSet<&Capability> = ALLOWED_CAPABILITIES.iter().collect();
+    let mut allowed: HashSet<&Capability> = ALLOWED_CAPABILITIES.iter().collect();
+    if subordinate_gids {
+        allowed.insert(&Capability::Setgid);
+    }
     for (name, set) in [
         ("bounding", caps.bounding()),
         ("effective", caps.effective()),

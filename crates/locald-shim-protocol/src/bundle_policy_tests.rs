@@ -159,3 +159,81 @@ fn unknown_mount_fields_are_refused() {
     });
     assert!(refused(&spec).contains("uidMappings"));
 }
+
+/// `good()` with container ids 1..=65536 mapped to the caller's allocation, on both sides.
+fn with_subordinate(spec: &Spec) -> (Spec, crate::subid::Allocations) {
+    let range = crate::subid::Range { start: 100_000, count: 65_536 };
+    let allocations = crate::subid::Allocations { uids: vec![range], gids: vec![range] };
+    let map = |host| {
+        vec![
+            LinuxIdMappingBuilder::default().container_id(0u32).host_id(host).size(1u32).build().unwrap(),
+            LinuxIdMappingBuilder::default()
+                .container_id(1u32)
+                .host_id(100_000u32)
+                .size(65_536u32)
+                .build()
+                .unwrap(),
+        ]
+    };
+    let mut spec = spec.clone();
+    let mut linux = spec.linux().clone().unwrap();
+    linux.set_uid_mappings(Some(map(UID)));
+    linux.set_gid_mappings(Some(map(UID)));
+    spec.set_linux(Some(linux));
+    (spec, allocations)
+}
+
+fn with_user(spec: &Spec, uid: u32, gid: u32, additional: Option<Vec<u32>>) -> Spec {
+    let mut spec = spec.clone();
+    let mut process = spec.process().clone().unwrap();
+    let mut user = process.user().clone();
+    user.set_uid(uid);
+    user.set_gid(gid);
+    user.set_additional_gids(additional);
+    process.set_user(user);
+    spec.set_process(Some(process));
+    spec
+}
+
+#[test]
+fn subordinate_ranges_pass_only_with_the_callers_allocation() {
+    let (spec, allocations) = with_subordinate(&good());
+    super::check_with(&spec, UID, UID, ID, &allocations).unwrap();
+    assert!(refused(&spec).contains("not inside the caller's allocation"));
+    let gid_only = crate::subid::Allocations { uids: allocations.uids.clone(), gids: vec![] };
+    let message = super::check_with(&spec, UID, UID, ID, &gid_only).unwrap_err().message;
+    assert!(message.contains("gid mapping 1 -> 100000"), "{message}");
+}
+
+#[test]
+fn the_process_user_must_be_mapped() {
+    let message = check(&with_user(&good(), 101, 0, None), UID, UID, ID).unwrap_err().message;
+    assert!(message.contains("process.user.uid 101 is not mapped"), "{message}");
+    let (spec, allocations) = with_subordinate(&good());
+    super::check_with(&with_user(&spec, 101, 101, None), UID, UID, ID, &allocations).unwrap();
+    let message = super::check_with(&with_user(&spec, 70_000, 0, None), UID, UID, ID, &allocations)
+        .unwrap_err()
+        .message;
+    assert!(message.contains("uid 70000 is not mapped"), "{message}");
+}
+
+#[test]
+fn additional_gids_and_setgid_need_subordinate_gids() {
+    let message = check(&with_user(&good(), 0, 0, Some(vec![0])), UID, UID, ID).unwrap_err().message;
+    assert!(message.contains("additionalGids need subordinate gids"), "{message}");
+    let (spec, allocations) = with_subordinate(&good());
+    super::check_with(&with_user(&spec, 101, 101, Some(vec![5, 101])), UID, UID, ID, &allocations).unwrap();
+    let message =
+        super::check_with(&with_user(&spec, 101, 101, Some(vec![70_000])), UID, UID, ID, &allocations)
+            .unwrap_err()
+            .message;
+    assert!(message.contains("additional gid 70000 is not mapped"), "{message}");
+
+    let add_setgid = |spec: &Spec| {
+        edit_json(spec, |json| {
+            json["process"]["capabilities"]["bounding"].as_array_mut().unwrap().push("CAP_SETGID".into());
+        })
+    };
+    assert!(refused(&add_setgid(&good())).contains("Setgid in bounding"));
+    super::check_with(&add_setgid(&spec), UID, UID, ID, &allocations).unwrap();
+}

@@ -13,6 +13,7 @@ pub mod cgroup_placement;
 pub mod exit;
 pub mod mountinfo;
 pub mod protocol;
+pub mod subid;
 pub mod validate;
 
 pub use exit::{ExitClass, ShimError};

@@ -114,6 +114,9 @@ pub struct Container {
     pub workdir: Option<String>,
     pub memory_bytes: Option<u64>,
     pub pids: Option<i64>,
+    /// `user = "..."`: overrides the image's `User`, resolved in the image's own files.
+    #[serde(default)]
+    pub user: Option<String>,
 }
 
 /// A host directory bind-mounted into a container.

@@ -67,6 +67,9 @@ pub struct RawService {
     pub ignore: Option<Vec<Spanned<String>>>,
     /// Run before a restart caused by a change; a failure keeps the running copy.
     pub on_change: Option<Spanned<RawCommand>>,
+    /// Image services only: who the command runs as (`name`, `uid`, `:group`), instead of the
+    /// image's `User`.
+    pub user: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -415,12 +415,28 @@ fn container(
         Some(p) => Some(*p.get_ref()),
         None => None,
     };
+    let user = match &s.user {
+        Some(u) => {
+            let text = u.get_ref();
+            let ok = text.split(':').count() <= 2
+                && text.split(':').all(|part| !part.is_empty() && !part.contains(char::is_whitespace));
+            if !ok {
+                return Err(ctx.err(
+                    u.span().start,
+                    format!("user {text:?} is not `name`, `uid`, `name:group` or `uid:gid`"),
+                ));
+            }
+            Some(text.clone())
+        }
+        None => None,
+    };
     Ok(Container {
         image: image.get_ref().clone(),
         volumes,
         workdir,
         memory_bytes: s.memory.as_ref().map(|m| m.get_ref().0),
         pids,
+        user,
     })
 }
 
@@ -464,6 +480,7 @@ fn refuse_container_keys(ctx: &Ctx, s: &RawService) -> Result<(), ConfigError> {
         s.volumes.as_ref().and_then(|v| v.first()).map(|v| ("volumes", v.span().start)),
         s.memory.as_ref().map(|m| ("memory", m.span().start)),
         s.pids.as_ref().map(|p| ("pids", p.span().start)),
+        s.user.as_ref().map(|u| ("user", u.span().start)),
     ];
     match first.into_iter().flatten().next() {
         Some((key, at)) => Err(ctx.err(at, format!("{key} applies only to services with an image"))),

@@ -13,6 +13,7 @@ use crate::shim::{Privileged, RemoveError, force_remove_dir_all_blocking};
 use locald_ca::ca_bundle::{self, CaFiles};
 use locald_image::bundle::{self, BundleError, ContainerConfig, Volume};
 use locald_image::copy::copy_tree;
+use locald_image::identity::{self, Subordinate};
 use locald_image::{self as image, Defaults, ImageError, ImageSource};
 
 /// Records which image the rootfs beside it was copied from.
@@ -44,6 +45,8 @@ pub enum PrepareError {
     Io { what: &'static str, path: PathBuf, source: io::Error },
     #[error("old bundle: {0}")]
     Remove(#[from] RemoveError),
+    #[error("service {service}: {message}")]
+    User { service: String, message: String },
 }
 
 fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> PrepareError {
@@ -140,8 +143,19 @@ pub fn prepare(
             fs::create_dir_all(&volume.host).map_err(io_err("create volume", &volume.host))?;
         }
     }
+    // The image's user, in the image's own files, mapped through the user's allocation (if any).
+    let subordinate = Subordinate::of_host_user(runtime.uid);
+    let user = match container.user.as_deref().or(prepared.defaults.user.as_deref()) {
+        None | Some("0") | Some("root") | Some("0:0") | Some("root:root") => None,
+        Some(spec) => Some(
+            identity::resolve(&dir.join("rootfs"), spec, &subordinate)
+                .map_err(|message| PrepareError::User { service: service.name.clone(), message })?,
+        ),
+    };
     let config = ContainerConfig {
         id: id.to_owned(),
+        subordinate,
+        user,
         uid: runtime.uid,
         gid: runtime.gid,
         args,

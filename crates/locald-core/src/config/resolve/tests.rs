@@ -381,3 +381,15 @@ fn https_redirect_is_off_unless_the_project_asks() {
     let e = error("[services.a]\ncommand = \"x\"\nhttps_redirect = true\n");
     assert!(e.contains("unknown field `https_redirect`"), "a project key, not a service key: {e}");
 }
+
+#[test]
+fn an_image_services_user_is_checked_and_kept() {
+    assert_eq!(
+        error("[services.db]\ncommand = \"x\"\nuser = \"app\"\n"),
+        "locald.toml:3:8: user applies only to services with an image"
+    );
+    for bad in ["", "a:b:c", ":g", "u:", "a b"] {
+        let message = error(&format!("[services.db]\nimage = \"./i\"\nuser = \"{bad}\"\n"));
+        assert!(message.contains("is not `name`, `uid`, `name:group` or `uid:gid`"), "{bad:?}: {message}");
+    }
+}

@@ -18,15 +18,17 @@ use libcontainer::syscall::syscall::SyscallType;
 use locald_shim_protocol::bundle_policy::{self, bind_sources};
 use locald_shim_protocol::cgroup_placement;
 use locald_shim_protocol::protocol::BundleRunRequest;
+use locald_shim_protocol::subid;
 use locald_shim_protocol::validate::absolute_components;
 use locald_shim_protocol::{CONTROL_FD, ShimError};
 use nix::fcntl::{OFlag, openat};
 use nix::sys::stat::Mode;
 use nix::sys::wait::{WaitStatus, waitpid};
-use oci_spec::runtime::Spec;
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
 use crate::cgroup_view;
 use crate::privilege::{Caller, Root};
+use crate::userns;
 use crate::userpath::{AsCaller, is_regular, open_as_caller, own, require_owned_dir, stat};
 
 const STATE_ROOT: &str = "/run/locald";
@@ -43,7 +45,16 @@ pub fn run(root: Root, request: &BundleRunRequest) -> Result<i32, ShimError> {
     require_owned_dir(&bundle, caller, &bundle_path)?;
 
     let mut spec = read_spec(caller, &bundle)?;
-    bundle_policy::check(&spec, caller.uid.as_raw(), caller.gid.as_raw(), &request.id)?;
+    let linux = spec.linux().clone().unwrap_or_default();
+    let (uid_map, gid_map) = (linux.uid_mappings().clone(), linux.gid_mappings().clone());
+    // The allocation files are read only when a map asks for more than the caller's own id.
+    let allocations =
+        if subid::uses_subordinate(uid_map.as_deref()) || subid::uses_subordinate(gid_map.as_deref()) {
+            crate::subid_files::of_caller(caller)?
+        } else {
+            subid::Allocations::default()
+        };
+    bundle_policy::check_with(&spec, caller.uid.as_raw(), caller.gid.as_raw(), &request.id, &allocations)?;
     let rootfs = open_rootfs(caller, &bundle, &spec)?;
     for source in bind_sources(&spec) {
         // The caller must be able to reach every bind source on their own.
@@ -65,6 +76,21 @@ pub fn run(root: Root, request: &BundleRunRequest) -> Result<i32, ShimError> {
     spec.set_root(Some(root_section));
     let mut linux = spec.linux().clone().unwrap_or_default();
     linux.set_cgroups_path(Some(cgroup_view::spec_path(caller.uid.as_raw(), &request.id)));
+    // The user namespace, with the checked maps, made here; libcontainer only joins it.
+    let holder = userns::Holder::create(
+        uid_map.as_deref().unwrap_or_default(),
+        gid_map.as_deref().unwrap_or_default(),
+        subid::uses_subordinate(gid_map.as_deref()),
+    )?;
+    let namespaces = linux.namespaces().clone().unwrap_or_default().into_iter().map(|mut ns| {
+        if ns.typ() == LinuxNamespaceType::User {
+            ns.set_path(Some(holder.path()));
+        }
+        ns
+    });
+    linux.set_namespaces(Some(namespaces.collect()));
+    linux.set_uid_mappings(None);
+    linux.set_gid_mappings(None);
     spec.set_linux(Some(linux));
     let copy = Claim::take(&state, caller.uid.as_raw(), &request.id)?;
     copy.write(&spec)?;
@@ -75,7 +101,7 @@ pub fn run(root: Root, request: &BundleRunRequest) -> Result<i32, ShimError> {
     let control = control_channel();
     // The copy is written with the limits the preamble lifted; the container runs with the caller's.
     let result = crate::preamble::restore_caller_limits()
-        .and_then(|()| run_container(&state, &copy.dir, caller.uid.as_raw(), &request.id, control));
+        .and_then(|()| run_container(&state, &copy.dir, caller.uid.as_raw(), &request.id, control, holder));
     drop(copy);
     result
 }
@@ -329,6 +355,7 @@ fn run_container(
     uid: u32,
     id: &str,
     control: Option<fs::File>,
+    holder: userns::Holder,
 ) -> Result<i32, ShimError> {
     fn lc(what: &'static str) -> impl Fn(libcontainer::error::LibcontainerError) -> ShimError {
         move |e| ShimError::os(what, e)
@@ -341,6 +368,8 @@ fn run_container(
         .with_detach(false)
         .build()
         .map_err(lc("create container"))?;
+    // The container's init is in the user namespace now and keeps it alive.
+    drop(holder);
     if let Err(e) = container.start() {
         let _ = container.delete(true);
         return Err(ShimError::os("start container", e));

@@ -22,6 +22,10 @@ mod mount_loop;
 mod preamble;
 mod privilege;
 #[cfg(target_os = "linux")]
+mod subid_files;
+#[cfg(target_os = "linux")]
+mod userns;
+#[cfg(target_os = "linux")]
 mod userpath;
 
 use std::ffi::OsString;
