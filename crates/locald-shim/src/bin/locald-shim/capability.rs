@@ -29,7 +29,9 @@ pub struct BindOnly(());
 impl BindOnly {
     pub fn acquire() -> Result<Self, ShimError> {
         if mode() != ShimMode::Capabilities {
-            return Err(ShimError::refused("this locald-shim holds neither root nor only cap_net_bind_service"));
+            return Err(ShimError::refused(
+                "this locald-shim holds neither root nor only cap_net_bind_service",
+            ));
         }
         // `=ep` makes it effective at exec; a wrapper may have raised it as permitted only.
         caps::raise(None, CapSet::Effective, Capability::CAP_NET_BIND_SERVICE)
