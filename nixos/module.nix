@@ -1,4 +1,4 @@
-# services.locald: the setuid shim as a NixOS security wrapper, and a per-user daemon as a
+# services.locald: the shim as a NixOS security wrapper (setuid, or only cap_net_bind_service), and a per-user daemon as a
 # systemd user service. The daemon runs as each user and never as root; only the wrapper
 # /run/wrappers/bin/locald-shim is privileged, and that is the path locald's shim discovery looks
 # for first (a store path can never be setuid).
@@ -52,6 +52,23 @@ in
       '';
     };
 
+    privilege = lib.mkOption {
+      type = lib.types.enum [
+        "setuid"
+        "capabilities"
+      ];
+      default = "setuid";
+      example = "capabilities";
+      description = ''
+        How the shim wrapper /run/wrappers/bin/locald-shim is privileged. `setuid` (root) serves
+        everything locald asks of root: ports 80/443, containers, loop mounts, removing root-owned
+        leftovers. `capabilities` gives the wrapper only `cap_net_bind_service` and no setuid bit
+        (the `locald admin setup --ports-only` install): the shim then binds ports 1-1023 on
+        loopback and refuses every other request, so projects with container services do not
+        start (`locald doctor` reports the mode as `shim.mode`).
+      '';
+    };
+
     caCertificate = lib.mkOption {
       type = lib.types.nullOr lib.types.path;
       default = null;
@@ -78,9 +95,12 @@ in
 
     environment.systemPackages = [ cfg.package ];
 
-    # Found by the daemon at /run/wrappers/bin/locald-shim.
+    # Found by the daemon at /run/wrappers/bin/locald-shim. With capabilities the wrapper raises
+    # its file capability into the ambient set before it runs the shim, which then holds exactly
+    # cap_net_bind_service, the shim's sign of the ports-only install.
     security.wrappers.locald-shim = {
-      setuid = true;
+      setuid = cfg.privilege == "setuid";
+      capabilities = lib.mkIf (cfg.privilege == "capabilities") "cap_net_bind_service+ep";
       owner = "root";
       group = "root";
       source = "${cfg.package}/bin/locald-shim";

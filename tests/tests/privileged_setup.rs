@@ -30,7 +30,7 @@ fn a_shim_that_is_not_setuid_is_not_discovered() {
     let Some(p) = privileged() else { return };
     let shim = p.scratch_dir("plain").join("locald-shim");
     install(&p.shim(), &shim, 0o755);
-    assert_not_discovered(p, &shim, "is not setuid");
+    assert_not_discovered(p, &shim, "is neither setuid nor carries exactly the file capability");
 }
 
 #[test]
@@ -191,5 +191,5 @@ fn doctor_reports_the_shim_with_stable_ids() {
     };
     assert_eq!(severity("shim.owner"), "ok", "{report}");
     assert_eq!(severity("shim.mode"), "error", "{report}");
-    assert!(report.to_string().contains("is not setuid"), "{report}");
+    assert!(report.to_string().contains("is neither setuid nor carries"), "{report}");
 }

@@ -31,7 +31,11 @@ fn handshake_works_as_the_user() {
     assert_eq!(field(&out, "shim"), p.shim().display().to_string());
 
     let out = p.as_user(&p.shim()).arg("--shim-version").output().unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), locald_shim_protocol::version_line());
+    let mode = locald_shim_protocol::ShimMode::Setuid.line();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{}\n{mode}\n", locald_shim_protocol::version_line())
+    );
 }
 
 #[test]
@@ -156,7 +160,11 @@ fn caller_environment_has_no_effect() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), locald_shim_protocol::version_line());
+    let mode = locald_shim_protocol::ShimMode::Setuid.line();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{}\n{mode}\n", locald_shim_protocol::version_line())
+    );
     assert!(out.stderr.is_empty(), "no logging or backtraces from the caller's variables: {}", text(&out));
     assert!(!marker.exists(), "LD_PRELOAD ran code inside the setuid shim");
 

@@ -19,6 +19,8 @@ pub const TEST_PACKAGES: &[&str] = &[
     "passwd",
     "util-linux",
     "e2fsprogs",
+    // getcap, reading the --ports-only shim's file capability from outside (privileged_capabilities).
+    "libcap2-bin",
     "busybox-static",
     "openssl",
     "nix-bin",

@@ -7,6 +7,7 @@ use std::time::Duration;
 use std::os::unix::fs::MetadataExt;
 
 use locald_core::diagnostics::{Finding, Report};
+use locald_shim_protocol::ShimMode;
 
 use locald_image::identity::{ADD_ALLOCATION, Subordinate};
 
@@ -101,18 +102,31 @@ fn shim(privileged: &dyn Privileged) -> Vec<Finding> {
         Ok(m) => Finding::error("shim.owner", format!("owned by uid {}, not root", m.uid()), SETUP),
         Err(e) => Finding::error("shim.owner", format!("cannot inspect: {e}"), SETUP),
     });
+    let bits = meta.map(|m| m.mode() & 0o7777).unwrap_or(0);
     findings.push(match discovery::check_trusted(path) {
-        Ok(_) => Finding::ok(
-            "shim.mode",
-            format!(
-                "setuid, mode {:o}, in a root-only directory chain",
-                meta.map(|m| m.mode() & 0o7777).unwrap_or(0)
-            ),
-        ),
+        Ok(_) => shim_mode(privileged.mode(), bits),
         Err(reason) => Finding::error("shim.mode", reason.to_string(), SETUP),
     });
     findings.push(shim_version(privileged));
     findings
+}
+
+/// Which install it is, as the handshake said (the file's setuid bit when there was none), and
+/// what the capability install cannot do: a warning, since locald works with it, minus those.
+fn shim_mode(handshake: Option<ShimMode>, bits: u32) -> Finding {
+    let setuid = handshake.map_or(bits & 0o4000 != 0, |mode| mode == ShimMode::Setuid);
+    if setuid {
+        return Finding::ok("shim.mode", format!("setuid, mode {bits:o}, in a root-only directory chain"));
+    }
+    Finding::warn(
+        "shim.mode",
+        format!(
+            "capabilities (cap_net_bind_service=ep, not setuid), mode {bits:o}, in a root-only \
+             directory chain: binds ports 1-1023 only — no containers, loop mounts, /etc/hosts \
+             entries (*.test names) or removal of root-owned files"
+        ),
+        format!("{SETUP} for the setuid install, if you need those"),
+    )
 }
 
 /// Read from the one discovery's answer, so doctor says what the rest of locald found.
@@ -299,6 +313,26 @@ mod tests {
     use super::*;
     use crate::shim::Unavailable;
     use crate::shim::fake::{Call, Fake};
+
+    #[test]
+    fn shim_mode_names_the_install_and_what_the_capability_one_cannot_do() {
+        use locald_core::diagnostics::Severity;
+        let setuid = shim_mode(Some(ShimMode::Setuid), 0o4755);
+        assert_eq!(
+            (setuid.severity, setuid.message.as_str()),
+            (Severity::Ok, "setuid, mode 4755, in a root-only directory chain")
+        );
+        let caps = shim_mode(Some(ShimMode::Capabilities), 0o755);
+        assert_eq!(caps.severity, Severity::Warn);
+        assert!(
+            caps.message.starts_with("capabilities (cap_net_bind_service=ep, not setuid), mode 755"),
+            "{}",
+            caps.message
+        );
+        assert!(caps.message.contains("no containers, loop mounts, /etc/hosts"), "{}", caps.message);
+        assert_eq!(shim_mode(None, 0o755).severity, Severity::Warn, "no handshake: judged by the file");
+        assert_eq!(shim_mode(None, 0o4755).severity, Severity::Ok);
+    }
 
     #[test]
     fn off_linux_doctor_points_container_services_at_the_lima_vm() {

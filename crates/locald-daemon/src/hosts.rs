@@ -56,6 +56,21 @@ pub fn unwritable_note(config: &Config) -> Option<String> {
     })
 }
 
+/// What `up` says when the project has names that need `/etc/hosts` and the installed shim is
+/// the `--ports-only` one, which cannot write it; `None` otherwise (no shim at all: `doctor`).
+pub fn ports_only_note(config: &Config, privileged: &dyn Privileged) -> Option<String> {
+    ports_only_note_with(config, privileged, &system_resolver)
+}
+
+fn ports_only_note_with(config: &Config, privileged: &dyn Privileged, resolve: Resolver) -> Option<String> {
+    if privileged.unavailable().is_some() {
+        return None;
+    }
+    let reason = privileged.unavailable_beyond_bind("writing /etc/hosts")?;
+    let needed = names_needing_hosts(&routed_names([config]), resolve);
+    (!needed.is_empty()).then(|| format!("{} will not resolve: {reason}", needed.join(", ")))
+}
+
 /// The names that need an `/etc/hosts` entry, leaving out those the shim would refuse.
 /// `*.localhost` is judged once, by a name that is never in locald's own block, so entries locald
 /// wrote earlier do not make it drop them.
@@ -90,7 +105,14 @@ fn sync_with(privileged: &dyn Privileged, domains: &[String], resolve: Resolver)
     if privileged.unavailable().is_some() {
         return Ok(());
     }
-    privileged.sync_hosts(&names_needing_hosts(domains, resolve)).map_err(HostsError)
+    // The `--ports-only` install writes no /etc/hosts: nothing is written (a block left by an
+    // earlier setuid install stays until the full install runs again); `up` says why
+    // ([`ports_only_note`]).
+    if privileged.unavailable_beyond_bind("writing /etc/hosts").is_some() {
+        return Ok(());
+    }
+    let needed = names_needing_hosts(domains, resolve);
+    privileged.sync_hosts(&needed).map_err(HostsError)
 }
 
 #[cfg(test)]
@@ -194,6 +216,25 @@ mod tests {
         let none = crate::shim::Unavailable::new(ShimClientError::NotFound { reasons: "none".into() });
         let nothing = |_: &str| vec![];
         assert!(sync_with(&none, &names(&["shop.test"]), &nothing).is_ok());
+    }
+
+    #[test]
+    fn the_ports_only_shim_writes_nothing_and_up_names_what_will_not_resolve() {
+        use crate::shim::fake::Fake;
+        let shop = config(SHOP);
+        let native = |name: &str| {
+            if name.ends_with(".localhost") { vec!["127.0.0.1".parse().unwrap()] } else { vec![] }
+        };
+        let ports_only = Fake::new().ports_only();
+        sync_with(&ports_only, &routed_names([&shop]), &native).unwrap();
+        assert!(ports_only.calls().is_empty(), "{:?}", ports_only.calls());
+        let note = ports_only_note_with(&shop, &ports_only, &native).unwrap();
+        assert!(note.starts_with("shop.test will not resolve: writing /etc/hosts needs the full"), "{note}");
+        assert!(note.contains("sudo locald admin setup") && !note.contains('\n'), "{note}");
+
+        assert_eq!(ports_only_note_with(&shop, &Fake::new(), &native), None, "the setuid install writes it");
+        let localhost_only = config("[services.web]\ncommand = \"x\"\nport = 41003\n");
+        assert_eq!(ports_only_note_with(&localhost_only, &ports_only, &native), None);
     }
 
     #[test]

@@ -18,5 +18,5 @@ pub mod validate;
 
 pub use exit::{ExitClass, ShimError};
 pub use protocol::{
-    BindRequest, CONTROL_FD, PROTOCOL_VERSION, Parsed, Request, parse_version_line, version_line,
+    BindRequest, CONTROL_FD, PROTOCOL_VERSION, Parsed, Request, ShimMode, parse_version_line, version_line,
 };

@@ -21,6 +21,49 @@ pub fn version_line() -> String {
     format!("locald-shim {} protocol {}", env!("CARGO_PKG_VERSION"), PROTOCOL_VERSION)
 }
 
+/// How the shim holds its privilege, reported by `--shim-version` on its second line (protocol 5):
+/// the shim judges it from what the process holds, not from its own file, so a NixOS wrapper
+/// that passes the capability as an ambient one reads the same as a file capability.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShimMode {
+    /// Effective uid 0 (installed setuid root): every request.
+    Setuid,
+    /// Only `cap_net_bind_service` (the `--ports-only` install): `bind` and `--shim-version`.
+    Capabilities,
+    /// Neither: a copy, a nosuid mount, an install that lost its bit or capability.
+    Unprivileged,
+}
+
+impl ShimMode {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ShimMode::Setuid => "setuid",
+            ShimMode::Capabilities => "capabilities",
+            ShimMode::Unprivileged => "none",
+        }
+    }
+
+    /// The second line of `--shim-version`.
+    pub fn line(self) -> String {
+        format!("mode {}", self.as_str())
+    }
+
+    pub fn parse_line(line: &str) -> Option<Self> {
+        match line.trim().strip_prefix("mode ")? {
+            "setuid" => Some(ShimMode::Setuid),
+            "capabilities" => Some(ShimMode::Capabilities),
+            "none" => Some(ShimMode::Unprivileged),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for ShimMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The shim's crate version and protocol number, parsed from a `--shim-version` line.
 pub fn parse_version_line(line: &str) -> Option<(String, u32)> {
     let mut words = line.split_whitespace();
@@ -295,6 +338,26 @@ impl Request {
     pub fn needs_root(&self) -> bool {
         !matches!(self, Request::Version)
     }
+
+    /// Whether a shim holding only `cap_net_bind_service` serves it: the version handshake and
+    /// `bind`; everything else needs root.
+    pub fn served_with_bind_capability(&self) -> bool {
+        matches!(self, Request::Version | Request::Bind(_))
+    }
+
+    /// The request's name as written on the command line, for messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Request::Version => "--shim-version",
+            Request::Bind(_) => "bind",
+            Request::Cleanup(_) => "admin cleanup",
+            Request::SyncHosts(_) => "admin sync-hosts",
+            Request::MountLoop(_) => "admin mount-loop",
+            Request::UnmountLoop(_) => "admin unmount-loop",
+            Request::DebugPort(_) => "debug port",
+            Request::BundleRun(_) => "bundle run",
+        }
+    }
 }
 
 fn first_line(rendered: &str) -> String {
@@ -361,6 +424,35 @@ mod tests {
         assert_eq!(parse_version_line("locald-shim 1 protocol x"), None);
         assert_eq!(parse_version_line("evil 1 protocol 1"), None);
         assert_eq!(parse_version_line("locald-shim 1 protocol 1 extra"), None);
+    }
+
+    #[test]
+    fn mode_lines_parse_back() {
+        for mode in [ShimMode::Setuid, ShimMode::Capabilities, ShimMode::Unprivileged] {
+            assert_eq!(ShimMode::parse_line(&mode.line()), Some(mode));
+        }
+        assert_eq!(ShimMode::parse_line("mode root"), None);
+        assert_eq!(ShimMode::parse_line(""), None);
+    }
+
+    #[test]
+    fn only_bind_and_the_handshake_are_served_with_the_bind_capability() {
+        let served: Vec<&str> = [
+            "--shim-version",
+            "bind --port 80",
+            "admin cleanup /p/.locald/x",
+            "admin sync-hosts a.test",
+            "admin mount-loop --image /i --target /t",
+            "admin unmount-loop --target /t",
+            "debug port 80",
+            "bundle run --bundle /b --id x",
+        ]
+        .iter()
+        .map(|argv| parse(&argv.split(' ').collect::<Vec<_>>()).unwrap())
+        .filter(Request::served_with_bind_capability)
+        .map(|r| r.name())
+        .collect();
+        assert_eq!(served, ["--shim-version", "bind"]);
     }
 
     #[test]

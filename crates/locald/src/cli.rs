@@ -147,6 +147,10 @@ pub enum AdminCommand {
         /// Directory to install into; it and its parents must be writable only by root.
         #[arg(long, default_value = locald_daemon::shim::DEFAULT_INSTALL_DIR)]
         dest: PathBuf,
+        /// Not setuid: only the file capability cap_net_bind_service, for ports 80/443 and
+        /// nothing else (no containers, loop mounts or /etc/hosts entries).
+        #[arg(long)]
+        ports_only: bool,
     },
 }
 

@@ -129,7 +129,7 @@ fn the_enabled_module_installs_the_setuid_wrapper_and_a_delegated_user_daemon() 
     assert_eq!(eval["locald"]["package"], package, "the package defaults to pkgs.locald");
     assert_eq!(
         eval["optionTypes"],
-        json!({"enable": "bool", "package": "package", "domainSuffix": "enum", "trustCA": "bool", "caCertificate": "nullOr"})
+        json!({"enable": "bool", "package": "package", "domainSuffix": "enum", "trustCA": "bool", "privilege": "enum", "caCertificate": "nullOr"})
     );
     assert_eq!(eval["failedAssertions"], json!([]));
     let nixos = &eval["nixos"];
@@ -165,6 +165,43 @@ fn the_enabled_module_installs_the_setuid_wrapper_and_a_delegated_user_daemon() 
         &enabled("services.locald = { trustCA = true; caCertificate = \"/etc/locald-ca.pem\"; };"),
     );
     assert_eq!(trusted["nixos"]["security"]["pki"]["certificateFiles"], json!(["/etc/locald-ca.pem"]));
+}
+
+#[test]
+fn privilege_maps_to_a_setuid_or_a_capability_only_wrapper() {
+    let Some(lib) = nixpkgs_lib() else { return };
+    let wrapper = |eval: &Json| eval["nixos"]["security"]["wrappers"]["locald-shim"].clone();
+    let default = system(lib, &enabled(""));
+    let setuid = system(lib, &enabled("services.locald.privilege = \"setuid\";"));
+    assert_eq!(default["locald"]["privilege"], "setuid");
+    assert_eq!(wrapper(&setuid), wrapper(&default), "setuid is the default");
+    assert_eq!((&wrapper(&setuid)["setuid"], &wrapper(&setuid)["capabilities"]), (&json!(true), &json!("")));
+
+    let caps = system(lib, &enabled("services.locald.privilege = \"capabilities\";"));
+    assert_eq!(caps["failedAssertions"], json!([]));
+    let package = caps["packages"]["pkgs"].as_str().unwrap();
+    // Every field: not setuid or setgid, only the bind capability, root-owned, the same program.
+    assert_eq!(
+        wrapper(&caps),
+        json!({
+            "enable": true, "program": "locald-shim", "source": format!("{package}/bin/locald-shim"),
+            "owner": "root", "group": "root", "setuid": false, "setgid": false,
+            "permissions": "u+rx,g+x,o+x", "capabilities": "cap_net_bind_service+ep",
+        })
+    );
+    // Nothing else of the system differs.
+    let (mut a, mut b) = (default["nixos"].clone(), caps["nixos"].clone());
+    a["security"]["wrappers"] = json!(null);
+    b["security"]["wrappers"] = json!(null);
+    assert_eq!(a, b);
+
+    for bad in ["root", "cap_net_bind_service", "", "Setuid"] {
+        let error = refused(lib, &enabled(&format!("services.locald.privilege = \"{bad}\";")));
+        assert!(
+            error.contains("services.locald.privilege") && error.contains("is not of type"),
+            "{bad:?}: {error}"
+        );
+    }
 }
 
 #[test]

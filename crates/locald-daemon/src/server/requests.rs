@@ -182,7 +182,11 @@ async fn up(daemon: &Daemon, dir: &Path, out: &mut Out) -> io::Result<()> {
         }
         if all_ready {
             let config_changed = attached && project.config_changed();
-            let notes = crate::hosts::unwritable_note(&project.config).into_iter().collect();
+            let privileged = daemon.supervisor.privileged();
+            let notes = crate::hosts::unwritable_note(&project.config)
+                .into_iter()
+                .chain(crate::hosts::ports_only_note(&project.config, &*privileged))
+                .collect();
             return out
                 .send(Response::UpDone {
                     project: project_status(proxy, &project),

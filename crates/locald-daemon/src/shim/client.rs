@@ -14,7 +14,7 @@ use locald_shim_protocol::protocol::{
     UnmountLoopRequest,
 };
 use locald_shim_protocol::{
-    BindRequest, CONTROL_FD, ExitClass, PROTOCOL_VERSION, Request, parse_version_line,
+    BindRequest, CONTROL_FD, ExitClass, PROTOCOL_VERSION, Request, ShimMode, parse_version_line,
 };
 use nix::cmsg_space;
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg, setsockopt, sockopt};
@@ -40,6 +40,14 @@ pub enum ShimClientError {
     Spawn { path: PathBuf, source: std::io::Error },
     #[error("{message}")]
     Failed { class: Option<ExitClass>, message: String },
+    /// The installed shim is the `--ports-only` one and `what` needs root.
+    #[error(
+        "{what} needs the full locald-shim install: {} holds only cap_net_bind_service \
+         (capabilities mode, binds ports 1-1023 and nothing else) — run `sudo locald admin setup` \
+         for the setuid install",
+        .path.display()
+    )]
+    PortsOnly { path: PathBuf, what: &'static str },
     /// Asked of a daemon that found no usable shim when it started: why it found none.
     #[error(transparent)]
     Unavailable(std::sync::Arc<ShimClientError>),
@@ -59,6 +67,7 @@ impl ShimClientError {
 #[derive(Debug, Clone)]
 pub struct Shim {
     path: PathBuf,
+    mode: ShimMode,
 }
 
 impl Shim {
@@ -88,6 +97,20 @@ impl Shim {
         &self.path
     }
 
+    /// How the shim said it holds its privilege: [`ShimMode::Setuid`] or
+    /// [`ShimMode::Capabilities`] (a shim holding neither fails the handshake).
+    pub fn mode(&self) -> ShimMode {
+        self.mode
+    }
+
+    /// Why the requests beyond `bind` cannot be served, if they cannot.
+    pub fn refuses_beyond_bind(&self, what: &'static str) -> Result<(), ShimClientError> {
+        match self.mode {
+            ShimMode::Capabilities => Err(ShimClientError::PortsOnly { path: self.path.clone(), what }),
+            _ => Ok(()),
+        }
+    }
+
     fn handshake(path: PathBuf) -> Result<Self, ShimClientError> {
         let output = base_command(&path, &Request::Version)
             .stdout(Stdio::piped())
@@ -109,7 +132,17 @@ impl Shim {
                 needed: format!("{needed_version} (protocol {PROTOCOL_VERSION})"),
             });
         }
-        Ok(Self { path })
+        let mode = stdout.lines().nth(1).and_then(ShimMode::parse_line);
+        match mode {
+            Some(mode @ (ShimMode::Setuid | ShimMode::Capabilities)) => Ok(Self { path, mode }),
+            Some(ShimMode::Unprivileged) => Err(ShimClientError::Handshake {
+                path,
+                detail: "it runs without root or cap_net_bind_service (mounted nosuid? \
+                         installed without its setuid bit or file capability?)"
+                    .to_owned(),
+            }),
+            None => Err(ShimClientError::Handshake { path, detail: "no `mode` line".to_owned() }),
+        }
     }
 
     /// A listening socket on privileged `port`, bound by the shim and passed back as an fd.
@@ -153,11 +186,13 @@ impl Shim {
 
     /// Removes `path` (inside a `.locald` directory) although root owns parts of it.
     pub fn cleanup(&self, path: &Path) -> Result<(), ShimClientError> {
+        self.refuses_beyond_bind("removing root-owned files")?;
         self.run(&Request::Cleanup(CleanupRequest { path: path.to_owned() })).map(drop)
     }
 
     /// Makes the caller's `/etc/hosts` block map exactly `domains` to loopback.
     pub fn sync_hosts(&self, domains: &[String]) -> Result<(), ShimClientError> {
+        self.refuses_beyond_bind("writing /etc/hosts")?;
         self.run(&Request::SyncHosts(SyncHostsRequest { domains: domains.to_vec() })).map(drop)
     }
 
@@ -168,6 +203,7 @@ impl Shim {
         fstype: &str,
         read_write: bool,
     ) -> Result<(), ShimClientError> {
+        self.refuses_beyond_bind("a loop mount")?;
         let request = MountLoopRequest {
             image: image.to_owned(),
             target: target.to_owned(),
@@ -178,11 +214,13 @@ impl Shim {
     }
 
     pub fn unmount_loop(&self, target: &Path) -> Result<(), ShimClientError> {
+        self.refuses_beyond_bind("a loop unmount")?;
         self.run(&Request::UnmountLoop(UnmountLoopRequest { target: target.to_owned() })).map(drop)
     }
 
     /// Who listens on `port`: one entry per process.
     pub fn debug_port(&self, port: u16) -> Result<Vec<PortOwner>, ShimClientError> {
+        self.refuses_beyond_bind("naming a port's holder")?;
         let stdout = self.run(&Request::DebugPort(DebugPortRequest { port }))?;
         Ok(stdout.lines().filter_map(PortOwner::parse).collect())
     }

@@ -1,4 +1,5 @@
-//! Which shim may be used: only one that is root-owned, setuid, and reachable through a
+//! Which shim may be used: only one that is root-owned, setuid or carrying exactly the file
+//! capability `cap_net_bind_service=ep` (the `--ports-only` install), and reachable through a
 //! directory chain that only root can write. Anything else could be swapped by a user between
 //! our check and its exec, so it is ignored however convenient (a development build next to
 //! the binary, a copy in the home directory).
@@ -7,6 +8,8 @@ use std::ffi::OsString;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+
+use super::filecap::{self, FileCaps};
 
 pub const SHIM_NAME: &str = "locald-shim";
 /// NixOS installs setuid programs as wrappers here (`security.wrappers`).
@@ -24,8 +27,8 @@ pub enum Insecure {
     NotAFile(PathBuf),
     #[error("{path} is owned by uid {uid}, not root")]
     NotRootOwned { path: PathBuf, uid: u32 },
-    #[error("{0} is not setuid")]
-    NotSetuid(PathBuf),
+    #[error("{0} is neither setuid nor carries exactly the file capability cap_net_bind_service=ep")]
+    NotPrivileged(PathBuf),
     #[error("{path} is writable by group or others (mode {mode:o})")]
     Writable { path: PathBuf, mode: u32 },
     #[error("cannot inspect {path}: {reason}")]
@@ -49,7 +52,13 @@ pub fn check_trusted(path: &Path) -> Result<PathBuf, Insecure> {
         _ => Insecure::Unreadable { path: path.to_owned(), reason: e.to_string() },
     })?;
     let meta = stat(&canonical)?;
-    judge_file(&canonical, meta.is_file(), meta.uid(), meta.mode())?;
+    // Only root (CAP_SETFCAP) can write the attribute, and any write to the file or chown of it
+    // makes the kernel drop it, as it drops the setuid bit.
+    let bind_capability = meta.is_file()
+        && filecap::read(&canonical)
+            .map_err(|e| Insecure::Unreadable { path: canonical.clone(), reason: e.to_string() })?
+            == Some(FileCaps::BIND_ONLY);
+    judge_file(&canonical, meta.is_file(), meta.uid(), meta.mode(), bind_capability)?;
     check_dir_chain(canonical.parent().unwrap_or(Path::new("/")))?;
     Ok(canonical)
 }
@@ -68,15 +77,21 @@ fn stat(path: &Path) -> Result<fs::Metadata, Insecure> {
         .map_err(|e| Insecure::Unreadable { path: path.to_owned(), reason: e.to_string() })
 }
 
-fn judge_file(path: &Path, is_file: bool, uid: u32, mode: u32) -> Result<(), Insecure> {
+fn judge_file(
+    path: &Path,
+    is_file: bool,
+    uid: u32,
+    mode: u32,
+    bind_capability: bool,
+) -> Result<(), Insecure> {
     if !is_file {
         return Err(Insecure::NotAFile(path.to_owned()));
     }
     if uid != 0 {
         return Err(Insecure::NotRootOwned { path: path.to_owned(), uid });
     }
-    if mode & 0o4000 == 0 {
-        return Err(Insecure::NotSetuid(path.to_owned()));
+    if mode & 0o4000 == 0 && !bind_capability {
+        return Err(Insecure::NotPrivileged(path.to_owned()));
     }
     if mode & 0o022 != 0 {
         return Err(Insecure::Writable { path: path.to_owned(), mode: mode & 0o7777 });
@@ -104,18 +119,30 @@ mod tests {
 
     #[test]
     fn a_root_owned_setuid_file_not_writable_by_others_is_trusted() {
-        assert_eq!(judge_file(Path::new(P), true, 0, 0o104755), Ok(()));
-        assert_eq!(judge_file(Path::new(P), true, 0, 0o104750), Ok(()));
+        assert_eq!(judge_file(Path::new(P), true, 0, 0o104755, false), Ok(()));
+        assert_eq!(judge_file(Path::new(P), true, 0, 0o104750, false), Ok(()));
+    }
+
+    #[test]
+    fn a_root_owned_file_with_the_bind_capability_is_trusted_under_the_same_rules() {
+        let p = Path::new(P);
+        assert_eq!(judge_file(p, true, 0, 0o100755, true), Ok(()));
+        assert!(matches!(judge_file(p, true, 1000, 0o100755, true), Err(Insecure::NotRootOwned { .. })));
+        assert!(matches!(judge_file(p, true, 0, 0o100775, true), Err(Insecure::Writable { .. })));
+        assert!(matches!(judge_file(p, true, 0, 0o100757, true), Err(Insecure::Writable { .. })));
     }
 
     #[test]
     fn files_that_a_user_could_have_made_or_changed_are_not() {
         let p = Path::new(P);
-        assert!(matches!(judge_file(p, false, 0, 0o104755), Err(Insecure::NotAFile(_))));
-        assert!(matches!(judge_file(p, true, 1000, 0o104755), Err(Insecure::NotRootOwned { uid: 1000, .. })));
-        assert!(matches!(judge_file(p, true, 0, 0o100755), Err(Insecure::NotSetuid(_))));
-        assert!(matches!(judge_file(p, true, 0, 0o104775), Err(Insecure::Writable { .. })));
-        assert!(matches!(judge_file(p, true, 0, 0o104757), Err(Insecure::Writable { .. })));
+        assert!(matches!(judge_file(p, false, 0, 0o104755, false), Err(Insecure::NotAFile(_))));
+        assert!(matches!(
+            judge_file(p, true, 1000, 0o104755, false),
+            Err(Insecure::NotRootOwned { uid: 1000, .. })
+        ));
+        assert!(matches!(judge_file(p, true, 0, 0o100755, false), Err(Insecure::NotPrivileged(_))));
+        assert!(matches!(judge_file(p, true, 0, 0o104775, false), Err(Insecure::Writable { .. })));
+        assert!(matches!(judge_file(p, true, 0, 0o104757, false), Err(Insecure::Writable { .. })));
     }
 
     #[test]

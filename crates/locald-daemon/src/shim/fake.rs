@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 
+use locald_shim_protocol::ShimMode;
+
 use super::{PortOwner, Privileged, ShimClientError};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +32,8 @@ pub struct Fake {
     owners: Vec<PortOwner>,
     /// Runs at each request before it is recorded: a test's check of the caller's state.
     before_each: Option<Hook>,
+    /// Answers as the `--ports-only` install: bind only.
+    ports_only: bool,
 }
 
 impl std::fmt::Debug for Fake {
@@ -58,6 +62,11 @@ impl Fake {
         self
     }
 
+    pub fn ports_only(mut self) -> Self {
+        self.ports_only = true;
+        self
+    }
+
     pub fn shared(self) -> Arc<Self> {
         Arc::new(self)
     }
@@ -81,6 +90,15 @@ impl Fake {
 impl Privileged for Fake {
     fn unavailable(&self) -> Option<Arc<ShimClientError>> {
         None
+    }
+
+    fn mode(&self) -> Option<ShimMode> {
+        Some(if self.ports_only { ShimMode::Capabilities } else { ShimMode::Setuid })
+    }
+
+    fn unavailable_beyond_bind(&self, what: &'static str) -> Option<Arc<ShimClientError>> {
+        self.ports_only
+            .then(|| Arc::new(ShimClientError::PortsOnly { path: PathBuf::from("/fake/locald-shim"), what }))
     }
 
     fn bind(&self, port: u16, address: Option<IpAddr>) -> Result<TcpListener, ShimClientError> {

@@ -4,6 +4,7 @@ mod client;
 mod discovery;
 #[cfg(test)]
 pub mod fake;
+pub mod filecap;
 mod privileged;
 mod remove;
 

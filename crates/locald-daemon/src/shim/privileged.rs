@@ -9,6 +9,8 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 
+use locald_shim_protocol::ShimMode;
+
 use super::{PortOwner, Shim, ShimClientError};
 
 /// What root does for the daemon. [`Shim`] does it through `locald-shim`; [`Unavailable`] answers
@@ -16,6 +18,11 @@ use super::{PortOwner, Shim, ShimClientError};
 pub trait Privileged: Send + Sync + std::fmt::Debug {
     /// Why there is no usable shim: `None` when there is one.
     fn unavailable(&self) -> Option<Arc<ShimClientError>>;
+    /// How the usable shim holds its privilege; `None` without one.
+    fn mode(&self) -> Option<ShimMode>;
+    /// Why `what`, a request beyond `bind`, cannot be served: no shim, or the `--ports-only` one.
+    /// Checked before a project needing it starts, so `up` says which install it needs.
+    fn unavailable_beyond_bind(&self, what: &'static str) -> Option<Arc<ShimClientError>>;
     /// A listening socket on privileged `port`.
     fn bind(&self, port: u16, address: Option<IpAddr>) -> Result<TcpListener, ShimClientError>;
     /// Makes the caller's `/etc/hosts` block map exactly `domains` to loopback.
@@ -51,6 +58,14 @@ impl Privileged for Shim {
         None
     }
 
+    fn mode(&self) -> Option<ShimMode> {
+        Some(Shim::mode(self))
+    }
+
+    fn unavailable_beyond_bind(&self, what: &'static str) -> Option<Arc<ShimClientError>> {
+        self.refuses_beyond_bind(what).err().map(Arc::new)
+    }
+
     fn bind(&self, port: u16, address: Option<IpAddr>) -> Result<TcpListener, ShimClientError> {
         Shim::bind(self, port, address)
     }
@@ -82,6 +97,7 @@ impl Privileged for Shim {
     }
 
     fn bundle_run(&self, bundle: &Path, id: &str, control: RawFd) -> Result<Command, ShimClientError> {
+        self.refuses_beyond_bind("running a container")?;
         Ok(Shim::bundle_run(self, bundle, id, control))
     }
 }
@@ -104,6 +120,14 @@ impl Unavailable {
 
 impl Privileged for Unavailable {
     fn unavailable(&self) -> Option<Arc<ShimClientError>> {
+        Some(self.reason.clone())
+    }
+
+    fn mode(&self) -> Option<ShimMode> {
+        None
+    }
+
+    fn unavailable_beyond_bind(&self, _: &'static str) -> Option<Arc<ShimClientError>> {
         Some(self.reason.clone())
     }
 

@@ -421,7 +421,7 @@ fn container_runtime(
         first.get_or_insert(service.name.as_str());
     }
     let Some(name) = first else { return Ok(None) };
-    if let Some(source) = privileged.unavailable() {
+    if let Some(source) = privileged.unavailable_beyond_bind("running a container") {
         return Err(UpError::NoShim { file: file(), service: name.to_owned(), source });
     }
     let cache = locald_core::paths::cache_dir().map_err(UpError::ImageCache)?.join("images");
@@ -558,6 +558,29 @@ mod tests {
         );
         let cause = std::error::Error::source(&refused).expect("the reason is kept as the cause");
         assert!(cause.to_string().starts_with("no usable locald-shim"), "{cause}");
+        assert!(supervisor.all().is_empty(), "nothing started");
+    }
+
+    #[test]
+    fn a_container_project_with_the_ports_only_shim_is_refused_naming_the_full_install() {
+        use crate::shim::fake::Fake;
+        let dir = project("[services.db]\nimage = \"./rootfs\"\ncommand = \"true\"\n");
+        std::fs::create_dir_all(dir.path().join("rootfs/bin")).unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let fake = Fake::new().ports_only().shared();
+        let supervisor = supervisor(state.path(), fake.clone());
+
+        let text = supervisor.up(dir.path()).err().expect("ports-only, no container").to_string();
+        assert!(
+            text.ends_with(
+                "service \"db\" runs in a container, which needs the setuid locald-shim: running a \
+                 container needs the full locald-shim install: /fake/locald-shim holds only \
+                 cap_net_bind_service (capabilities mode, binds ports 1-1023 and nothing else) — run \
+                 `sudo locald admin setup` for the setuid install"
+            ),
+            "{text}"
+        );
+        assert!(fake.calls().is_empty(), "the shim was not asked: {:?}", fake.calls());
         assert!(supervisor.all().is_empty(), "nothing started");
     }
 

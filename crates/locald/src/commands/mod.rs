@@ -22,7 +22,9 @@ use crate::cli::{AdminCommand, Cli, Command, ConfigCommand, DebugCommand, Server
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Doctor { json } => doctor::run(json),
-        Command::Admin { command: AdminCommand::Setup { dest } } => admin_setup::run(&dest),
+        Command::Admin { command: AdminCommand::Setup { dest, ports_only } } => {
+            admin_setup::run(&dest, ports_only)
+        }
         Command::Mount { image, name, fstype, read_write } => {
             mounts::mount(&image, name, &fstype, read_write)
         }

@@ -9,15 +9,45 @@ use nix::sys::socket::{AddressFamily, ControlMessage, MsgFlags, SockaddrLike, So
 use nix::sys::socket::{getsockname, sendmsg};
 use nix::sys::stat::{SFlag, fstat};
 
+#[cfg(target_os = "linux")]
+use crate::capability::BindOnly;
 use crate::privilege::Root;
+use locald_shim_protocol::ShimMode;
 
-pub fn run(root: Root, address: SocketAddr) -> Result<(), ShimError> {
+/// What lets this process bind a privileged port; the same rules apply to both.
+#[derive(Debug)]
+pub enum Privilege {
+    Root(Root),
+    #[cfg(target_os = "linux")]
+    Capability(BindOnly),
+}
+
+impl Privilege {
+    pub fn acquire(mode: ShimMode) -> Result<Self, ShimError> {
+        match mode {
+            #[cfg(target_os = "linux")]
+            ShimMode::Capabilities => Ok(Privilege::Capability(BindOnly::acquire()?)),
+            _ => Ok(Privilege::Root(Root::acquire()?)),
+        }
+    }
+
+    /// Gives the privilege up for good: root to the caller's ids, or every capability set emptied.
+    fn drop(self) -> Result<(), ShimError> {
+        match self {
+            Privilege::Root(root) => root.drop_to_caller().map(drop),
+            #[cfg(target_os = "linux")]
+            Privilege::Capability(bind_only) => bind_only.drop_all(),
+        }
+    }
+}
+
+pub fn run(privilege: Privilege, address: SocketAddr) -> Result<(), ShimError> {
     check_control_socket()?;
     // std sets SO_REUSEADDR on Unix, so a listener left in TIME_WAIT by a previous daemon does
     // not block the port.
     let listener = TcpListener::bind(address).map_err(|e| ShimError::os(&format!("bind {address}"), e))?;
-    // The socket is bound; nothing left needs root.
-    root.drop_to_caller()?;
+    // The socket is bound; nothing left needs root or the capability.
+    privilege.drop()?;
     let fds = [listener.as_raw_fd()];
     sendmsg::<()>(
         CONTROL_FD,

@@ -8,6 +8,8 @@ mod bind;
 #[cfg(target_os = "linux")]
 mod bundle;
 #[cfg(target_os = "linux")]
+mod capability;
+#[cfg(target_os = "linux")]
 mod cgroup_view;
 #[cfg(target_os = "linux")]
 mod cleanup;
@@ -32,7 +34,7 @@ use std::ffi::OsString;
 use std::io::Write;
 use std::process::ExitCode;
 
-use locald_shim_protocol::{Parsed, Request, ShimError, version_line};
+use locald_shim_protocol::{Parsed, Request, ShimError, ShimMode, version_line};
 
 fn main() -> ExitCode {
     match run() {
@@ -62,15 +64,24 @@ fn run() -> Result<i32, ShimError> {
         preamble::close_control_fd();
     }
 
+    let mode = mode();
+    // The capability install serves bind and the handshake only; the rest is refused here,
+    // before anything of the request is touched.
+    if mode == ShimMode::Capabilities && !request.served_with_bind_capability() {
+        #[cfg(target_os = "linux")]
+        return Err(capability::refuse(request.name()));
+    }
+
     let done = |result: Result<(), ShimError>| result.map(|()| 0);
     match request {
         Request::Version => {
             println!("{}", version_line());
+            println!("{}", mode.line());
             Ok(0)
         }
         Request::Bind(bind) => {
             let address = bind.validate()?;
-            done(bind::run(privilege::Root::acquire()?, address))
+            done(bind::run(bind::Privilege::acquire(mode)?, address))
         }
         Request::SyncHosts(request) => done(hosts::run(privilege::Root::acquire()?, &request)),
         #[cfg(target_os = "linux")]
@@ -96,4 +107,14 @@ fn run() -> Result<i32, ShimError> {
             ))
         }
     }
+}
+
+#[cfg(target_os = "linux")]
+fn mode() -> ShimMode {
+    capability::mode()
+}
+
+#[cfg(not(target_os = "linux"))]
+fn mode() -> ShimMode {
+    if nix::unistd::geteuid().is_root() { ShimMode::Setuid } else { ShimMode::Unprivileged }
 }
