@@ -163,7 +163,8 @@ fn the_images_user_runs_the_service_through_the_users_allocation() {
     let _ = project.run(&["up"]);
     let logs = wait_for(Duration::from_secs(10), || {
         let logs = text(&project.run(&["logs"]));
-        logs.contains("usermod --add-subuids").then_some(logs)
+        // Each service refuses on its own; wait for job's line, whichever comes first.
+        logs.lines().any(|l| l.contains("service job") && l.contains("usermod --add-subuids")).then_some(logs)
     })
     .unwrap_or_else(|| panic!("no allocation hint:\n{}", text(&project.run(&["logs"]))));
     assert!(logs.contains("service job") && logs.contains("container uid 101"), "{logs}");
