@@ -226,6 +226,7 @@ pub fn resolve_toml(
             dir: dir.to_owned(),
             source: file.to_owned(),
             https_redirect,
+            insecure_registries: raw.project.as_ref().and_then(|p| p.insecure_registries.clone()).unwrap_or_default(),
         },
         services: out,
     })
@@ -307,6 +308,7 @@ pub fn resolve_procfile(
             dir: dir.to_owned(),
             source: file.to_owned(),
             https_redirect: false,
+            insecure_registries: Vec::new(),
         },
         services,
     })
@@ -418,6 +420,7 @@ fn container(
         workdir,
         memory_bytes: s.memory.as_ref().map(|m| m.get_ref().0),
         pids,
+        pull: s.pull.as_ref().map(|p| *p.get_ref()).unwrap_or_default(),
     })
 }
 
@@ -461,6 +464,7 @@ fn refuse_container_keys(ctx: &Ctx, s: &RawService) -> Result<(), ConfigError> {
         s.volumes.as_ref().and_then(|v| v.first()).map(|v| ("volumes", v.span().start)),
         s.memory.as_ref().map(|m| ("memory", m.span().start)),
         s.pids.as_ref().map(|p| ("pids", p.span().start)),
+        s.pull.as_ref().map(|p| ("pull", p.span().start)),
     ];
     match first.into_iter().flatten().next() {
         Some((key, at)) => Err(ctx.err(at, format!("{key} applies only to services with an image"))),
