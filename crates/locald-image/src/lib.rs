@@ -1,7 +1,7 @@
 //! Container images from local sources — a rootfs directory, an OCI image layout directory, or a
 //! `docker save` / OCI archive tarball — and the OCI bundle a service runs from. Layers are
-//! unpacked in order into a content-addressed cache under the user's cache directory; pulling
-//! from a registry is not supported yet. Plain blocking code: the daemon calls it from
+//! unpacked in order into a content-addressed cache under the user's cache directory; images
+//! pulled from a registry (by `locald-registry`) come in as their stored blobs. Plain blocking code: the daemon calls it from
 //! `spawn_blocking`, and nothing here is async or privileged.
 
 pub mod bundle;
@@ -47,6 +47,18 @@ pub enum ImageSource {
     OciLayout(PathBuf),
     /// A tarball: `docker save` output or an OCI archive.
     Archive(PathBuf),
+    /// An image pulled from a registry into the shared store: its verified blobs.
+    Pulled(Pulled),
+}
+
+/// The blobs of a pulled image, in the store (`locald-registry` verified them on the way in).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pulled {
+    /// `sha256:…` of the platform manifest.
+    pub manifest: String,
+    pub config: PathBuf,
+    /// In application order, each with its digest.
+    pub layers: Vec<(PathBuf, String)>,
 }
 
 /// A root filesystem ready to copy into a bundle.
@@ -139,6 +151,20 @@ pub fn prepare(source: &ImageSource, cache: &Path) -> Result<Prepared, ImageErro
             defaults: Defaults::default(),
         }),
         ImageSource::OciLayout(path) => unpack_cached(path, cache, &oci_layers(path)?),
+        ImageSource::Pulled(pulled) => {
+            let config = fs::read(&pulled.config)
+                .map_err(|source| ImageError::Io { path: pulled.config.clone(), source })?;
+            let layers = Layers {
+                id: pulled.manifest.clone(),
+                blobs: pulled
+                    .layers
+                    .iter()
+                    .map(|(path, digest)| Blob { path: path.clone(), digest: Some(digest.clone()) })
+                    .collect(),
+                defaults: Defaults::from_config_json(&config),
+            };
+            unpack_cached(&pulled.config, cache, &layers)
+        }
         ImageSource::Archive(path) => {
             let staging = cache.join(format!(".staging-{}", atomic_file::unique()));
             let _ = fs::remove_dir_all(&staging);

@@ -6,7 +6,10 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::{StreamExt, TryStreamExt, stream};
+use std::future::Future;
+use std::pin::Pin;
+
+use futures_util::StreamExt;
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::manifest::OciDescriptor;
 use oci_client::secrets::RegistryAuth;
@@ -159,13 +162,19 @@ pub async fn pull(
         p.bytes_total = total;
     });
     fetch(&ctx, &config, &auth).await?;
-    stream::iter(layers.iter().map(|l| fetch(&ctx, l, &auth)))
-        .buffer_unordered(PARALLEL)
-        .try_for_each(|()| async {
+    let slots = tokio::sync::Semaphore::new(PARALLEL);
+    let mut downloads = Vec::with_capacity(layers.len());
+    for layer in &layers {
+        let (ctx, auth, slots) = (&ctx, &auth, &slots);
+        let download: Pin<Box<dyn Future<Output = Result<(), PullError>> + Send + '_>> = Box::pin(async move {
+            let _slot = slots.acquire().await.expect("never closed");
+            fetch(ctx, layer, auth).await?;
             ctx.report(|p| p.layers_done += 1);
             Ok(())
-        })
-        .await?;
+        });
+        downloads.push(download);
+    }
+    futures_util::future::try_join_all(downloads).await?;
     store.put_bytes(&digest, &raw).map_err(|e| ctx.store_err(e))?;
     let record = ImageRecord {
         references: BTreeSet::from([shown.clone()]),
