@@ -120,7 +120,17 @@ pub fn umoci_image(layout: &Path, tag: &str, arch: &str, marker: &str, applets: 
     fs::write(rootfs.join("www/index.html"), marker).unwrap();
     run(Command::new("umoci").args(["repack", "--image", &image]).arg(&bundle));
     let mut config = Command::new("umoci");
-    config.args(["config", "--image", &image, "--os", "linux", "--architecture", arch, "--config.env", "PATH=/bin"]);
+    config.args([
+        "config",
+        "--image",
+        &image,
+        "--os",
+        "linux",
+        "--architecture",
+        arch,
+        "--config.env",
+        "PATH=/bin",
+    ]);
     config.args(["--config.workingdir", "/www"]);
     for arg in cmd {
         config.arg(format!("--config.cmd={arg}"));
@@ -131,7 +141,8 @@ pub fn umoci_image(layout: &Path, tag: &str, arch: &str, marker: &str, applets: 
 
 /// The descriptor of `tag` in `layout`'s index.json.
 pub fn descriptor(layout: &Path, tag: &str) -> serde_json::Value {
-    let index: serde_json::Value = serde_json::from_slice(&fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let index: serde_json::Value =
+        serde_json::from_slice(&fs::read(layout.join("index.json")).unwrap()).unwrap();
     index["manifests"]
         .as_array()
         .unwrap()

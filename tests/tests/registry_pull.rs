@@ -20,7 +20,10 @@ fn pushed(registry: &Registry, name: &str, creds: Option<&str>) -> (String, Path
 }
 
 fn project(daemon: &Daemon, name: &str, image: &str, extra: &str) -> PathBuf {
-    daemon.project(name, &format!("[project]\nname = \"{name}\"\n\n[services.web]\nimage = \"{image}\"\n{extra}"))
+    daemon.project(
+        name,
+        &format!("[project]\nname = \"{name}\"\n\n[services.web]\nimage = \"{image}\"\n{extra}"),
+    )
 }
 
 fn pull(daemon: &Daemon, dir: &Path) -> std::process::Output {
@@ -65,6 +68,11 @@ fn a_pull_pins_the_digest_and_a_second_project_downloads_nothing() {
     let layer = manifest_json["layers"][0]["digest"].as_str().unwrap();
     let hex = layer.strip_prefix("sha256:").unwrap();
     assert_eq!(fs::read(store(&daemon).join("blobs/sha256").join(hex)).unwrap(), read_blob(&layout, layer));
+    // Unpacked once on its own, beside the blob.
+    assert_eq!(
+        fs::read_to_string(store(&daemon).join("layers/sha256").join(hex).join("marker")).unwrap(),
+        "app"
+    );
     let downloads = registry.blob_gets();
     assert_eq!(downloads, 2, "config and layer, once each:\n{}", registry.log());
 
@@ -89,6 +97,7 @@ fn a_pull_pins_the_digest_and_a_second_project_downloads_nothing() {
     let pruned = daemon.ok(&["images", "prune"]);
     assert!(pruned.contains("1 image(s) removed"), "{pruned}");
     assert!(!store(&daemon).join("blobs/sha256").join(hex).exists(), "the layer blob survived prune");
+    assert!(!store(&daemon).join("layers/sha256").join(hex).exists(), "the unpacked layer survived prune");
     assert!(daemon.ok(&["images"]).contains("no registry images"));
 }
 
@@ -124,7 +133,10 @@ fn an_index_resolves_to_the_hosts_platform_or_says_there_is_none() {
     let out = pull(&daemon, &dir);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&format!("has no manifest for linux/{host}")) && err.contains(&format!("linux/{other}")), "{err}");
+    assert!(
+        err.contains(&format!("has no manifest for linux/{host}")) && err.contains(&format!("linux/{other}")),
+        "{err}"
+    );
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
 
@@ -150,8 +162,10 @@ fn a_tampered_blob_is_refused_and_nothing_of_it_is_stored() {
     assert!(err.contains(&format!("blob {layer} does not match its digest")), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     let hex = layer.strip_prefix("sha256:").unwrap();
-    let left: Vec<PathBuf> =
-        files(&store(&daemon).join("blobs")).into_iter().filter(|f| f.to_string_lossy().contains(hex)).collect();
+    let left: Vec<PathBuf> = files(&store(&daemon).join("blobs"))
+        .into_iter()
+        .filter(|f| f.to_string_lossy().contains(hex))
+        .collect();
     assert_eq!(left, Vec::<PathBuf>::new(), "part of the tampered layer is in the store");
     assert!(!dir.join(".locald/images.json").exists(), "a failed pull pinned something");
 }
@@ -167,7 +181,11 @@ fn credentials_come_from_docker_config_and_their_absence_says_how_to_log_in() {
     assert!(!out.status.success(), "pulled without credentials");
     let err = String::from_utf8_lossy(&out.stderr);
     let host = registry.host();
-    assert!(err.contains(&format!("registry {host} refused access")) && err.contains(&format!("docker login {host}")), "{err}");
+    assert!(
+        err.contains(&format!("registry {host} refused access"))
+            && err.contains(&format!("docker login {host}")),
+        "{err}"
+    );
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 
     // `docker login` would write this ("alice:s3cret" in base64).
@@ -208,4 +226,25 @@ fn pull_never_refuses_an_image_that_was_not_pulled() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("is not in the local store and `pull = \"never\"`"), "{err}");
+}
+
+#[test]
+fn a_missing_image_and_an_unreachable_registry_each_say_so_in_one_line() {
+    let registry = Registry::start(None);
+    let daemon = Daemon::new();
+    let image = format!("{}/nobody/here:v1", registry.host());
+    let dir = project(&daemon, "missing", &image, "");
+    let out = pull(&daemon, &dir);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("image {image} not found in its registry")), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+
+    // Nothing listens on port 1.
+    let dir = project(&daemon, "offline", "127.0.0.1:1/app:v1", "");
+    let out = pull(&daemon, &dir);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot reach registry 127.0.0.1:1 for 127.0.0.1:1/app:v1"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
 }

@@ -164,6 +164,7 @@ mod tests {
             workdir: None,
             memory_bytes: None,
             pids: None,
+            pull: Default::default(),
         });
         let got = service_env(&web, &files());
         assert_eq!(env(&got)[0], ("NODE_EXTRA_CA_CERTS", CONTAINER_CA));

@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 
 use locald_core::atomic_file;
 
-pub use layer::{LayerError, Skipped};
+pub use layer::{LayerError, Skipped, Whiteouts};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
@@ -387,6 +387,28 @@ fn unpack_cached(source: &Path, cache: &Path, layers: &Layers) -> Result<Prepare
         skipped,
         defaults: layers.defaults.clone(),
     })
+}
+
+/// Unpacks one layer blob on its own into the empty directory `into`, keeping its whiteouts as
+/// marker files, after checking the blob against `digest` (`sha256:…`).
+pub fn unpack_layer(blob: &Path, digest: &str, into: &Path) -> Result<Skipped, ImageError> {
+    let io = |source| ImageError::Io { path: blob.to_owned(), source };
+    let root: OwnedFd =
+        fs::File::open(into).map_err(|source| ImageError::Io { path: into.to_owned(), source })?.into();
+    let mut hashing = Hashing { inner: fs::File::open(blob).map_err(io)?, hasher: Sha256::new() };
+    let mut modes = HashMap::new();
+    let skipped = {
+        let stream = decompress(BufReader::new(&mut hashing)).map_err(io)?;
+        layer::apply_with(&root, stream, &mut modes, Whiteouts::Keep)
+            .map_err(|e| ImageError::Layer { path: blob.to_owned(), source: e })?
+    };
+    std::io::copy(&mut hashing, &mut std::io::sink()).map_err(io)?;
+    if format!("sha256:{}", hex::encode(hashing.hasher.finalize_reset())) != digest {
+        return Err(ImageError::Digest { path: blob.to_owned(), digest: digest.to_owned() });
+    }
+    layer::apply_dir_modes(&root, &modes)
+        .map_err(|e| ImageError::Layer { path: blob.to_owned(), source: e })?;
+    Ok(skipped)
 }
 
 fn unpack_layers(source: &Path, rootfs: &Path, layers: &Layers) -> Result<Skipped, ImageError> {

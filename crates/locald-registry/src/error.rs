@@ -12,11 +12,15 @@ pub enum PullError {
         "registry {registry} refused access to {image}: log in with `docker login {registry}` (or `podman login {registry}`) and run `up` again"
     )]
     Unauthorized { registry: String, image: String },
-    #[error("registry {registry} is rate limiting pulls of {image}; try again later or log in with `docker login {registry}`")]
+    #[error(
+        "registry {registry} is rate limiting pulls of {image}; try again later or log in with `docker login {registry}`"
+    )]
     RateLimited { registry: String, image: String },
     #[error("image {image} has no manifest for {platform} (it has: {available})")]
     NoPlatform { image: String, platform: String, available: String },
-    #[error("image {image}: blob {digest} does not match its digest (corrupt or tampered download); nothing of it was stored")]
+    #[error(
+        "image {image}: blob {digest} does not match its digest (corrupt or tampered download); nothing of it was stored"
+    )]
     DigestMismatch { image: String, digest: String },
     #[error("cannot reach registry {registry} for {image}: {reason}")]
     NoNetwork { registry: String, image: String, reason: String },
@@ -42,9 +46,8 @@ impl PullError {
         let not_found = || PullError::NotFound(image_s.clone());
         match &e {
             OciDistributionError::ImageManifestNotFoundError(_) => not_found(),
-            OciDistributionError::UnauthorizedError { .. } | OciDistributionError::AuthenticationFailure(_) => {
-                unauthorized()
-            }
+            OciDistributionError::UnauthorizedError { .. }
+            | OciDistributionError::AuthenticationFailure(_) => unauthorized(),
             OciDistributionError::DigestError(_) => {
                 PullError::DigestMismatch { image: image_s.clone(), digest: "?".into() }
             }

@@ -61,14 +61,14 @@ pub fn choose(index: &Value, platform: &Platform) -> Result<String, String> {
         .iter()
         .filter_map(|e| {
             let (os, arch, variant) = entry_platform(e)?;
-            (os == platform.os && arch == platform.architecture && platform.variant_matches(variant.as_deref()))
-                .then_some((e, variant))
+            (os == platform.os
+                && arch == platform.architecture
+                && platform.variant_matches(variant.as_deref()))
+            .then_some((e, variant))
         })
         .collect();
-    let best = candidates
-        .iter()
-        .find(|(_, v)| v.is_some() && *v == platform.variant)
-        .or_else(|| candidates.first());
+    let best =
+        candidates.iter().find(|(_, v)| v.is_some() && *v == platform.variant).or_else(|| candidates.first());
     if let Some((entry, _)) = best {
         if let Some(digest) = entry.get("digest").and_then(Value::as_str) {
             return Ok(digest.to_owned());

@@ -111,7 +111,10 @@ pub async fn pull(
         read_timeout: Some(Duration::from_secs(60)),
         ..Default::default()
     });
-    let auth = options.credentials.lookup(&registry).map_err(|m| PullError::Other { image: shown.clone(), message: m })?;
+    let auth = options
+        .credentials
+        .lookup(&registry)
+        .map_err(|m| PullError::Other { image: shown.clone(), message: m })?;
     let ctx = Ctx {
         client,
         reference: image.0.clone(),
@@ -123,14 +126,12 @@ pub async fn pull(
     };
 
     let (raw, digest) = manifest(&ctx, &auth, &image.0, image.digest()).await?;
-    let mut value: serde_json::Value =
-        serde_json::from_slice(&raw).map_err(|e| PullError::Other { image: shown.clone(), message: format!("bad manifest: {e}") })?;
+    let mut value: serde_json::Value = serde_json::from_slice(&raw)
+        .map_err(|e| PullError::Other { image: shown.clone(), message: format!("bad manifest: {e}") })?;
     let mut index = None;
     let (raw, digest) = if value.get("manifests").is_some() {
-        let chosen = platform::choose(&value, &options.platform).map_err(|available| PullError::NoPlatform {
-            image: shown.clone(),
-            platform: options.platform.to_string(),
-            available,
+        let chosen = platform::choose(&value, &options.platform).map_err(|available| {
+            PullError::NoPlatform { image: shown.clone(), platform: options.platform.to_string(), available }
         })?;
         store.put_bytes(&digest, &raw).map_err(|e| ctx.store_err(e))?;
         index = Some(digest);
@@ -143,15 +144,21 @@ pub async fn pull(
         (raw, digest)
     };
     let descriptor = |v: &serde_json::Value| -> Result<OciDescriptor, PullError> {
-        let d: OciDescriptor = serde_json::from_value(v.clone())
-            .map_err(|e| PullError::Other { image: shown.clone(), message: format!("bad descriptor in the manifest: {e}") })?;
-        digest_hex(&d.digest).map_err(|e| PullError::Other { image: shown.clone(), message: e.to_string() })?;
+        let d: OciDescriptor = serde_json::from_value(v.clone()).map_err(|e| PullError::Other {
+            image: shown.clone(),
+            message: format!("bad descriptor in the manifest: {e}"),
+        })?;
+        digest_hex(&d.digest)
+            .map_err(|e| PullError::Other { image: shown.clone(), message: e.to_string() })?;
         Ok(d)
     };
     let config = descriptor(&value["config"])?;
     let layers = value["layers"]
         .as_array()
-        .ok_or_else(|| PullError::Other { image: shown.clone(), message: "the manifest lists no layers".into() })?
+        .ok_or_else(|| PullError::Other {
+            image: shown.clone(),
+            message: "the manifest lists no layers".into(),
+        })?
         .iter()
         .map(descriptor)
         .collect::<Result<Vec<_>, _>>()?;
@@ -161,17 +168,18 @@ pub async fn pull(
         p.layers_total = layers.len();
         p.bytes_total = total;
     });
-    fetch(&ctx, &config, &auth).await?;
+    fetch(&ctx, &config, &auth, false).await?;
     let slots = tokio::sync::Semaphore::new(PARALLEL);
     let mut downloads = Vec::with_capacity(layers.len());
     for layer in &layers {
         let (ctx, auth, slots) = (&ctx, &auth, &slots);
-        let download: Pin<Box<dyn Future<Output = Result<(), PullError>> + Send + '_>> = Box::pin(async move {
-            let _slot = slots.acquire().await.expect("never closed");
-            fetch(ctx, layer, auth).await?;
-            ctx.report(|p| p.layers_done += 1);
-            Ok(())
-        });
+        let download: Pin<Box<dyn Future<Output = Result<(), PullError>> + Send + '_>> =
+            Box::pin(async move {
+                let _slot = slots.acquire().await.expect("never closed");
+                fetch(ctx, layer, auth, true).await?;
+                ctx.report(|p| p.layers_done += 1);
+                Ok(())
+            });
         downloads.push(download);
     }
     futures_util::future::try_join_all(downloads).await?;
@@ -219,9 +227,26 @@ fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(250 * 4u64.pow(attempt.saturating_sub(1)))
 }
 
+/// Makes sure blob `d` is in the store (and, for a layer, unpacked on its own).
+async fn fetch(ctx: &Ctx, d: &OciDescriptor, auth: &RegistryAuth, layer: bool) -> Result<(), PullError> {
+    fetch_blob(ctx, d, auth).await?;
+    if layer && !ctx.store.has_layer(&d.digest) {
+        let store = ctx.store.clone();
+        let digest = d.digest.clone();
+        tokio::task::spawn_blocking(move || store.unpack_layer(&digest))
+            .await
+            .map_err(|e| ctx.store_err(std::io::Error::other(e)))?
+            .map_err(|e| PullError::Other {
+                image: ctx.shown.clone(),
+                message: format!("unpacking layer {}: {e}", d.digest),
+            })?;
+    }
+    Ok(())
+}
+
 /// Makes sure blob `d` is in the store: one writer at a time per blob, so a concurrent pull of
 /// the same image waits for this download and then finds it there.
-async fn fetch(ctx: &Ctx, d: &OciDescriptor, auth: &RegistryAuth) -> Result<(), PullError> {
+async fn fetch_blob(ctx: &Ctx, d: &OciDescriptor, auth: &RegistryAuth) -> Result<(), PullError> {
     let size = d.size.max(0) as u64;
     if ctx.store.has_blob(&d.digest) {
         ctx.report(|p| p.bytes_done += size);
@@ -265,7 +290,10 @@ async fn download(ctx: &Ctx, d: &OciDescriptor) -> Result<(), PullError> {
                 if message.to_lowercase().contains("digest") {
                     PullError::DigestMismatch { image: ctx.shown.clone(), digest: d.digest.clone() }
                 } else {
-                    PullError::Other { image: ctx.shown.clone(), message: format!("connection lost: {message}") }
+                    PullError::Other {
+                        image: ctx.shown.clone(),
+                        message: format!("connection lost: {message}"),
+                    }
                 }
             })?;
             hasher.update(&chunk);

@@ -1,5 +1,6 @@
 //! The per-user content-addressed store, `<cache>/oci/`: `blobs/sha256/<hex>` once per blob
-//! (manifests, configs, layers), `images/<hex>.json` per pulled image manifest, and
+//! (manifests, configs, layers), `layers/sha256/<hex>/` each layer unpacked once on its own,
+//! `images/<hex>.json` per pulled image manifest, and
 //! `projects/` naming the projects whose `.locald/images.json` pin images. A blob appears
 //! under its name only whole and verified (written to a temp file, hashed, renamed), and writers
 //! of one blob take its lock, so two pulls of the same image download it once.
@@ -76,7 +77,9 @@ pub struct Store {
 /// `sha256:<64 hex>` → the hex; anything else is refused before it names a path.
 pub fn digest_hex(digest: &str) -> io::Result<&str> {
     match digest.strip_prefix("sha256:") {
-        Some(hex) if hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) => Ok(hex),
+        Some(hex) if hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) => {
+            Ok(hex)
+        }
         _ => Err(io::Error::new(io::ErrorKind::InvalidData, format!("unsupported digest {digest:?}"))),
     }
 }
@@ -89,7 +92,7 @@ impl Store {
     /// `<cache>/oci`, created as needed.
     pub fn open(cache: &Path) -> io::Result<Store> {
         let root = cache.join("oci");
-        for dir in ["blobs/sha256", "images", "projects", "locks"] {
+        for dir in ["blobs/sha256", "layers/sha256", "images", "projects", "locks"] {
             fs::create_dir_all(root.join(dir))?;
         }
         Ok(Store { root })
@@ -109,14 +112,66 @@ impl Store {
 
     /// Blocks until this process is the only writer of `digest`'s blob.
     pub fn lock(&self, digest: &str) -> io::Result<Flock<File>> {
-        let path = self.root.join("locks").join(format!("{}.lock", digest_hex(digest)?));
-        let file = OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
-        Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| io::Error::from(e))
+        self.lock_named(&format!("{}.lock", digest_hex(digest)?), FlockArg::LockExclusive)
+    }
+
+    fn lock_named(&self, name: &str, how: FlockArg) -> io::Result<Flock<File>> {
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.root.join("locks").join(name))?;
+        Flock::lock(file, how).map_err(|(_, e)| io::Error::from(e))
+    }
+
+    /// Where layer `digest` is unpacked on its own (whiteouts kept as `.wh.` marker files).
+    pub fn layer_dir(&self, digest: &str) -> io::Result<PathBuf> {
+        Ok(self.root.join("layers/sha256").join(digest_hex(digest)?))
+    }
+
+    pub fn has_layer(&self, digest: &str) -> bool {
+        self.layer_dir(digest).is_ok_and(|p| p.is_dir())
+    }
+
+    /// Unpacks the stored blob of layer `digest` into its directory, once: into a temp
+    /// directory first, renamed when whole, so a pull killed halfway leaves no half layer under
+    /// the layer's name (the temp directory is removed by the next unpack of that layer).
+    pub fn unpack_layer(&self, digest: &str) -> io::Result<PathBuf> {
+        let dir = self.layer_dir(digest)?;
+        if dir.is_dir() {
+            return Ok(dir);
+        }
+        let hex = digest_hex(digest)?;
+        let _guard = self.lock_named(&format!("{hex}.layer.lock"), FlockArg::LockExclusive)?;
+        if dir.is_dir() {
+            return Ok(dir);
+        }
+        let parent = self.root.join("layers/sha256");
+        // Leftovers of a killed unpack of this layer: nobody else holds its lock.
+        for entry in fs::read_dir(&parent)?.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(&format!(".tmp-{hex}-")) {
+                let _ = fs::remove_dir_all(entry.path());
+            }
+        }
+        let temp = parent.join(format!(".tmp-{hex}-{}", atomic_file::unique()));
+        fs::create_dir(&temp)?;
+        let result = locald_image::unpack_layer(&self.blob_path(digest)?, digest, &temp)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
+            .and_then(|_| fs::rename(&temp, &dir));
+        if let Err(e) = result {
+            let _ = fs::remove_dir_all(&temp);
+            return Err(e);
+        }
+        Ok(dir)
     }
 
     /// A fresh temp path beside the blobs, so the final rename stays on one filesystem.
     pub fn temp_path(&self, digest: &str) -> io::Result<PathBuf> {
-        Ok(self.root.join("blobs/sha256").join(format!(".tmp-{}-{}", digest_hex(digest)?, atomic_file::unique())))
+        Ok(self.root.join("blobs/sha256").join(format!(
+            ".tmp-{}-{}",
+            digest_hex(digest)?,
+            atomic_file::unique()
+        )))
     }
 
     /// Moves a fully written and verified temp file to its name.
@@ -128,7 +183,10 @@ impl Store {
     /// Stores small `bytes` (a manifest) under `digest`, which they must match.
     pub fn put_bytes(&self, digest: &str, bytes: &[u8]) -> io::Result<()> {
         if sha256(bytes) != digest {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("content does not match {digest}")));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("content does not match {digest}"),
+            ));
         }
         if self.has_blob(digest) {
             return Ok(());
@@ -148,10 +206,11 @@ impl Store {
 
     /// The record of a manifest whose blobs are all present; `None` when anything is missing.
     pub fn image(&self, digest: &str) -> Option<ImageRecord> {
-        let record: ImageRecord = serde_json::from_slice(&fs::read(self.record_path(digest).ok()?).ok()?).ok()?;
+        let record: ImageRecord =
+            serde_json::from_slice(&fs::read(self.record_path(digest).ok()?).ok()?).ok()?;
         let complete = self.has_blob(&record.digest)
             && self.has_blob(&record.config)
-            && record.layers.iter().all(|l| self.has_blob(l));
+            && record.layers.iter().all(|l| self.has_blob(l) && self.has_layer(l));
         complete.then_some(record)
     }
 
@@ -246,12 +305,87 @@ impl Store {
             freed += entry.metadata().map(|m| m.len()).unwrap_or(0);
             fs::remove_file(entry.path())?;
         }
+        for entry in fs::read_dir(self.root.join("layers/sha256"))?.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') || keep.contains(&format!("sha256:{name}")) {
+                continue;
+            }
+            let Ok(_guard) = self.lock_named(&format!("{name}.layer.lock"), FlockArg::LockExclusiveNonblock)
+            else {
+                continue;
+            };
+            fs::remove_dir_all(entry.path())?;
+        }
         Ok((removed, freed))
     }
 
     fn try_lock(&self, digest: &str) -> io::Result<Flock<File>> {
-        let path = self.root.join("locks").join(format!("{}.lock", digest_hex(digest)?));
-        let file = OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
-        Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| io::Error::from(e))
+        self.lock_named(&format!("{}.lock", digest_hex(digest)?), FlockArg::LockExclusiveNonblock)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer_tar(files: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut tar = tar::Builder::new(Vec::new());
+        for (name, data) in files {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(data.len() as u64);
+            header.set_mode(0o644);
+            header.set_cksum();
+            tar.append_data(&mut header, name, *data).unwrap();
+        }
+        tar.into_inner().unwrap()
+    }
+
+    fn put_blob(store: &Store, bytes: &[u8]) -> String {
+        let digest = sha256(bytes);
+        store.put_bytes(&digest, bytes).unwrap();
+        digest
+    }
+
+    #[test]
+    fn a_layer_is_unpacked_once_on_its_own_with_its_whiteouts_kept() {
+        let cache = tempfile::tempdir().unwrap();
+        let store = Store::open(cache.path()).unwrap();
+        let digest = put_blob(&store, &layer_tar(&[("etc/app.conf", b"x=1\n"), ("etc/.wh.old.conf", b"")]));
+        // A killed unpack left a half directory behind; it is never used, and is cleared.
+        let hex = digest_hex(&digest).unwrap().to_owned();
+        let stale = store.root().join("layers/sha256").join(format!(".tmp-{hex}-killed"));
+        fs::create_dir_all(stale.join("etc")).unwrap();
+        assert!(!store.has_layer(&digest));
+
+        let dir = store.unpack_layer(&digest).unwrap();
+        assert_eq!(fs::read(dir.join("etc/app.conf")).unwrap(), b"x=1\n");
+        assert!(dir.join("etc/.wh.old.conf").is_file(), "the whiteout is kept for whoever stacks layers");
+        assert!(!stale.exists(), "the half directory of a killed unpack was left");
+        assert_eq!(store.unpack_layer(&digest).unwrap(), dir);
+    }
+
+    #[test]
+    fn a_blob_that_does_not_match_its_digest_leaves_no_layer() {
+        let cache = tempfile::tempdir().unwrap();
+        let store = Store::open(cache.path()).unwrap();
+        let good = layer_tar(&[("file", b"content")]);
+        let digest = sha256(&good);
+        assert!(store.put_bytes(&digest, b"other bytes").is_err(), "put_bytes checks the digest");
+        // Corrupted after it was stored (disk, another process): unpack checks again.
+        let mut bad = good.clone();
+        bad[600] ^= 1;
+        fs::write(store.blob_path(&digest).unwrap(), &bad).unwrap();
+        let e = store.unpack_layer(&digest).unwrap_err();
+        assert!(e.to_string().contains("does not match its digest"), "{e}");
+        assert!(!store.has_layer(&digest));
+        let left: Vec<_> = fs::read_dir(store.root().join("layers/sha256")).unwrap().collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+
+    #[test]
+    fn digests_that_are_not_sha256_hex_name_no_path() {
+        for bad in ["sha256:../../etc", "sha512:abc", &format!("sha256:{}", "A".repeat(64))] {
+            assert!(digest_hex(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -226,7 +226,11 @@ pub fn resolve_toml(
             dir: dir.to_owned(),
             source: file.to_owned(),
             https_redirect,
-            insecure_registries: raw.project.as_ref().and_then(|p| p.insecure_registries.clone()).unwrap_or_default(),
+            insecure_registries: raw
+                .project
+                .as_ref()
+                .and_then(|p| p.insecure_registries.clone())
+                .unwrap_or_default(),
         },
         services: out,
     })

@@ -12,7 +12,8 @@ use locald_registry::{ImageRef, Pinned, ProjectImages, PullOptions, Store};
 
 /// `image` names a registry image: not a path that exists in the project, and spelled as a name.
 pub fn is_reference(project: &Path, image: &str) -> bool {
-    locald_image::looks_like_registry_reference(image) && std::fs::symlink_metadata(project.join(image)).is_err()
+    locald_image::looks_like_registry_reference(image)
+        && std::fs::symlink_metadata(project.join(image)).is_err()
 }
 
 fn store() -> Result<Store, String> {
@@ -69,7 +70,8 @@ pub async fn ensure(
         return Ok(());
     }
     let store = store()?;
-    let options = PullOptions { insecure: config.project.insecure_registries.clone(), ..PullOptions::default() };
+    let options =
+        PullOptions { insecure: config.project.insecure_registries.clone(), ..PullOptions::default() };
     let progress = Arc::new(progress);
     for (image, policy) in wanted {
         let reference = ImageRef::parse(&image)?;
@@ -96,10 +98,11 @@ pub async fn ensure(
                 let report = progress.clone();
                 let last = Arc::new(Mutex::new(locald_registry::Progress::default()));
                 let keep = last.clone();
-                let on_progress: locald_registry::OnProgress = Arc::new(move |p: &locald_registry::Progress| {
-                    *keep.lock().expect("progress lock") = p.clone();
-                    report(to_ipc(p, false));
-                });
+                let on_progress: locald_registry::OnProgress =
+                    Arc::new(move |p: &locald_registry::Progress| {
+                        *keep.lock().expect("progress lock") = p.clone();
+                        report(to_ipc(p, false));
+                    });
                 let record = locald_registry::pull(&store, &reference, &options, on_progress)
                     .await
                     .map_err(|e| e.to_string())?;

@@ -1,9 +1,9 @@
 //! One answer (or stream of answers) per request.
 
 use std::collections::{HashMap, HashSet};
-use std::time::{Duration, Instant};
 use std::io;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use tokio::sync::broadcast;
 
