@@ -49,7 +49,7 @@ pub async fn ensure(
     if let Some(unknown) = services.iter().find(|s| !config.services.iter().any(|c| &c.name == *s)) {
         return Err(format!("no service {unknown:?} in project {}", config.project.name));
     }
-    let mut wanted: Vec<(String, PullPolicy)> = Vec::new();
+    let mut wanted: Vec<(String, PullPolicy, String)> = Vec::new();
     for service in &config.services {
         let Some(container) = &service.container else { continue };
         if !services.is_empty() && !services.contains(&service.name) {
@@ -59,11 +59,11 @@ pub async fn ensure(
             continue;
         }
         let policy = if force { PullPolicy::Always } else { container.pull };
-        match wanted.iter_mut().find(|(image, _)| *image == container.image) {
+        match wanted.iter_mut().find(|(image, _, _)| *image == container.image) {
             // The most eager policy of the services sharing an image wins.
             Some(entry) if policy == PullPolicy::Always => entry.1 = policy,
             Some(_) => {}
-            None => wanted.push((container.image.clone(), policy)),
+            None => wanted.push((container.image.clone(), policy, service.name.clone())),
         }
     }
     if wanted.is_empty() {
@@ -73,8 +73,10 @@ pub async fn ensure(
     let options =
         PullOptions { insecure: config.project.insecure_registries.clone(), ..PullOptions::default() };
     let progress = Arc::new(progress);
-    for (image, policy) in wanted {
-        let reference = ImageRef::parse(&image)?;
+    for (image, policy, service) in wanted {
+        // Errors name the (first) service whose image it is, as the other `up` errors do.
+        let named = |e: String| format!("service {service:?}: {e}");
+        let reference = ImageRef::parse(&image).map_err(named)?;
         let shown = reference.to_string();
         let pinned = ProjectImages::load(&project).images.get(&image).and_then(|p| store.image(&p.digest));
         let record = match (policy, pinned) {
@@ -92,7 +94,7 @@ pub async fn ensure(
                 continue;
             }
             (PullPolicy::Never, None) => {
-                return Err(locald_registry::PullError::NotPulled { image: shown }.to_string());
+                return Err(named(locald_registry::PullError::NotPulled { image: shown }.to_string()));
             }
             _ => {
                 let report = progress.clone();
@@ -105,7 +107,7 @@ pub async fn ensure(
                     });
                 let record = locald_registry::pull(&store, &reference, &options, on_progress)
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| named(e.to_string()))?;
                 let last = last.lock().expect("progress lock").clone();
                 progress(to_ipc(&last, true));
                 record
