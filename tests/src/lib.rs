@@ -9,6 +9,7 @@ use std::sync::OnceLock;
 
 pub mod daemon;
 pub mod proxy;
+pub mod registry;
 
 /// Set by `.ci/run`: a privileged suite that cannot run fails instead of skipping.
 pub const REQUIRE_PRIVILEGED: &str = "LOCALD_REQUIRE_PRIVILEGED";

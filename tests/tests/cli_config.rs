@@ -95,9 +95,9 @@ fn a_port_already_in_use_fails_up_naming_the_holder() {
 /// Image services fail `up` before anything starts, with one line naming the file, the service
 /// and what to do.
 #[rstest::rstest]
-#[case::registry(
-    "image = \"postgres:16\"\n",
-    "only local images are supported yet — export it with `docker save postgres:16"
+#[case::registry_never_pulled(
+    "image = \"postgres:16\"\npull = \"never\"\n",
+    "image docker.io/library/postgres:16 is not in the local store and `pull = \"never\"`: run `locald pull` first"
 )]
 #[case::missing("image = \"./nope.tar\"\n", "nope.tar does not exist")]
 #[case::directory_without_command("image = \"./rootfs\"\n", "has no command of its own")]

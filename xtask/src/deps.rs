@@ -12,7 +12,8 @@ use crate::util;
 /// `.nix` files and read the flake's lock offline, and shellcheck for every shell script.
 /// Also python3 (the quickstart example and some CLI suites' services), for the proxy suites
 /// curl, certutil (libnss3-tools) and chromium (the browser test); nginx, wrk and h2load
-/// (nghttp2-client) for `bench/proxy`.
+/// (nghttp2-client) for `bench/proxy`; for the registry suites (tests/tests/registry_*.rs)
+/// Debian's docker-registry, skopeo and umoci.
 pub const TEST_PACKAGES: &[&str] = &[
     "gcc",
     "libc6-dev",
@@ -32,6 +33,9 @@ pub const TEST_PACKAGES: &[&str] = &[
     "nginx",
     "wrk",
     "nghttp2-client",
+    "docker-registry",
+    "skopeo",
+    "umoci",
 ];
 
 pub fn ensure(packages: &[&str]) -> anyhow::Result<()> {

@@ -165,6 +165,7 @@ mod tests {
             memory_bytes: None,
             pids: None,
             user: None,
+            pull: Default::default(),
         });
         let got = service_env(&web, &files());
         assert_eq!(env(&got)[0], ("NODE_EXTRA_CA_CERTS", CONTAINER_CA));

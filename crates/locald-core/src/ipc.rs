@@ -66,6 +66,12 @@ pub enum Request {
         dir: PathBuf,
         on: bool,
     },
+    /// Pull the registry images of `services` (all image services when empty) afresh and pin
+    /// what was pulled; streams `Pull` until `Ok`/`Error`.
+    Pull {
+        dir: PathBuf,
+        services: Vec<String>,
+    },
     /// Stop every project, then exit.
     Shutdown,
 }
@@ -82,6 +88,8 @@ pub enum Response {
         state: ServiceState,
         detail: Option<String>,
     },
+    /// A registry image being pulled (before `up` starts anything).
+    Pull(PullProgress),
     /// `up` finished: every service reached its goal.
     UpDone {
         project: ProjectStatus,
@@ -418,4 +426,18 @@ mod state_tests {
         assert_eq!(those(|s| s.satisfies(Condition::Healthy)), [Healthy]);
         assert_eq!(those(|s| s.satisfies(Condition::CompletedSuccessfully)), [Completed]);
     }
+}
+
+/// How far the pull of one image is.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PullProgress {
+    pub image: String,
+    pub layers_done: usize,
+    pub layers_total: usize,
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+    /// Of `bytes_done`, what came over the network (the rest was in the store).
+    pub downloaded: u64,
+    /// The last report of this image: pulled, or found pinned and complete.
+    pub done: bool,
 }

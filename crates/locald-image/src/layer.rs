@@ -34,12 +34,32 @@ pub struct Skipped {
     pub devices: Vec<String>,
 }
 
+/// What to do with whiteout entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Whiteouts {
+    /// Remove what they hide: the layer is applied onto the layers below it.
+    Apply,
+    /// Keep them as empty marker files of the same name: the layer is unpacked on its own, and
+    /// whoever stacks the layers (the rootfs copy, an overlay) reads the markers.
+    Keep,
+}
+
 /// Applies a (decompressed) tar layer onto `root`. Directory modes are returned, to be applied
 /// once all layers are in place (a 0555 directory must stay writable while unpacking).
 pub fn apply(
     root: &OwnedFd,
     layer: impl Read,
     modes: &mut HashMap<PathBuf, u32>,
+) -> Result<Skipped, LayerError> {
+    apply_with(root, layer, modes, Whiteouts::Apply)
+}
+
+/// [`apply`], with the choice of what whiteouts do.
+pub fn apply_with(
+    root: &OwnedFd,
+    layer: impl Read,
+    modes: &mut HashMap<PathBuf, u32>,
+    whiteouts: Whiteouts,
 ) -> Result<Skipped, LayerError> {
     let mut archive = tar::Archive::new(layer);
     let mut created: HashSet<PathBuf> = HashSet::new();
@@ -56,6 +76,18 @@ pub fn apply(
         let (parent, name) = split(&path);
         let name_str = name.to_string_lossy();
 
+        if whiteouts == Whiteouts::Keep && name_str.starts_with(WHITEOUT) {
+            let dir = ensure_dir(root, &parent).map_err(errno)?;
+            remove_entry(&dir, name).map_err(io)?;
+            let flags =
+                OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+            let fd = nix::fcntl::openat(Some(dir.as_raw_fd()), name, flags, Mode::from_bits_truncate(0o600))
+                .map_err(errno)?;
+            // SAFETY: fd was just returned by openat and is owned by no one else.
+            drop(unsafe { OwnedFd::from_raw_fd(fd) });
+            created.insert(path);
+            continue;
+        }
         if name_str == OPAQUE {
             let dir = ensure_dir(root, &parent).map_err(errno)?;
             clear_dir(&dir, &parent, &created).map_err(io)?;

@@ -1,7 +1,7 @@
 //! Container images from local sources — a rootfs directory, an OCI image layout directory, or a
 //! `docker save` / OCI archive tarball — and the OCI bundle a service runs from. Layers are
-//! unpacked in order into a content-addressed cache under the user's cache directory; pulling
-//! from a registry is not supported yet. Plain blocking code: the daemon calls it from
+//! unpacked in order into a content-addressed cache under the user's cache directory; images
+//! pulled from a registry (by `locald-registry`) come in as their stored blobs. Plain blocking code: the daemon calls it from
 //! `spawn_blocking`, and nothing here is async or privileged.
 
 pub mod bundle;
@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 
 use locald_core::atomic_file;
 
-pub use layer::{LayerError, Skipped};
+pub use layer::{LayerError, Skipped, Whiteouts};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
@@ -48,6 +48,18 @@ pub enum ImageSource {
     OciLayout(PathBuf),
     /// A tarball: `docker save` output or an OCI archive.
     Archive(PathBuf),
+    /// An image pulled from a registry into the shared store: its verified blobs.
+    Pulled(Pulled),
+}
+
+/// The blobs of a pulled image, in the store (`locald-registry` verified them on the way in).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pulled {
+    /// `sha256:…` of the platform manifest.
+    pub manifest: String,
+    pub config: PathBuf,
+    /// In application order, each with its digest.
+    pub layers: Vec<(PathBuf, String)>,
 }
 
 /// A root filesystem ready to copy into a bundle.
@@ -144,6 +156,20 @@ pub fn prepare(source: &ImageSource, cache: &Path) -> Result<Prepared, ImageErro
             defaults: Defaults::default(),
         }),
         ImageSource::OciLayout(path) => unpack_cached(path, cache, &oci_layers(path)?),
+        ImageSource::Pulled(pulled) => {
+            let config = fs::read(&pulled.config)
+                .map_err(|source| ImageError::Io { path: pulled.config.clone(), source })?;
+            let layers = Layers {
+                id: pulled.manifest.clone(),
+                blobs: pulled
+                    .layers
+                    .iter()
+                    .map(|(path, digest)| Blob { path: path.clone(), digest: Some(digest.clone()) })
+                    .collect(),
+                defaults: Defaults::from_config_json(&config),
+            };
+            unpack_cached(&pulled.config, cache, &layers)
+        }
         ImageSource::Archive(path) => {
             let staging = cache.join(format!(".staging-{}", atomic_file::unique()));
             let _ = fs::remove_dir_all(&staging);
@@ -366,6 +392,28 @@ fn unpack_cached(source: &Path, cache: &Path, layers: &Layers) -> Result<Prepare
         skipped,
         defaults: layers.defaults.clone(),
     })
+}
+
+/// Unpacks one layer blob on its own into the empty directory `into`, keeping its whiteouts as
+/// marker files, after checking the blob against `digest` (`sha256:…`).
+pub fn unpack_layer(blob: &Path, digest: &str, into: &Path) -> Result<Skipped, ImageError> {
+    let io = |source| ImageError::Io { path: blob.to_owned(), source };
+    let root: OwnedFd =
+        fs::File::open(into).map_err(|source| ImageError::Io { path: into.to_owned(), source })?.into();
+    let mut hashing = Hashing { inner: fs::File::open(blob).map_err(io)?, hasher: Sha256::new() };
+    let mut modes = HashMap::new();
+    let skipped = {
+        let stream = decompress(BufReader::new(&mut hashing)).map_err(io)?;
+        layer::apply_with(&root, stream, &mut modes, Whiteouts::Keep)
+            .map_err(|e| ImageError::Layer { path: blob.to_owned(), source: e })?
+    };
+    std::io::copy(&mut hashing, &mut std::io::sink()).map_err(io)?;
+    if format!("sha256:{}", hex::encode(hashing.hasher.finalize_reset())) != digest {
+        return Err(ImageError::Digest { path: blob.to_owned(), digest: digest.to_owned() });
+    }
+    layer::apply_dir_modes(&root, &modes)
+        .map_err(|e| ImageError::Layer { path: blob.to_owned(), source: e })?;
+    Ok(skipped)
 }
 
 fn unpack_layers(source: &Path, rootfs: &Path, layers: &Layers) -> Result<Skipped, ImageError> {

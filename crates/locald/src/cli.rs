@@ -60,6 +60,18 @@ pub enum Command {
     },
     /// Stop the project's services and forget it.
     Down { dir: Option<PathBuf> },
+    /// Pull the registry images of the project's services (default: all) afresh and pin them;
+    /// the next start of a service uses what was pulled.
+    Pull {
+        services: Vec<String>,
+        #[command(flatten)]
+        project: ProjectArg,
+    },
+    /// The registry images in your store: size and the projects that use them.
+    Images {
+        #[command(subcommand)]
+        command: Option<ImagesCommand>,
+    },
     /// Every project and service: state, pid, port, URL, health, restarts, uptime.
     Status {
         #[arg(long)]
@@ -152,6 +164,12 @@ pub enum AdminCommand {
         #[arg(long)]
         ports_only: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImagesCommand {
+    /// Remove the images no project uses, and their blobs.
+    Prune,
 }
 
 #[derive(Debug, clap::Args)]

@@ -68,6 +68,16 @@ pub const RULES: &[Rule] = &[
         why: "unpacking images and writing bundles is synchronous file work",
     },
     Rule {
+        subject: Subject::Crate("locald-registry"),
+        forbidden: &["locald-daemon", "locald-proxy", "locald-shim", "libcontainer", "aws-lc*"],
+        why: "pulls and the image store sit beside the image crate, below the daemon; TLS through ring, no C toolchain",
+    },
+    Rule {
+        subject: Subject::Crate("locald-shim"),
+        forbidden: &["locald-registry"],
+        why: "the setuid binary never speaks to registries",
+    },
+    Rule {
         subject: Subject::Crate("locald-core"),
         forbidden: &["locald*", "tokio*"],
         why: "config, ipc and paths are the bottom layer the others build on",

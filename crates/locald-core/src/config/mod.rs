@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use error::{ConfigError, line_col};
-pub use raw::{Condition, RestartPolicy};
+pub use raw::{Condition, PullPolicy, RestartPolicy};
 pub use resolve::{LOCAL_SUFFIXES, PortSource, resolve_procfile, resolve_toml};
 
 pub const FILE_NAME: &str = "locald.toml";
@@ -37,6 +37,9 @@ pub struct Project {
     /// Requests on the proxy's HTTP port for this project's names are redirected to HTTPS.
     #[serde(default)]
     pub https_redirect: bool,
+    /// Registries pulled from over plain HTTP besides the loopback ones.
+    #[serde(default)]
+    pub insecure_registries: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -107,8 +110,11 @@ impl Service {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Container {
-    /// As written: a path relative to the project (directory, OCI layout or archive).
+    /// As written: a path relative to the project (directory, OCI layout or archive) or a
+    /// registry reference (`postgres:16`, `host:5000/app@sha256:…`).
     pub image: String,
+    #[serde(default)]
+    pub pull: PullPolicy,
     pub volumes: Vec<Volume>,
     /// The working directory inside the container (`cwd` of an image service).
     pub workdir: Option<String>,

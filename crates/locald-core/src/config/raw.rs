@@ -28,6 +28,8 @@ pub struct RawProject {
     pub trust_local_ca: Option<bool>,
     /// Plain HTTP requests for the project's names get a 308 to HTTPS.
     pub https_redirect: Option<bool>,
+    /// Registries (`host[:port]`) pulled from over plain HTTP; loopback ones always are.
+    pub insecure_registries: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -70,6 +72,21 @@ pub struct RawService {
     /// Image services only: who the command runs as (`name`, `uid`, `:group`), instead of the
     /// image's `User`.
     pub user: Option<Spanned<String>>,
+    /// Image services only: when to pull a registry image.
+    pub pull: Option<Spanned<PullPolicy>>,
+}
+
+/// When `up` pulls a registry image (compose's `pull_policy`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PullPolicy {
+    /// Only when no digest is recorded for the project or its blobs are gone.
+    #[default]
+    Missing,
+    /// On every `up`.
+    Always,
+    /// Never: an image that is not in the store is an error.
+    Never,
 }
 
 #[derive(Debug, Deserialize)]

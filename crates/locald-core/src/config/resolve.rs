@@ -228,6 +228,11 @@ pub fn resolve_toml(
             dir: dir.to_owned(),
             source: file.to_owned(),
             https_redirect,
+            insecure_registries: raw
+                .project
+                .as_ref()
+                .and_then(|p| p.insecure_registries.clone())
+                .unwrap_or_default(),
         },
         services: out,
     })
@@ -310,6 +315,7 @@ pub fn resolve_procfile(
             dir: dir.to_owned(),
             source: file.to_owned(),
             https_redirect: false,
+            insecure_registries: Vec::new(),
         },
         services,
     })
@@ -437,6 +443,7 @@ fn container(
         memory_bytes: s.memory.as_ref().map(|m| m.get_ref().0),
         pids,
         user,
+        pull: s.pull.as_ref().map(|p| *p.get_ref()).unwrap_or_default(),
     })
 }
 
@@ -481,6 +488,7 @@ fn refuse_container_keys(ctx: &Ctx, s: &RawService) -> Result<(), ConfigError> {
         s.memory.as_ref().map(|m| ("memory", m.span().start)),
         s.pids.as_ref().map(|p| ("pids", p.span().start)),
         s.user.as_ref().map(|u| ("user", u.span().start)),
+        s.pull.as_ref().map(|p| ("pull", p.span().start)),
     ];
     match first.into_iter().flatten().next() {
         Some((key, at)) => Err(ctx.err(at, format!("{key} applies only to services with an image"))),

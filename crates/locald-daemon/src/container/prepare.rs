@@ -41,6 +41,8 @@ pub enum PrepareError {
     NoCommand(String),
     #[error(transparent)]
     Bundle(#[from] BundleError),
+    #[error("{0}")]
+    Pull(String),
     #[error("{what} {path}: {source}")]
     Io { what: &'static str, path: PathBuf, source: io::Error },
     #[error("old bundle: {0}")]
@@ -80,7 +82,11 @@ pub fn bundle_dir(project: &Path, service: &str) -> PathBuf {
 /// Checks what can be checked before anything starts: the image exists and is local, and a
 /// command is known for images that bring none.
 pub fn check(project: &Path, service: &Service, container: &Container) -> Result<ImageSource, PrepareError> {
-    let source = image::detect(project, &container.image)?;
+    let source = if super::pulls::is_reference(project, &container.image) {
+        super::pulls::resolve(project, &container.image).map_err(PrepareError::Pull)?
+    } else {
+        image::detect(project, &container.image)?
+    };
     if matches!(source, ImageSource::Directory(_)) && service.command.is_none() {
         return Err(PrepareError::NoCommand(container.image.clone()));
     }

@@ -1,12 +1,13 @@
 //! One answer (or stream of answers) per request.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use tokio::sync::broadcast;
 
-use locald_core::ipc::{LogLine, ProjectStatus, Request, Response, ServiceState};
+use locald_core::ipc::{LogLine, ProjectStatus, PullProgress, Request, Response, ServiceState};
 
 use super::{Daemon, Out, Shutdown};
 use crate::logs;
@@ -30,7 +31,20 @@ pub(super) async fn handle(
         }
         // `up` publishes the project itself as soon as it is added; nothing
         // changes the set of projects after that, so there is nothing to redo here.
-        Request::Up { dir } => up(daemon, &dir, out).await,
+        Request::Up { dir } => {
+            if pull_images(daemon, &dir, &[], false, out).await? {
+                up(daemon, &dir, out).await
+            } else {
+                Ok(())
+            }
+        }
+        Request::Pull { dir, services } => {
+            if pull_images(daemon, &dir, &services, true, out).await? {
+                out.send(Response::Ok).await
+            } else {
+                Ok(())
+            }
+        }
         Request::Down { dir } => {
             daemon.watchers.stop(&dir);
             let response = if supervisor.down(&dir).await {
@@ -135,6 +149,58 @@ fn watch_status(watchers: &Watchers, status: &mut ProjectStatus) {
 /// `/etc/hosts` list the names it routes (none: the block goes away).
 async fn reachable(daemon: &Daemon) {
     daemon.wiring.applied(daemon.supervisor.generation()).await;
+}
+
+/// Pulls what the project's registry images need, streaming progress (at most every 100 ms per
+/// image, plus each image's last report). Runs before the supervisor takes its projects lock:
+/// a long download must not stall every other request. `false`: failed, and said so.
+async fn pull_images(
+    daemon: &Daemon,
+    dir: &Path,
+    services: &[String],
+    force: bool,
+    out: &mut Out,
+) -> io::Result<bool> {
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_owned());
+    let config = match daemon.supervisor.load(&dir) {
+        Ok(config) => config,
+        // `up` reports a broken file itself, with its position; `pull` has nothing else to do.
+        Err(_) if !force => return Ok(true),
+        Err(e) => {
+            out.send(Response::Error { message: e.to_string() }).await?;
+            return Ok(false);
+        }
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let pulling = crate::container::pulls::ensure(&config, services.to_vec(), force, move |p| {
+        let _ = tx.send(p);
+    });
+    tokio::pin!(pulling);
+    let mut last_sent: HashMap<String, Instant> = HashMap::new();
+    let mut send = async |p: PullProgress, out: &mut Out| -> io::Result<()> {
+        let due = last_sent.get(&p.image).is_none_or(|at| at.elapsed() >= Duration::from_millis(100));
+        if p.done || due {
+            last_sent.insert(p.image.clone(), Instant::now());
+            out.send(Response::Pull(p)).await?;
+        }
+        Ok(())
+    };
+    let result = loop {
+        tokio::select! {
+            result = &mut pulling => break result,
+            Some(p) = rx.recv() => send(p, out).await?,
+        }
+    };
+    while let Ok(p) = rx.try_recv() {
+        send(p, out).await?;
+    }
+    match result {
+        Ok(()) => Ok(true),
+        Err(message) => {
+            out.send(Response::Error { message }).await?;
+            Ok(false)
+        }
+    }
 }
 
 /// Streams state changes until every service is ready, or one fails.

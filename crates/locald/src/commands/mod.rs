@@ -6,6 +6,7 @@ mod completions;
 mod config_show;
 mod debug_port;
 mod doctor;
+mod images;
 mod logs;
 mod mounted;
 mod mounts;
@@ -17,7 +18,7 @@ mod up;
 
 use std::process::ExitCode;
 
-use crate::cli::{AdminCommand, Cli, Command, ConfigCommand, DebugCommand, ServerCommand};
+use crate::cli::{AdminCommand, Cli, Command, ConfigCommand, DebugCommand, ImagesCommand, ServerCommand};
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
@@ -34,6 +35,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Watch { dir, stop: false } => up::run(dir, true),
         Command::Watch { dir, stop: true } => up::unwatch(dir),
         Command::Down { dir } => project::down(dir),
+        Command::Pull { services, project } => up::pull(&project.dir, services),
+        Command::Images { command: None } => images::list(),
+        Command::Images { command: Some(ImagesCommand::Prune) } => images::prune(),
         Command::Status { json } => status::run(json),
         Command::Logs { services, follow, tail, since, timestamps, project } => {
             logs::run(&project.dir, services, follow, tail, since.as_deref(), timestamps)

@@ -3,10 +3,10 @@
 //! exit.
 
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use locald_core::ipc::{Request, Response, ServiceState};
+use locald_core::ipc::{PullProgress, Request, Response, ServiceState};
 
 use super::client::{Client, project_dir};
 use super::status::paint;
@@ -14,10 +14,12 @@ use super::status::paint;
 pub fn run(dir: Option<PathBuf>, watch: bool) -> anyhow::Result<ExitCode> {
     let dir = project_dir(dir)?;
     let mut board = Board { tty: std::io::stdout().is_terminal(), rows: Vec::new(), drawn: 0 };
+    let mut pulls = Pulls::new(board.tty);
     let mut client = Client::connect()?;
     client.send(&Request::Up { dir: dir.clone() })?;
     loop {
         match client.next()? {
+            Response::Pull(progress) => pulls.update(progress),
             Response::Progress { service, state, detail } => board.update(service, state, detail),
             Response::UpDone { project, attached, config_changed, proxy, notes } => {
                 if attached {
@@ -81,6 +83,79 @@ pub fn unwatch(dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         Response::Ok => Ok(ExitCode::SUCCESS),
         Response::Error { message } => anyhow::bail!("{message}"),
         other => anyhow::bail!("unexpected answer from the daemon: {other:?}"),
+    }
+}
+
+/// `locald pull [SERVICE...]`: pulls afresh through the daemon, showing progress per image.
+pub fn pull(dir: &Path, services: Vec<String>) -> anyhow::Result<ExitCode> {
+    let dir = project_dir(Some(dir.to_owned()))?;
+    let mut pulls = Pulls::new(std::io::stdout().is_terminal());
+    let mut client = Client::connect()?;
+    client.send(&Request::Pull { dir, services })?;
+    loop {
+        match client.next()? {
+            Response::Pull(progress) => pulls.update(progress),
+            Response::Ok => return Ok(ExitCode::SUCCESS),
+            Response::Error { message } => anyhow::bail!("{message}"),
+            other => anyhow::bail!("unexpected answer from the daemon: {other:?}"),
+        }
+    }
+}
+
+/// One row per image being pulled: layers and bytes done, redrawn in place on a terminal, else a
+/// line per report (the daemon sends a few a second) and one when the image is done.
+struct Pulls {
+    tty: bool,
+    rows: Vec<(String, String)>,
+    drawn: usize,
+}
+
+impl Pulls {
+    fn new(tty: bool) -> Pulls {
+        Pulls { tty, rows: Vec::new(), drawn: 0 }
+    }
+
+    fn update(&mut self, p: PullProgress) {
+        let text = if p.done && p.downloaded == 0 {
+            format!("up to date ({} layers, {})", p.layers_total, bytes(p.bytes_total))
+        } else if p.done {
+            format!("pulled ({} layers, {} downloaded)", p.layers_total, bytes(p.downloaded))
+        } else {
+            format!(
+                "pulling: {}/{} layers, {} / {}",
+                p.layers_done,
+                p.layers_total,
+                bytes(p.bytes_done),
+                bytes(p.bytes_total)
+            )
+        };
+        if !self.tty {
+            println!("image {} {text}", p.image);
+            return;
+        }
+        match self.rows.iter_mut().find(|(name, _)| *name == p.image) {
+            Some(row) => row.1 = text,
+            None => self.rows.push((p.image, text)),
+        }
+        let mut out = std::io::stdout().lock();
+        if self.drawn > 0 {
+            let _ = write!(out, "\x1b[{}A", self.drawn);
+        }
+        for (name, text) in &self.rows {
+            let _ = writeln!(out, "\x1b[2Kimage {name} {text}");
+        }
+        let _ = out.flush();
+        self.drawn = self.rows.len();
+    }
+}
+
+/// `12.3 MB`: decimal units, as registries and `docker images` show sizes.
+pub fn bytes(n: u64) -> String {
+    match n {
+        n if n >= 1_000_000_000 => format!("{:.1} GB", n as f64 / 1e9),
+        n if n >= 1_000_000 => format!("{:.1} MB", n as f64 / 1e6),
+        n if n >= 1_000 => format!("{:.1} kB", n as f64 / 1e3),
+        n => format!("{n} B"),
     }
 }
 
