@@ -241,8 +241,13 @@ pub struct ServiceStatus {
     pub name: String,
     pub state: ServiceState,
     pub pid: Option<u32>,
+    /// Where it listens: the port it was given, or the one its processes were found on.
     pub port: u16,
-    pub url: String,
+    /// `https://…` for an HTTP service, `127.0.0.1:<port>` for another protocol, none for a
+    /// service that does not serve or a one-shot that has completed ([`crate::config::serving`]).
+    pub url: Option<String>,
+    #[serde(default)]
+    pub serves: crate::config::Serves,
     /// `None` when the service has no health check.
     pub healthy: Option<bool>,
     pub restarts: u32,

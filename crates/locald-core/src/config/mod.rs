@@ -6,6 +6,7 @@ mod error;
 pub mod ports;
 pub mod raw;
 mod resolve;
+pub mod serving;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -15,6 +16,7 @@ use serde::{Deserialize, Serialize};
 pub use error::{ConfigError, line_col};
 pub use raw::{Condition, RestartPolicy};
 pub use resolve::{LOCAL_SUFFIXES, PortSource, resolve_procfile, resolve_toml};
+pub use serving::Serves;
 
 pub const FILE_NAME: &str = "locald.toml";
 pub const PROCFILE: &str = "Procfile";
@@ -50,6 +52,12 @@ pub struct Service {
     /// Fully interpolated, in the order they are set (env_file, env, then PORT).
     pub env: Vec<(String, String)>,
     pub port: u16,
+    /// Whether it takes connections on `port`, and which kind ([`serving`]).
+    #[serde(default)]
+    pub serves: Serves,
+    /// From spawn to accepting connections (or passing its health check), before `up` fails.
+    #[serde(with = "duration_text", default = "serving::default_start_timeout")]
+    pub start_timeout: Duration,
     /// The port was written in `locald.toml` (not assigned): only then may `up` refuse to start
     /// because something else holds it; an assigned one is simply picked again.
     #[serde(default)]

@@ -15,6 +15,7 @@ pub use names::{LOCAL_SUFFIXES, default_domain};
 use names::{check_domain, check_label, default_suffix, name_from_dir};
 
 use super::raw::{RawCheck, RawCommand, RawFile, RawService, RestartPolicy};
+use super::serving::{self, RawPort};
 use super::{
     Check, Command, Condition, Config, ConfigError, Container, Dependency, Probe, Project, Restart, Service,
     Volume, dotenv, ports,
@@ -86,12 +87,13 @@ pub fn resolve_toml(
     // Ports first: interpolation may refer to any service's port.
     let mut assigned: HashMap<&str, u16> = HashMap::new();
     for (name, service) in &services {
-        let port = match &service.get_ref().port {
-            Some(port) if *port.get_ref() == 0 => {
+        let port = match service.get_ref().port.as_ref().map(|p| (p, *p.get_ref())) {
+            Some((port, RawPort::Number(0))) => {
                 return Err(ctx.err(port.span().start, "port must be 1-65535"));
             }
-            Some(port) => *port.get_ref(),
-            None => ports
+            Some((_, RawPort::Number(port))) => port,
+            // `${services.x.port}` and $PORT still have a value; nothing probes or routes it.
+            Some((_, RawPort::Off)) | None => ports
                 .assign(&project_name, name)
                 .ok_or_else(|| ctx.err(service.span().start, "no free port left to assign"))?,
         };
@@ -206,7 +208,9 @@ pub fn resolve_toml(
             cwd,
             env,
             port,
-            port_written: s.port.is_some(),
+            serves: serving::serves(s.port.as_ref().map(|p| *p.get_ref()), s.protocol),
+            start_timeout: s.start_timeout.map_or(serving::DEFAULT_START_TIMEOUT, |d| d.0),
+            port_written: matches!(s.port.as_ref().map(|p| *p.get_ref()), Some(RawPort::Number(_))),
             url: format!("http://{domain}"),
             domain,
             domains: extra_domains,
@@ -279,6 +283,8 @@ pub fn resolve_procfile(
             cwd: dir.to_owned(),
             env,
             port,
+            serves: serving::procfile_serves(service),
+            start_timeout: serving::DEFAULT_START_TIMEOUT,
             port_written: false,
             url: format!("http://{service_domain}"),
             domain: service_domain,

@@ -6,6 +6,7 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use locald_core::config::Serves;
 use locald_core::ipc::{Request, Response, ServiceState};
 
 use super::client::{Client, project_dir};
@@ -32,7 +33,14 @@ pub fn run(dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
                 }
                 println!("{} is ready:", project.name);
                 for s in &project.services {
-                    println!("  {:<16} {:<40} (direct: http://127.0.0.1:{})", s.name, s.url, s.port);
+                    match (&s.url, s.serves) {
+                        (Some(url), Serves::Http) => {
+                            println!("  {:<16} {url:<40} (direct: http://127.0.0.1:{})", s.name, s.port)
+                        }
+                        (Some(address), _) => println!("  {:<16} {address}", s.name),
+                        // A worker, or a one-shot that has done its job: nothing to open.
+                        (None, _) => println!("  {:<16} ({})", s.name, s.state.as_str()),
+                    }
                 }
                 if let Some(proxy) = &proxy {
                     super::status::print_proxy_note(proxy);
