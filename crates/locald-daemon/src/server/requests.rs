@@ -161,7 +161,8 @@ async fn up(daemon: &Daemon, dir: &Path, out: &mut Out) -> io::Result<()> {
         }
         if all_ready {
             let config_changed = attached && project.config_changed();
-            let notes = crate::hosts::unwritable_note(&project.config).into_iter().collect();
+            let mut notes: Vec<String> = crate::hosts::unwritable_note(&project.config).into_iter().collect();
+            notes.extend(elsewhere_notes(&project));
             return out
                 .send(Response::UpDone {
                     project: project_status(proxy, &project),
@@ -185,6 +186,17 @@ async fn up(daemon: &Daemon, dir: &Path, out: &mut Out) -> io::Result<()> {
             () = &mut out.closed => return Ok(()),
         }
     }
+}
+
+/// One line per service found listening on another port than its `$PORT`.
+fn elsewhere_notes(project: &Project) -> impl Iterator<Item = String> + '_ {
+    project.services.iter().filter_map(|handle| {
+        let found = handle.status.borrow().port?;
+        Some(format!(
+            "{} listens on port {found}, not on its $PORT {}; locald routes to {found}",
+            handle.service.name, handle.service.port
+        ))
+    })
 }
 
 /// Why `up` gave up on a service that did not get ready in time, with what to change.
