@@ -6,6 +6,7 @@ mod discovery;
 pub mod fake;
 mod privileged;
 mod remove;
+mod root;
 
 pub use client::{PortOwner, Shim, ShimClientError};
 pub use discovery::{
@@ -14,3 +15,4 @@ pub use discovery::{
 };
 pub use privileged::{Privileged, Unavailable, discover};
 pub use remove::{RemoveError, force_remove_dir_all, force_remove_dir_all_blocking};
+pub use root::AsRoot;

@@ -16,6 +16,11 @@ use super::{PortOwner, Shim, ShimClientError};
 pub trait Privileged: Send + Sync + std::fmt::Debug {
     /// Why there is no usable shim: `None` when there is one.
     fn unavailable(&self) -> Option<Arc<ShimClientError>>;
+    /// The daemon is root and binds ports and writes `/etc/hosts` itself ([`super::AsRoot`]):
+    /// those work whatever [`Privileged::unavailable`] says, which then concerns the rest.
+    fn is_root(&self) -> bool {
+        false
+    }
     /// A listening socket on privileged `port`.
     fn bind(&self, port: u16, address: Option<IpAddr>) -> Result<TcpListener, ShimClientError>;
     /// Makes the caller's `/etc/hosts` block map exactly `domains` to loopback.
@@ -40,10 +45,12 @@ pub trait Privileged: Send + Sync + std::fmt::Debug {
 /// The daemon's (and the CLI's) one way to find the shim: `$LOCALD_SHIM`, else the standard
 /// places, checked and handshaken now, once.
 pub fn discover() -> Arc<dyn Privileged> {
-    match Shim::discover() {
+    let shim: Arc<dyn Privileged> = match Shim::discover() {
         Ok(shim) => Arc::new(shim),
         Err(reason) => Arc::new(Unavailable::new(reason)),
-    }
+    };
+    let root_jobs = std::env::var_os(super::root::ROOT_JOBS_ENV).is_none_or(|v| v != "0");
+    if nix::unistd::geteuid().is_root() && root_jobs { Arc::new(super::AsRoot::new(shim)) } else { shim }
 }
 
 impl Privileged for Shim {

@@ -15,6 +15,9 @@ use super::status::paint;
 pub fn run(dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let dir = project_dir(dir)?;
     let mut board = Board { tty: std::io::stdout().is_terminal(), rows: Vec::new(), drawn: 0 };
+    if nix::unistd::geteuid().is_root() {
+        println!("note: running as root, so the services run as root too");
+    }
     let mut client = Client::connect()?;
     client.send(&Request::Up { dir })?;
     loop {
