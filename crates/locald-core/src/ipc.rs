@@ -60,6 +60,11 @@ pub enum Request {
     ConfigShow {
         dir: PathBuf,
     },
+    /// A service's environment as its process gets it (`locald env`, `locald exec`).
+    Env {
+        dir: PathBuf,
+        service: String,
+    },
     /// Stop every project, then exit.
     Shutdown,
 }
@@ -103,6 +108,7 @@ pub enum Response {
     },
     Log(LogLine),
     Config(Box<Config>),
+    Env(ServiceEnv),
     Ok,
     Error {
         message: String,
@@ -254,6 +260,24 @@ pub struct ServiceStatus {
     /// Since the current process started.
     pub uptime_secs: Option<u64>,
     pub exit_code: Option<i32>,
+}
+
+/// What a service's process is started with, besides the daemon's own environment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceEnv {
+    pub cwd: PathBuf,
+    /// In the order they are set; a later one of the same name wins.
+    pub vars: Vec<EnvVar>,
+    /// The project is not up: the ports are the ones `up` would assign now.
+    pub not_running: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvVar {
+    pub name: String,
+    pub value: String,
+    /// `env_file`, `env` or `locald`.
+    pub layer: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -51,6 +51,10 @@ pub struct Service {
     pub cwd: PathBuf,
     /// Fully interpolated, in the order they are set (env_file, env, then PORT).
     pub env: Vec<(String, String)>,
+    /// How many of `env`, from the start, came from `env_file` (or a Procfile's `.env`); those
+    /// after them up to `PORT` from `env` ([`Service::env_layer`]).
+    #[serde(default)]
+    pub env_from_file: usize,
     pub port: u16,
     /// Whether it takes connections on `port`, and which kind ([`serving`]).
     #[serde(default)]
@@ -80,6 +84,19 @@ pub struct Service {
 }
 
 impl Service {
+    /// Which layer set `env[index]`: `env_file`, `env`, or `locald` (`PORT`, and the CA
+    /// variables the daemon appends for `trust_local_ca`).
+    pub fn env_layer(&self, index: usize) -> &'static str {
+        let port_at = self.env.iter().position(|(key, _)| key == "PORT").unwrap_or(self.env.len());
+        if index < self.env_from_file.min(port_at) {
+            "env_file"
+        } else if index < port_at {
+            "env"
+        } else {
+            "locald"
+        }
+    }
+
     /// Every name the proxy routes to this service, lowercase: its domain, then the
     /// `<service>.<project domain>` alias when the service has the project's domain, then its
     /// `domains`. The route table and the `/etc/hosts` sync both take their names from here, so

@@ -166,6 +166,7 @@ pub fn resolve_toml(
             })?;
             env.extend(pairs);
         }
+        let env_from_file = env.len();
         for (key, value) in &s.env {
             env.push((key.clone(), interpolate(&ctx, value, &lookup)?));
         }
@@ -207,6 +208,7 @@ pub fn resolve_toml(
             container,
             cwd,
             env,
+            env_from_file,
             port,
             serves: serving::serves(s.port.as_ref().map(|p| *p.get_ref()), s.protocol),
             start_timeout: s.start_timeout.map_or(serving::DEFAULT_START_TIMEOUT, |d| d.0),
@@ -274,6 +276,7 @@ pub fn resolve_procfile(
         }
         let port = ports.assign(&name, service).ok_or_else(|| err("no free port left to assign".into()))?;
         let mut env = dotenv.clone();
+        let env_from_file = env.len();
         env.push(("PORT".into(), port.to_string()));
         let service_domain = default_domain(&name, &domain, service);
         services.push(Service {
@@ -282,6 +285,7 @@ pub fn resolve_procfile(
             container: None,
             cwd: dir.to_owned(),
             env,
+            env_from_file,
             port,
             serves: serving::procfile_serves(service),
             start_timeout: serving::DEFAULT_START_TIMEOUT,

@@ -66,6 +66,13 @@ pub(super) async fn handle(
             };
             out.send(response).await
         }
+        Request::Env { dir, service } => {
+            let response = match super::env::service_env(supervisor, &dir, &service) {
+                Ok(env) => Response::Env(env),
+                Err(message) => Response::Error { message },
+            };
+            out.send(response).await
+        }
         Request::Shutdown => {
             supervisor.shutdown().await;
             reachable(daemon).await;

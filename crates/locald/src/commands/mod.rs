@@ -6,6 +6,7 @@ mod completions;
 mod config_show;
 mod debug_port;
 mod doctor;
+mod exec;
 mod logs;
 mod mounted;
 mod mounts;
@@ -42,6 +43,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             project::control(&project.dir, service, project::Action::Restart)
         }
         Command::Config { command: ConfigCommand::Show { dir } } => config_show::run(dir),
+        Command::Exec { service, command, project } => exec::exec(&project.dir, &service, &command),
+        Command::Env { service, project } => exec::print(&project.dir, &service),
         Command::Ca => trust::ca(),
         Command::Trust { args } => trust::run(trust::Action::Trust, &args),
         Command::Untrust { args } => trust::run(trust::Action::Untrust, &args),
