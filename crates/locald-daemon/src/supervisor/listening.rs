@@ -28,6 +28,7 @@ fn group_members(_pgid: u32) -> Vec<u32> {
 
 /// Field 5 of `/proc/<pid>/stat`, counted after the command name's closing parenthesis (the
 /// name itself may hold spaces and parentheses).
+#[cfg(target_os = "linux")]
 fn process_group(pid: u32) -> Option<u32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after = &stat[stat.rfind(')')? + 1..];
