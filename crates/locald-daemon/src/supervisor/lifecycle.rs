@@ -12,7 +12,7 @@
 //!   restart requests while waiting change nothing; stop stops.
 //! - Running: health verdicts move it between healthy and unhealthy (an unhealthy service keeps
 //!   running); a failed liveness check stops it and counts as a failure to restart from whatever
-//!   the policy. Stop stops; restart stops and starts again at once, counting a restart and
+//!   the policy. Stop stops; restart publishes starting, stops and starts again at once, counting a restart and
 //!   forgetting the backoff; start is acknowledged and nothing else.
 //! - After an exit: a run longer than twice `max_backoff` forgets earlier attempts. The policy
 //!   says whether to restart (`no`: never, `on-failure`: unless status 0, `always`); not
@@ -307,6 +307,11 @@ impl Lifecycle {
                 self.kill(started, Stop::Requested, &mut out);
             }
             (Phase::Running { started }, Event::Control(Request::Restart)) => {
+                // Starting from now, not once the old process is gone: the proxy holds requests
+                // for a starting service instead of sending them to one that is being stopped.
+                self.snapshot.state = ServiceState::Starting;
+                self.snapshot.detail = Some("restarting".into());
+                self.publish(&mut out);
                 self.kill(started, Stop::Restart, &mut out);
             }
 
