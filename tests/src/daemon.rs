@@ -32,8 +32,9 @@ impl Daemon {
             .env("HOME", self.root.join("home"))
             .env("XDG_RUNTIME_DIR", self.root.join("run"))
             .env("XDG_STATE_HOME", self.root.join("state"))
-            // CI runs as root; the daemon refuses root unless told this is deliberate.
-            .env("LOCALD_ALLOW_ROOT", "1")
+            // CI runs as root: a root daemon would bind 80/443 and write /etc/hosts itself,
+            // which many test daemons at once must not.
+            .env("LOCALD_ROOT_JOBS", "0")
             .current_dir(&self.root);
         command
     }

@@ -7,7 +7,7 @@ use locald_tests::daemon::{Daemon, pids_with_arg, sleep_token, wait_pids};
 use locald_tests::text;
 
 /// A service listening on its assigned port (python's http.server) with a tcp health check,
-/// and a plain worker that depends on it.
+/// and a plain worker (no port: it serves nothing) that depends on it.
 fn web_and_worker(token: &str) -> String {
     format!(
         r#"
@@ -21,6 +21,7 @@ command = ["sh", "-c", "echo worker sees $WEB; exec sleep {token}"]
 env = {{ WEB = "${{services.web.url}}" }}
 depends_on = ["web"]
 stop_timeout = "2s"
+port = false
 "#
     )
 }
@@ -42,7 +43,8 @@ fn up_status_logs_stop_start_restart_down() {
     std::net::TcpStream::connect(("127.0.0.1", port)).expect("web listens on its assigned port");
     let worker = daemon.service("shop", "worker");
     assert_eq!(worker["state"], "running");
-    assert_eq!(public(&worker["url"]), "https://worker.shop.localhost");
+    assert!(worker["url"].is_null(), "a worker gets no URL: {worker}");
+    assert!(!up.contains("worker.shop.localhost"), "{up}");
     assert_eq!(wait_pids(&token, 1), vec![worker["pid"].as_i64().unwrap() as i32]);
 
     // Interpolated URL reached the worker; logs are prefixed by service.
@@ -182,7 +184,7 @@ fn logs_follow_streams_new_lines_as_they_come() {
     let daemon = Daemon::new();
     let dir = daemon.project(
         "ticker",
-        "[services.tick]\ncommand = \"i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.05; done\"\nstop_timeout = \"1s\"\n",
+        "[services.tick]\ncommand = \"i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.05; done\"\nstop_timeout = \"1s\"\nport = false\n",
     );
     daemon.ok(&["up", dir.to_str().unwrap()]);
     // --tail 0: nothing from the files, so every line read below was streamed live.
@@ -211,7 +213,8 @@ fn logs_follow_streams_new_lines_as_they_come() {
 fn concurrent_ups_start_one_instance_and_up_restarts_what_was_stopped() {
     let daemon = Daemon::new();
     let token = sleep_token();
-    let dir = daemon.project("once", &format!("[services.app]\ncommand = [\"sleep\", \"{token}\"]\n"));
+    let dir = daemon
+        .project("once", &format!("[services.app]\ncommand = [\"sleep\", \"{token}\"]\nport = false\n"));
     daemon.ok(&["status"]);
     let ups: Vec<_> =
         (0..4).map(|_| daemon.cmd().args(["up", dir.to_str().unwrap()]).spawn().unwrap()).collect();

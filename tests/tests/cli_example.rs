@@ -1,5 +1,6 @@
 //! examples/quickstart works as its README says: `up` gets every service ready, the front end
-//! serves a page built from the API it reaches through the interpolated URL, the worker runs.
+//! serves a page built from the API it reaches through the interpolated URL, the worker runs,
+//! and only what serves gets a URL.
 
 use std::io::{Read, Write};
 use std::path::Path;
@@ -25,6 +26,13 @@ fn quickstart_comes_up_and_the_front_end_reaches_the_api() {
     assert_eq!(daemon.service("quickstart", "web")["state"], "healthy");
     assert_eq!(daemon.service("quickstart", "worker")["state"], "running");
     assert!(up.contains("https://quickstart.localhost"), "{up}");
+    // The worker takes no connections (`port = false`) and the seed job has done its work:
+    // neither gets a URL.
+    for (service, state) in [("worker", "running"), ("seed", "completed")] {
+        assert!(daemon.service("quickstart", service)["url"].is_null(), "{service} has a URL");
+        assert!(up.contains(&format!("  {service:<16} ({state})\n")), "{up}");
+        assert!(!up.contains(&format!("{service}.quickstart.localhost")), "{up}");
+    }
 
     let web = daemon.service("quickstart", "web");
     let page = get(web["port"].as_u64().unwrap() as u16, "/");

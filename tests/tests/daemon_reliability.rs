@@ -13,7 +13,7 @@ fn daemon_killed_with_sigkill_leaves_no_orphan_and_no_duplicate() {
     let (leader, grandchild) = (sleep_token(), sleep_token());
     let dir = daemon.project(
         "crashy",
-        &format!("[services.worker]\ncommand = \"sleep {grandchild} & exec sleep {leader}\"\nstop_timeout = \"1s\"\n"),
+        &format!("[services.worker]\ncommand = \"sleep {grandchild} & exec sleep {leader}\"\nstop_timeout = \"1s\"\nport = false\n"),
     );
     daemon.ok(&["up", dir.to_str().unwrap()]);
     let before = (wait_pids(&leader, 1), wait_pids(&grandchild, 1));
@@ -44,8 +44,13 @@ fn crash_loop_backs_off_with_growing_delays_and_stops_at_max() {
          backoff = \"200ms\"\nmax_backoff = \"10s\"\n",
     );
     let out = daemon.run(&["up", dir.to_str().unwrap()]);
-    // Without a health check the service counts as ready once started; the loop goes on.
-    assert!(out.status.success(), "{}", text(&out));
+    // It never accepts a connection, so it is never ready: `up` waits out the loop and fails.
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("service bad failed: exited with status 1; gave up after 3 restarts"),
+        "{}",
+        text(&out)
+    );
     let failed = wait_for(Duration::from_secs(20), || {
         (daemon.service("loop", "bad")["state"] == "failed").then_some(())
     });
@@ -87,7 +92,7 @@ fn failing_liveness_check_restarts_the_service() {
     let dir = daemon.project(
         "live",
         &format!(
-            "[services.app]\ncommand = \"exec sleep {token}\"\nstop_timeout = \"1s\"\n\
+            "[services.app]\ncommand = \"exec sleep {token}\"\nstop_timeout = \"1s\"\nport = false\n\
              liveness = {{ command = \"test ! -e wedged\", interval = \"100ms\", retries = 2 }}\n"
         ),
     );
@@ -112,7 +117,7 @@ fn stop_escalates_to_sigkill_of_a_term_ignoring_child_and_its_grandchildren() {
     let dir = daemon.project(
         "stubborn",
         &format!(
-            "[services.app]\ncommand = \"trap '' TERM; sleep {a} & sleep {b} & wait\"\nstop_timeout = \"500ms\"\n"
+            "[services.app]\ncommand = \"trap '' TERM; sleep {a} & sleep {b} & wait\"\nstop_timeout = \"500ms\"\nport = false\n"
         ),
     );
     daemon.ok(&["up", dir.to_str().unwrap()]);
@@ -198,7 +203,7 @@ fn with_a_delegated_cgroup_stop_also_kills_processes_that_left_the_group() {
     let (escapee, leader) = (sleep_token(), sleep_token());
     let dir = daemon.project(
         "escape",
-        &format!("[services.app]\ncommand = \"setsid sleep {escapee} & exec sleep {leader}\"\nstop_timeout = \"1s\"\n"),
+        &format!("[services.app]\ncommand = \"setsid sleep {escapee} & exec sleep {leader}\"\nstop_timeout = \"1s\"\nport = false\n"),
     );
     daemon.ok(&["up", dir.to_str().unwrap()]);
     wait_pids(&leader, 1);
@@ -225,7 +230,8 @@ fn services_get_the_descriptor_limit_the_daemon_was_started_with() {
     use std::os::unix::process::CommandExt;
     let daemon = Daemon::new();
     let token = sleep_token();
-    let dir = daemon.project("limits", &format!("[services.worker]\ncommand = \"exec sleep {token}\"\n"));
+    let dir = daemon
+        .project("limits", &format!("[services.worker]\ncommand = \"exec sleep {token}\"\nport = false\n"));
     let mut up = daemon.cmd();
     up.args(["up", dir.to_str().unwrap()]);
     // SAFETY: setrlimit(2) is async-signal-safe; the limit is a plain value.

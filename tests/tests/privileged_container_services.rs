@@ -299,7 +299,9 @@ fn a_killed_daemon_takes_its_containers_with_it() {
     let project = UserProject::new(
         p,
         "svc-orphan",
-        &format!("[services.sleeper]\nimage = \"./rootfs\"\ncommand = [\"sleep\", \"{token}\"]\n"),
+        &format!(
+            "[services.sleeper]\nimage = \"./rootfs\"\ncommand = [\"sleep\", \"{token}\"]\nport = false\n"
+        ),
     );
     busybox_dir(&project.dir.join("rootfs"));
     project.chown();

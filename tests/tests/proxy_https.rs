@@ -106,9 +106,11 @@ fn the_ca_is_private_name_constrained_and_issues_nothing_for_real_sites() {
 fn starting_down_unknown_and_refusing_services_get_pages() {
     let Some(p) = privileged() else { return };
     // `slow` never gets healthy within the test (its check waits a long start period on a port
-    // nobody opens), `quiet` runs but listens nowhere, `gone` exits at once after a log line.
+    // nobody opens; a request for it is held a few seconds, then gets the starting page),
+    // `quiet` passes a health check that is not about its port and listens nowhere, `gone`
+    // exits at once after a log line.
     let more = "[services.slow]\ncommand = \"sleep 600\"\nhealth_check = { tcp = true, start_period = \"10m\" }\n\n\
-                [services.quiet]\ncommand = \"sleep 600\"\n\n\
+                [services.quiet]\ncommand = \"sleep 600\"\nhealth_check = { command = \"true\" }\n\n\
                 [services.gone]\ncommand = \"echo gone-for-good-marker; exit 3\"\nrestart = \"no\"\n";
     let scene = Scene::new(p, "proxy-pages", &project_toml("shop", more));
     // `up` reports the failure of `gone`; the others are started all the same.
@@ -342,7 +344,7 @@ fn trust_local_ca_lets_a_service_verify_another_over_https() {
         "[services.client]\ncommand = '{CALL_WEB}'\nrestart = \"no\"\ndepends_on = [\"web\"]\n\
          env = {{ REQUESTS_CA_BUNDLE = \"/mine.pem\" }}\n\n\
          [services.plain]\ncommand = '{CALL_WEB}'\nrestart = \"no\"\ndepends_on = [\"web\"]\ntrust_local_ca = false\n\n\
-         [services.after]\ncommand = \"exec sleep 600\"\n\
+         [services.after]\ncommand = \"exec sleep 600\"\nport = false\n\
          depends_on = {{ client = \"completed_successfully\", plain = \"completed_successfully\" }}\n"
     );
     let toml = project_toml("shop", &more).replacen("[project]\n", "[project]\ntrust_local_ca = true\n", 1);
@@ -387,7 +389,8 @@ fn trust_local_ca_lets_a_service_verify_another_over_https() {
 fn https_redirect_sends_plain_http_to_https_with_308() {
     let Some(p) = privileged() else { return };
     // `side` also answers to a name outside the local suffixes, which /etc/hosts cannot have.
-    let more = "[services.side]\ncommand = \"exec sleep 600\"\ndomains = [\"side.example\"]\n";
+    let more = "[services.side]\ncommand = \"exec sleep 600\"\ndomains = [\"side.example\"]\n\
+                health_check = { command = \"true\" }\n";
     let toml = project_toml("shop", more).replacen("[project]\n", "[project]\nhttps_redirect = true\n", 1);
     let scene = Scene::new(p, "proxy-redirect", &toml);
     let up = scene.ok(&["up"]);

@@ -72,6 +72,11 @@ pub enum Request {
         dir: PathBuf,
         services: Vec<String>,
     },
+    /// A service's environment as its process gets it (`locald env`, `locald exec`).
+    Env {
+        dir: PathBuf,
+        service: String,
+    },
     /// Stop every project, then exit.
     Shutdown,
 }
@@ -121,6 +126,7 @@ pub enum Response {
     Watching {
         services: Vec<(String, Vec<String>)>,
     },
+    Env(ServiceEnv),
     Ok,
     Error {
         message: String,
@@ -262,8 +268,13 @@ pub struct ServiceStatus {
     pub name: String,
     pub state: ServiceState,
     pub pid: Option<u32>,
+    /// Where it listens: the port it was given, or the one its processes were found on.
     pub port: u16,
-    pub url: String,
+    /// `https://…` for an HTTP service, `127.0.0.1:<port>` for another protocol, none for a
+    /// service that does not serve or a one-shot that has completed ([`crate::config::serving`]).
+    pub url: Option<String>,
+    #[serde(default)]
+    pub serves: crate::config::Serves,
     /// `None` when the service has no health check.
     pub healthy: Option<bool>,
     pub restarts: u32,
@@ -273,6 +284,24 @@ pub struct ServiceStatus {
     /// The last restart a file change caused: `src/app.py (and 2 more) changed 12s ago`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub changed: Option<String>,
+}
+
+/// What a service's process is started with, besides the daemon's own environment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceEnv {
+    pub cwd: PathBuf,
+    /// In the order they are set; a later one of the same name wins.
+    pub vars: Vec<EnvVar>,
+    /// The project is not up: the ports are the ones `up` would assign now.
+    pub not_running: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvVar {
+    pub name: String,
+    pub value: String,
+    /// `env_file`, `env` or `locald`.
+    pub layer: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -25,7 +25,12 @@ fn loopback(addrs: &[IpAddr]) -> bool {
 pub fn routed_names<'a>(configs: impl IntoIterator<Item = &'a Config>) -> Vec<String> {
     configs
         .into_iter()
-        .flat_map(|c| c.services.iter().flat_map(|s: &Service| s.host_names(&c.project.domain)))
+        .flat_map(|c| {
+            c.services
+                .iter()
+                .filter(|s| s.serves.is_routed())
+                .flat_map(|s: &Service| s.host_names(&c.project.domain))
+        })
         .collect()
 }
 
@@ -102,7 +107,7 @@ pub fn sync(privileged: &dyn Privileged, domains: &[String]) -> Result<(), Hosts
 }
 
 fn sync_with(privileged: &dyn Privileged, domains: &[String], resolve: Resolver) -> Result<(), HostsError> {
-    if privileged.unavailable().is_some() {
+    if privileged.unavailable().is_some() && !privileged.is_root() {
         return Ok(());
     }
     // The `--ports-only` install writes no /etc/hosts: nothing is written (a block left by an

@@ -15,6 +15,7 @@ mod write_through;
 mod activity;
 mod forward;
 mod h1;
+mod hold;
 mod limits;
 mod listeners;
 mod pages;
@@ -315,7 +316,7 @@ impl Traffic {
 
 impl h1::Target for Arc<Route> {
     fn port(&self) -> u16 {
-        self.port
+        self.view.now().port.unwrap_or(self.port)
     }
 
     fn unreachable(&self, cause: &str) -> Response<Body> {
@@ -406,7 +407,9 @@ async fn handle(
         Decision::Service { route, now } => (route, now),
     };
     drop(table);
-    let (project, service, port) = (route.project.as_str(), route.service.as_str(), route.port);
+    let now = hold::while_starting(&*route.view, now, shared.limits.hold).await;
+    let port = now.port.unwrap_or(route.port);
+    let (project, service) = (route.project.as_str(), route.service.as_str());
     match Traffic::of(now.state) {
         Traffic::Forward => {
             let (Some(authority), Ok(permit)) = (authority, context.forwards.clone().acquire_owned().await)

@@ -33,6 +33,8 @@ pub(crate) struct Limits {
     /// Most requests one client connection has at its services at once on hyper's path (each
     /// holds a service connection); the others wait their turn.
     pub forwards_per_client: usize,
+    /// Longest a request for a starting or restarting service waits for it ([`crate::hold`]).
+    pub hold: Duration,
 }
 
 /// File descriptors kept out of the proxy's reach: the control socket and its clients, logs,
@@ -54,6 +56,7 @@ impl Limits {
             idle: Duration::from_secs(75),
             body: Duration::from_secs(60),
             ping: Duration::from_secs(20),
+            hold: Duration::from_secs(5),
             max_clients: (nofile.saturating_sub(reserved) / FDS_PER_CLIENT).max(16),
             max_streams: 128,
             forwards_per_client: 32,

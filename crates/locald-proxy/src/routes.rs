@@ -18,6 +18,8 @@ pub struct ServiceNow {
     pub state: ServiceState,
     /// The exit code of its last run (128 + the signal when a signal ended it), if it ended.
     pub exit_code: Option<i32>,
+    /// The port it was found listening on instead of its own (a server that ignores `$PORT`).
+    pub port: Option<u16>,
 }
 
 /// A routed service as the proxy sees it, implemented by whoever runs the service.

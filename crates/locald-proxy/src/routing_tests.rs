@@ -20,7 +20,7 @@ pub(super) struct Fake {
 impl Fake {
     fn new(state: ServiceState, exit_code: Option<i32>, lines: &[&str]) -> Arc<Self> {
         Arc::new(Fake {
-            now: Mutex::new(ServiceNow { state, exit_code }),
+            now: Mutex::new(ServiceNow { state, exit_code, port: None }),
             lines: lines.iter().map(|l| l.to_string()).collect(),
             asked_lines: Mutex::new(Vec::new()),
         })

@@ -21,6 +21,7 @@ pub(super) fn short_limits() -> limits::Limits {
         header: Duration::from_millis(400),
         idle: Duration::from_millis(800),
         body: Duration::from_millis(300),
+        hold: Duration::from_millis(300),
         ..limits::Limits::for_nofile(4096)
     }
 }

@@ -11,6 +11,7 @@
 pub mod bundle_policy;
 pub mod cgroup_placement;
 pub mod exit;
+pub mod hosts_block;
 pub mod mountinfo;
 pub mod protocol;
 pub mod subid;

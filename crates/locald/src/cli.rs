@@ -114,6 +114,23 @@ pub enum Command {
         #[command(flatten)]
         project: ProjectArg,
     },
+    /// Run a command with a service's environment (ports, URLs, env_file, CA variables) in its
+    /// working directory: `locald exec api -- python manage.py migrate`. Exits with its status.
+    Exec {
+        service: String,
+        /// The command and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+        #[command(flatten)]
+        project: ProjectArg,
+    },
+    /// Print a service's environment, each variable with the layer that set it (env_file, env,
+    /// locald).
+    Env {
+        service: String,
+        #[command(flatten)]
+        project: ProjectArg,
+    },
     /// Configuration.
     Config {
         #[command(subcommand)]

@@ -6,6 +6,7 @@ mod error;
 pub mod ports;
 pub mod raw;
 mod resolve;
+pub mod serving;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -15,6 +16,7 @@ use serde::{Deserialize, Serialize};
 pub use error::{ConfigError, line_col};
 pub use raw::{Condition, PullPolicy, RestartPolicy};
 pub use resolve::{LOCAL_SUFFIXES, PortSource, resolve_procfile, resolve_toml};
+pub use serving::Serves;
 
 pub const FILE_NAME: &str = "locald.toml";
 pub const PROCFILE: &str = "Procfile";
@@ -52,7 +54,17 @@ pub struct Service {
     pub cwd: PathBuf,
     /// Fully interpolated, in the order they are set (env_file, env, then PORT).
     pub env: Vec<(String, String)>,
+    /// How many of `env`, from the start, came from `env_file` (or a Procfile's `.env`); those
+    /// after them up to `PORT` from `env` ([`Service::env_layer`]).
+    #[serde(default)]
+    pub env_from_file: usize,
     pub port: u16,
+    /// Whether it takes connections on `port`, and which kind ([`serving`]).
+    #[serde(default)]
+    pub serves: Serves,
+    /// From spawn to accepting connections (or passing its health check), before `up` fails.
+    #[serde(with = "duration_text", default = "serving::default_start_timeout")]
+    pub start_timeout: Duration,
     /// The port was written in `locald.toml` (not assigned): only then may `up` refuse to start
     /// because something else holds it; an assigned one is simply picked again.
     #[serde(default)]
@@ -91,6 +103,19 @@ pub struct Watch {
 }
 
 impl Service {
+    /// Which layer set `env[index]`: `env_file`, `env`, or `locald` (`PORT`, and the CA
+    /// variables the daemon appends for `trust_local_ca`).
+    pub fn env_layer(&self, index: usize) -> &'static str {
+        let port_at = self.env.iter().position(|(key, _)| key == "PORT").unwrap_or(self.env.len());
+        if index < self.env_from_file.min(port_at) {
+            "env_file"
+        } else if index < port_at {
+            "env"
+        } else {
+            "locald"
+        }
+    }
+
     /// Every name the proxy routes to this service, lowercase: its domain, then the
     /// `<service>.<project domain>` alias when the service has the project's domain, then its
     /// `domains`. The route table and the `/etc/hosts` sync both take their names from here, so

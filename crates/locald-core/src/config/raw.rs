@@ -41,7 +41,12 @@ pub struct RawService {
     #[serde(default)]
     pub env: BTreeMap<String, Spanned<String>>,
     pub env_file: Option<Spanned<String>>,
-    pub port: Option<Spanned<u16>>,
+    /// A number, or `false` for a service that takes no connections.
+    pub port: Option<Spanned<super::serving::RawPort>>,
+    /// `"http"` (default) or `"tcp"` for a server of another protocol (not routed by the proxy).
+    pub protocol: Option<super::serving::Protocol>,
+    /// From spawn to accepting connections, before `up` gives up on it.
+    pub start_timeout: Option<Dur>,
     pub domain: Option<Spanned<String>>,
     /// Extra host names the proxy routes to this service.
     pub domains: Option<Vec<Spanned<String>>>,

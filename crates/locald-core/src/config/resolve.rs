@@ -16,6 +16,7 @@ pub use names::{LOCAL_SUFFIXES, default_domain};
 use names::{check_domain, check_label, default_suffix, name_from_dir};
 
 use super::raw::{RawCheck, RawCommand, RawFile, RawService, RestartPolicy};
+use super::serving::{self, RawPort};
 use super::{
     Check, Command, Condition, Config, ConfigError, Container, Dependency, Probe, Project, Restart, Service,
     Volume, dotenv, ports,
@@ -87,12 +88,13 @@ pub fn resolve_toml(
     // Ports first: interpolation may refer to any service's port.
     let mut assigned: HashMap<&str, u16> = HashMap::new();
     for (name, service) in &services {
-        let port = match &service.get_ref().port {
-            Some(port) if *port.get_ref() == 0 => {
+        let port = match service.get_ref().port.as_ref().map(|p| (p, *p.get_ref())) {
+            Some((port, RawPort::Number(0))) => {
                 return Err(ctx.err(port.span().start, "port must be 1-65535"));
             }
-            Some(port) => *port.get_ref(),
-            None => ports
+            Some((_, RawPort::Number(port))) => port,
+            // `${services.x.port}` and $PORT still have a value; nothing probes or routes it.
+            Some((_, RawPort::Off)) | None => ports
                 .assign(&project_name, name)
                 .ok_or_else(|| ctx.err(service.span().start, "no free port left to assign"))?,
         };
@@ -165,6 +167,7 @@ pub fn resolve_toml(
             })?;
             env.extend(pairs);
         }
+        let env_from_file = env.len();
         for (key, value) in &s.env {
             env.push((key.clone(), interpolate(&ctx, value, &lookup)?));
         }
@@ -206,8 +209,11 @@ pub fn resolve_toml(
             container,
             cwd,
             env,
+            env_from_file,
             port,
-            port_written: s.port.is_some(),
+            serves: serving::serves(s.port.as_ref().map(|p| *p.get_ref()), s.protocol),
+            start_timeout: s.start_timeout.map_or(serving::DEFAULT_START_TIMEOUT, |d| d.0),
+            port_written: matches!(s.port.as_ref().map(|p| *p.get_ref()), Some(RawPort::Number(_))),
             url: format!("http://{domain}"),
             domain,
             domains: extra_domains,
@@ -277,6 +283,7 @@ pub fn resolve_procfile(
         }
         let port = ports.assign(&name, service).ok_or_else(|| err("no free port left to assign".into()))?;
         let mut env = dotenv.clone();
+        let env_from_file = env.len();
         env.push(("PORT".into(), port.to_string()));
         let service_domain = default_domain(&name, &domain, service);
         services.push(Service {
@@ -285,7 +292,10 @@ pub fn resolve_procfile(
             container: None,
             cwd: dir.to_owned(),
             env,
+            env_from_file,
             port,
+            serves: serving::procfile_serves(service),
+            start_timeout: serving::DEFAULT_START_TIMEOUT,
             port_written: false,
             url: format!("http://{service_domain}"),
             domain: service_domain,

@@ -2,6 +2,7 @@
 //! framed by `locald_core::ipc`; `up` and `logs -f` answer with a stream of frames. This module
 //! owns the socket and the framing; [`requests`] answers them.
 
+mod env;
 mod requests;
 
 use std::io::{self, Write};

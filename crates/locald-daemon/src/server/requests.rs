@@ -103,6 +103,13 @@ pub(super) async fn handle(
             };
             out.send(response).await
         }
+        Request::Env { dir, service } => {
+            let response = match super::env::service_env(supervisor, &dir, &service) {
+                Ok(env) => Response::Env(env),
+                Err(message) => Response::Error { message },
+            };
+            out.send(response).await
+        }
         Request::Shutdown => {
             daemon.watchers.stop_all();
             supervisor.shutdown().await;
@@ -121,7 +128,9 @@ fn project_status(proxy: Option<&Proxy>, project: &Project) -> ProjectStatus {
     let mut status = project.status();
     if let Some(proxy) = proxy {
         for (service, handle) in status.services.iter_mut().zip(&project.services) {
-            service.url = proxy.status().https_url(&handle.service.domain);
+            if service.url.is_some() && handle.service.serves.is_routed() {
+                service.url = Some(proxy.status().https_url(&handle.service.domain));
+            }
         }
     }
     status
@@ -226,6 +235,8 @@ async fn up(daemon: &Daemon, dir: &Path, out: &mut Out) -> io::Result<()> {
     let mut reported: Vec<Option<ServiceState>> = vec![None; watches.len()];
     loop {
         let mut all_ready = true;
+        // The earliest start timeout of a service not ready yet.
+        let mut next_due = None;
         for (i, handle) in project.services.iter().enumerate() {
             let snapshot = watches[i].borrow_and_update().clone();
             if reported[i] != Some(snapshot.state) {
@@ -244,15 +255,32 @@ async fn up(daemon: &Daemon, dir: &Path, out: &mut Out) -> io::Result<()> {
                     .send(Response::UpFailed { service: handle.service.name.clone(), message, last_lines })
                     .await;
             }
-            all_ready &= snapshot.state.is_ready(handle.service.health_check.is_some());
+            let ready = snapshot.state.is_ready(handle.service.health_check.is_some());
+            all_ready &= ready;
+            if let Some(since) = snapshot.since.filter(|_| !ready) {
+                let due = since + handle.service.start_timeout;
+                if due <= tokio::time::Instant::now().into_std() {
+                    let last_lines = logs::last_lines(&project.log_dir, &handle.service.name, 20);
+                    let message = start_timeout_message(&handle.service);
+                    return out
+                        .send(Response::UpFailed {
+                            service: handle.service.name.clone(),
+                            message,
+                            last_lines,
+                        })
+                        .await;
+                }
+                next_due = Some(next_due.map_or(due, |d: std::time::Instant| d.min(due)));
+            }
         }
         if all_ready {
             let config_changed = attached && project.config_changed();
             let privileged = daemon.supervisor.privileged();
-            let notes = crate::hosts::unwritable_note(&project.config)
+            let mut notes: Vec<String> = crate::hosts::unwritable_note(&project.config)
                 .into_iter()
                 .chain(crate::hosts::ports_only_note(&project.config, &*privileged))
                 .collect();
+            notes.extend(elsewhere_notes(&project));
             return out
                 .send(Response::UpDone {
                     project: project_status(proxy, &project),
@@ -264,10 +292,42 @@ async fn up(daemon: &Daemon, dir: &Path, out: &mut Out) -> io::Result<()> {
                 .await;
         }
         let changes = watches.iter_mut().map(|w| Box::pin(w.changed()));
+        let timeout = async {
+            match next_due {
+                Some(due) => tokio::time::sleep_until(due.into()).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = futures_select(changes) => {}
+            () = timeout => {}
             () = &mut out.closed => return Ok(()),
         }
+    }
+}
+
+/// One line per service found listening on another port than its `$PORT`.
+fn elsewhere_notes(project: &Project) -> impl Iterator<Item = String> + '_ {
+    project.services.iter().filter_map(|handle| {
+        let found = handle.status.borrow().port?;
+        Some(format!(
+            "{} listens on port {found}, not on its $PORT {}; locald routes to {found}",
+            handle.service.name, handle.service.port
+        ))
+    })
+}
+
+/// Why `up` gave up on a service that did not get ready in time, with what to change.
+fn start_timeout_message(service: &locald_core::config::Service) -> String {
+    let within = humantime::format_duration(service.start_timeout);
+    if service.health_check.is_some() {
+        format!("did not pass its health check within {within} (start_timeout)")
+    } else {
+        format!(
+            "did not accept connections on port {} ($PORT) within {within}; raise start_timeout, \
+             or set `port = false` if it does not serve",
+            service.port
+        )
     }
 }
 

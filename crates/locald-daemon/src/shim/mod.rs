@@ -7,6 +7,7 @@ pub mod fake;
 pub mod filecap;
 mod privileged;
 mod remove;
+mod root;
 
 pub use client::{PortOwner, Shim, ShimClientError};
 pub use discovery::{
@@ -15,3 +16,4 @@ pub use discovery::{
 };
 pub use privileged::{Privileged, Unavailable, discover};
 pub use remove::{RemoveError, force_remove_dir_all, force_remove_dir_all_blocking};
+pub use root::AsRoot;

@@ -23,6 +23,11 @@ pub trait Privileged: Send + Sync + std::fmt::Debug {
     /// Why `what`, a request beyond `bind`, cannot be served: no shim, or the `--ports-only` one.
     /// Checked before a project needing it starts, so `up` says which install it needs.
     fn unavailable_beyond_bind(&self, what: &'static str) -> Option<Arc<ShimClientError>>;
+    /// The daemon is root and binds ports and writes `/etc/hosts` itself ([`super::AsRoot`]):
+    /// those work whatever [`Privileged::unavailable`] says, which then concerns the rest.
+    fn is_root(&self) -> bool {
+        false
+    }
     /// A listening socket on privileged `port`.
     fn bind(&self, port: u16, address: Option<IpAddr>) -> Result<TcpListener, ShimClientError>;
     /// Makes the caller's `/etc/hosts` block map exactly `domains` to loopback.
@@ -47,10 +52,12 @@ pub trait Privileged: Send + Sync + std::fmt::Debug {
 /// The daemon's (and the CLI's) one way to find the shim: `$LOCALD_SHIM`, else the standard
 /// places, checked and handshaken now, once.
 pub fn discover() -> Arc<dyn Privileged> {
-    match Shim::discover() {
+    let shim: Arc<dyn Privileged> = match Shim::discover() {
         Ok(shim) => Arc::new(shim),
         Err(reason) => Arc::new(Unavailable::new(reason)),
-    }
+    };
+    let root_jobs = std::env::var_os(super::root::ROOT_JOBS_ENV).is_none_or(|v| v != "0");
+    if nix::unistd::geteuid().is_root() && root_jobs { Arc::new(super::AsRoot::new(shim)) } else { shim }
 }
 
 impl Privileged for Shim {

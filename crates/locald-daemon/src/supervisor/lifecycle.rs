@@ -12,7 +12,7 @@
 //!   restart requests while waiting change nothing; stop stops.
 //! - Running: health verdicts move it between healthy and unhealthy (an unhealthy service keeps
 //!   running); a failed liveness check stops it and counts as a failure to restart from whatever
-//!   the policy. Stop stops; restart stops and starts again at once, counting a restart and
+//!   the policy. Stop stops; restart publishes starting, stops and starts again at once, counting a restart and
 //!   forgetting the backoff; start is acknowledged and nothing else.
 //! - After an exit: a run longer than twice `max_backoff` forgets earlier attempts. The policy
 //!   says whether to restart (`no`: never, `on-failure`: unless status 0, `always`); not
@@ -46,6 +46,8 @@ pub struct Snapshot {
     pub since: Option<Instant>,
     pub exit: Option<Exit>,
     pub detail: Option<String>,
+    /// The port its processes were found listening on, when not the one it was given.
+    pub port: Option<u16>,
 }
 
 impl Snapshot {
@@ -58,6 +60,7 @@ impl Snapshot {
             since: None,
             exit: None,
             detail: None,
+            port: None,
         }
     }
 
@@ -112,6 +115,10 @@ pub enum Event {
     },
     Health(Verdict),
     Liveness(Verdict),
+    /// The readiness probe connected: to `port` when that is not the service's own port.
+    Reachable {
+        port: Option<u16>,
+    },
     Control(Request),
     /// Nobody can send requests any more: the project is gone.
     ControlClosed,
@@ -172,6 +179,8 @@ enum Phase {
 pub struct Lifecycle {
     restart: Restart,
     health_checked: bool,
+    /// Without a health check, a readiness probe decides when it stops starting.
+    probed: bool,
     deps: Vec<Dependency>,
     phase: Phase,
     /// Restarts in a row, for the backoff and `max_restarts`.
@@ -184,11 +193,19 @@ impl Lifecycle {
         Self {
             restart,
             health_checked,
+            probed: false,
             deps,
             phase: Phase::Waiting { next: 0 },
             attempt: 0,
             snapshot: Snapshot::new(),
         }
+    }
+
+    /// Without a health check, the service starts until [`Event::Reachable`] (its port accepts
+    /// connections) instead of running from its spawn on.
+    pub fn probed(mut self, probed: bool) -> Self {
+        self.probed = probed && !self.health_checked;
+        self
     }
 
     /// The first actions of a new service: wait for its dependencies.
@@ -234,7 +251,11 @@ impl Lifecycle {
 
             (Phase::Spawning, Event::Spawned { pid, started, at }) => {
                 let s = &mut self.snapshot;
-                s.state = if self.health_checked { ServiceState::Starting } else { ServiceState::Running };
+                s.state = if self.health_checked || self.probed {
+                    ServiceState::Starting
+                } else {
+                    ServiceState::Running
+                };
                 s.pid = Some(pid);
                 s.since = Some(at);
                 s.healthy = self.health_checked.then_some(false);
@@ -258,6 +279,18 @@ impl Lifecycle {
                 self.snapshot.state = ServiceState::Healthy;
                 self.publish(&mut out);
             }
+            (Phase::Running { .. }, Event::Reachable { port })
+                if self.probed && self.snapshot.state == ServiceState::Starting =>
+            {
+                if let Some(port) = port {
+                    out.push(Action::Note(format!(
+                        "listens on port {port}, not on $PORT; the proxy routes to {port}"
+                    )));
+                }
+                self.snapshot.state = ServiceState::Running;
+                self.snapshot.port = port;
+                self.publish(&mut out);
+            }
             (Phase::Running { .. }, Event::Health(Verdict::Failed)) => {
                 if self.snapshot.state != ServiceState::Unhealthy {
                     out.push(Action::Note("health check failing".into()));
@@ -274,6 +307,11 @@ impl Lifecycle {
                 self.kill(started, Stop::Requested, &mut out);
             }
             (Phase::Running { started }, Event::Control(Request::Restart)) => {
+                // Starting from now, not once the old process is gone: the proxy holds requests
+                // for a starting service instead of sending them to one that is being stopped.
+                self.snapshot.state = ServiceState::Starting;
+                self.snapshot.detail = Some("restarting".into());
+                self.publish(&mut out);
                 self.kill(started, Stop::Restart, &mut out);
             }
 
@@ -374,6 +412,7 @@ impl Lifecycle {
         let s = &mut self.snapshot;
         s.pid = None;
         s.since = None;
+        s.port = None;
         if self.health_checked {
             s.healthy = Some(false);
         }

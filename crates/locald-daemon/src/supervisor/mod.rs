@@ -4,8 +4,10 @@
 
 pub mod cgroup;
 mod lifecycle;
+mod listening;
 pub mod output;
 pub mod process;
+mod readiness;
 pub mod service;
 
 use std::collections::{BTreeMap, HashMap};
@@ -14,7 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{broadcast, oneshot, watch};
 
-use locald_core::config::{self, Config, ConfigError, PortSource, ports};
+use locald_core::config::{self, Config, ConfigError, PortSource, ports, serving};
 use locald_core::ipc::{ProjectStatus, ServiceState, ServiceStatus};
 
 use crate::container::prepare;
@@ -57,12 +59,15 @@ impl Project {
                 .iter()
                 .map(|h| {
                     let s = h.status.borrow();
+                    let port = s.port.unwrap_or(h.service.port);
+                    let completed = s.state == ServiceState::Completed;
                     ServiceStatus {
                         name: h.service.name.clone(),
                         state: s.state,
                         pid: s.pid,
-                        port: h.service.port,
-                        url: h.service.url.clone(),
+                        port,
+                        url: serving::shown_address(h.service.serves, completed, &h.service.url, port),
+                        serves: h.service.serves,
                         healthy: s.healthy,
                         restarts: s.restarts,
                         uptime_secs: s.since.map(|t| t.elapsed().as_secs()),

@@ -19,6 +19,7 @@ pub use super::lifecycle::Snapshot;
 use super::lifecycle::{Action, Event, Lifecycle, Request};
 use super::output::{Sink, pump};
 use super::process::{self, Exit, Output, Running};
+use super::readiness;
 use crate::container::prepare::{self, Runtime};
 use crate::health::{self, Tracker, Verdict};
 use locald_ca::ca_bundle::CaFiles;
@@ -67,7 +68,8 @@ pub fn start(
     let (control, control_rx) = mpsc::unbounded_channel();
     let service = Arc::new(service);
     let (deps, watches): (Vec<_>, Vec<_>) = deps.into_iter().unzip();
-    let lifecycle = Lifecycle::new(service.restart.clone(), service.health_check.is_some(), deps);
+    let lifecycle = Lifecycle::new(service.restart.clone(), service.health_check.is_some(), deps)
+        .probed(service.serves.is_probed());
     tokio::spawn(
         Task {
             service: service.clone(),
@@ -262,8 +264,28 @@ impl Task {
             .into_iter()
             .filter_map(|(kind, check)| Some((kind, check.clone()?)))
             .map(|(kind, check)| tokio::spawn(checker(kind, check, self.service.clone(), verdict_tx.clone())))
+            .chain(self.readiness(&running, verdict_tx.clone()))
             .collect();
         Run { running, readers, checkers, verdicts }
+    }
+
+    /// Without a health check, a serving service is starting until its port (or another port
+    /// its processes listen on) accepts connections.
+    fn readiness(
+        &self,
+        running: &Running,
+        verdicts: mpsc::UnboundedSender<(Kind, Verdict)>,
+    ) -> Option<JoinHandle<()>> {
+        if self.service.health_check.is_some() || !self.service.serves.is_probed() {
+            return None;
+        }
+        let port = self.service.port;
+        // The leader is its group's id; a container's processes are not in the shim's group.
+        let pgid = running.container.is_none().then_some(running.pid);
+        Some(tokio::spawn(async move {
+            let found = readiness::reachable(port, pgid).await;
+            let _ = verdicts.send((Kind::Ready(found), Verdict::Healthy));
+        }))
     }
 
     /// Stop signal to the group, `stop_timeout`, then SIGKILL; returns once reaped.
@@ -294,6 +316,8 @@ impl Task {
 enum Kind {
     Health,
     Liveness,
+    /// The readiness probe connected (to this port, when not the service's own).
+    Ready(Option<u16>),
 }
 
 /// Probes every `interval` (never overlapping: a slow probe delays the next) and reports each
@@ -305,14 +329,26 @@ async fn checker(
     verdicts: mpsc::UnboundedSender<(Kind, Verdict)>,
 ) {
     let mut tracker = Tracker::new(&check);
-    let mut interval = tokio::time::interval(check.interval);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Until the first pass, probe quickly (compose's `start_interval`), so that a service is
+    // healthy, and served, within moments of answering; failures still count only once per
+    // interval, so the quick probes do not use up `retries` sooner.
+    let quick = check.interval.min(readiness::QUICK * 2);
+    let mut passed = false;
+    let mut counted: Option<Instant> = None;
     loop {
-        interval.tick().await;
+        let began = Instant::now();
         let ok = health::probe(&check, &service).await;
-        if verdicts.send((kind, tracker.record(ok))).is_err() {
-            return;
+        if ok || passed || counted.is_none_or(|at| at.elapsed() >= check.interval) {
+            if !ok {
+                counted = Some(Instant::now());
+            }
+            passed |= ok;
+            if verdicts.send((kind, tracker.record(ok))).is_err() {
+                return;
+            }
         }
+        let pause = if passed { check.interval } else { quick };
+        tokio::time::sleep(pause.saturating_sub(began.elapsed())).await;
     }
 }
 
@@ -345,6 +381,7 @@ async fn from_run(run: Option<&mut Run>) -> Woke {
         Some((kind, verdict)) = verdicts.recv() => Woke::Event(match kind {
             Kind::Health => Event::Health(verdict),
             Kind::Liveness => Event::Liveness(verdict),
+            Kind::Ready(port) => Event::Reachable { port },
         }),
     }
 }

@@ -92,6 +92,8 @@ pub fn project_routes(projects: &[Arc<Project>]) -> Vec<ProjectRoutes> {
                 services: project
                     .services
                     .iter()
+                    // A worker or a database has no HTTP to route (and so no names in /etc/hosts).
+                    .filter(|handle| handle.service.serves.is_routed())
                     .map(|handle| ServiceRoutes {
                         name: handle.service.name.clone(),
                         port: handle.service.port,

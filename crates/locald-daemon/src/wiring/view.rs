@@ -28,7 +28,7 @@ impl View {
 impl ServiceView for View {
     fn now(&self) -> ServiceNow {
         let snapshot = self.status.borrow();
-        ServiceNow { state: snapshot.state, exit_code: snapshot.exit.map(Exit::code) }
+        ServiceNow { state: snapshot.state, exit_code: snapshot.exit.map(Exit::code), port: snapshot.port }
     }
 
     fn recent_lines(&self, count: usize) -> Vec<String> {

@@ -7,6 +7,7 @@ mod config_show;
 mod debug_port;
 mod doctor;
 mod images;
+mod exec;
 mod logs;
 mod mounted;
 mod mounts;
@@ -50,6 +51,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             project::control(&project.dir, service, project::Action::Restart)
         }
         Command::Config { command: ConfigCommand::Show { dir } } => config_show::run(dir),
+        Command::Exec { service, command, project } => exec::exec(&project.dir, &service, &command),
+        Command::Env { service, project } => exec::print(&project.dir, &service),
         Command::Ca => trust::ca(),
         Command::Trust { args } => trust::run(trust::Action::Trust, &args),
         Command::Untrust { args } => trust::run(trust::Action::Untrust, &args),

@@ -8,16 +8,9 @@ use locald_core::paths;
 
 use super::client::Client;
 
-const ALLOW_ROOT: &str = "LOCALD_ALLOW_ROOT";
-
 pub fn start() -> anyhow::Result<ExitCode> {
-    // Containers and CI often only have root; everywhere else root is a mistake.
-    if nix::unistd::geteuid().is_root() && std::env::var_os(ALLOW_ROOT).is_none_or(|v| v != "1") {
-        anyhow::bail!(
-            "the daemon runs as your user, not as root (privileged work goes through locald-shim); \
-             set {ALLOW_ROOT}=1 if this machine has no other user"
-        );
-    }
+    // Containers, WSL and CI often have only root: the daemon then runs as root, its services
+    // too, and does the shim's root-only jobs itself (`up` says so in one line).
     let socket = paths::socket_path()?;
     let state = paths::state_dir()?;
     let runtime =

@@ -42,7 +42,11 @@ pub fn run(json: bool) -> anyhow::Result<ExitCode> {
             let state = paint(tty, s.state, &format!("{:<12}", s.state.as_str()));
             println!(
                 "{:<14} {:<14} {state} {pid:>7} {:>5}  {:<36} {health:<9} {:>8} {uptime:>7}",
-                project.name, s.name, s.port, s.url, s.restarts
+                project.name,
+                s.name,
+                s.port,
+                s.url.as_deref().unwrap_or("-"),
+                s.restarts
             );
         }
     }

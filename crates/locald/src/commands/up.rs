@@ -6,6 +6,7 @@ use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use locald_core::config::Serves;
 use locald_core::ipc::{PullProgress, Request, Response, ServiceState};
 
 use super::client::{Client, project_dir};
@@ -15,6 +16,9 @@ pub fn run(dir: Option<PathBuf>, watch: bool) -> anyhow::Result<ExitCode> {
     let dir = project_dir(dir)?;
     let mut board = Board { tty: std::io::stdout().is_terminal(), rows: Vec::new(), drawn: 0 };
     let mut pulls = Pulls::new(board.tty);
+    if nix::unistd::geteuid().is_root() {
+        println!("note: running as root, so the services run as root too");
+    }
     let mut client = Client::connect()?;
     client.send(&Request::Up { dir: dir.clone() })?;
     loop {
@@ -34,7 +38,14 @@ pub fn run(dir: Option<PathBuf>, watch: bool) -> anyhow::Result<ExitCode> {
                 }
                 println!("{} is ready:", project.name);
                 for s in &project.services {
-                    println!("  {:<16} {:<40} (direct: http://127.0.0.1:{})", s.name, s.url, s.port);
+                    match (&s.url, s.serves) {
+                        (Some(url), Serves::Http) => {
+                            println!("  {:<16} {url:<40} (direct: http://127.0.0.1:{})", s.name, s.port)
+                        }
+                        (Some(address), _) => println!("  {:<16} {address}", s.name),
+                        // A worker, or a one-shot that has done its job: nothing to open.
+                        (None, _) => println!("  {:<16} ({})", s.name, s.state.as_str()),
+                    }
                 }
                 if let Some(proxy) = &proxy {
                     super::status::print_proxy_note(proxy);

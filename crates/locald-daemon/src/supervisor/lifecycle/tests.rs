@@ -365,7 +365,13 @@ fn restart_while_running_stops_then_spawns_again_counting_one_restart() {
     svc.backoff_over();
     svc.spawned();
     assert_eq!(svc.request(Request::Start), [Action::Ack], "start while running changes nothing");
-    assert_eq!(svc.request(Request::Restart), [Action::Kill]);
+    let restarting = svc.request(Request::Restart);
+    assert_eq!(restarting.last(), Some(&Action::Kill));
+    assert_eq!(
+        state(&restarting),
+        Some(ServiceState::Starting),
+        "starting before the old process is signalled"
+    );
     // The exit of a process we stopped is not the service's exit, and is no failure.
     let restarted = svc.exits_after(SECOND, Exit::Signal(15));
     assert!(notes(&restarted).is_empty());
@@ -446,4 +452,36 @@ fn when_the_project_goes_away_a_running_service_is_stopped_and_the_task_ends() {
     let mut backing_off = Svc::plain(RestartPolicy::Always, 5);
     backing_off.crash();
     assert_eq!(backing_off.step(Event::ControlClosed), [Action::Finish]);
+}
+
+#[test]
+fn a_probed_service_starts_until_reachable_and_then_runs_on_the_port_it_was_found_on() {
+    let restart =
+        Restart { policy: RestartPolicy::OnFailure, max_restarts: 3, backoff: SECOND, max_backoff: SECOND };
+    let mut lifecycle = Lifecycle::new(restart, false, Vec::new()).probed(true);
+    lifecycle.begin();
+    let now = Instant::now();
+    let spawned = lifecycle.step(Event::Spawned { pid: 100, started: now, at: now });
+    assert_eq!(state(&spawned), Some(ServiceState::Starting), "not running before its port answers");
+    let reached = lifecycle.step(Event::Reachable { port: Some(3000) });
+    assert_eq!(state(&reached), Some(ServiceState::Running));
+    assert_eq!(snapshot(&reached).and_then(|s| s.port), Some(3000));
+    assert_eq!(notes(&reached), ["listens on port 3000, not on $PORT; the proxy routes to 3000"]);
+    assert!(
+        lifecycle.step(Event::Reachable { port: None }).is_empty(),
+        "once running, a late probe changes nothing"
+    );
+    let exited = lifecycle.step(Event::Exited { exit: Exit::Code(1), at: now + SECOND });
+    assert_eq!(snapshot(&exited).and_then(|s| s.port), None, "the found port goes with the process");
+}
+
+#[test]
+fn a_health_check_decides_over_the_readiness_probe() {
+    let restart =
+        Restart { policy: RestartPolicy::OnFailure, max_restarts: 3, backoff: SECOND, max_backoff: SECOND };
+    let mut lifecycle = Lifecycle::new(restart, true, Vec::new()).probed(true);
+    lifecycle.begin();
+    let now = Instant::now();
+    lifecycle.step(Event::Spawned { pid: 100, started: now, at: now });
+    assert!(lifecycle.step(Event::Reachable { port: None }).is_empty());
 }

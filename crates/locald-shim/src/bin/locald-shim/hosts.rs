@@ -1,15 +1,18 @@
-//! `admin sync-hosts`: the caller's block in `/etc/hosts`, rewritten atomically under a lock.
+//! `admin sync-hosts`: the caller's block in `/etc/hosts`, rewritten atomically under a lock, or
+//! in place (under the same lock) when the file is a mount point: a container's bind-mounted
+//! `/etc/hosts` cannot be replaced by rename (`EBUSY`).
 
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 
 use locald_shim_protocol::ShimError;
+use locald_shim_protocol::hosts_block::{is_mount_point, rewrite};
 use locald_shim_protocol::protocol::SyncHostsRequest;
 use locald_shim_protocol::validate::hosts_domains;
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, Flock, FlockArg, OFlag, openat, renameat};
 use nix::sys::stat::{Mode, SFlag, fchmod, fstatat};
-use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, fsync, unlinkat};
+use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, fsync, ftruncate, unlinkat};
 
 use crate::fds::own;
 use crate::privilege::Root;
@@ -65,7 +68,37 @@ pub fn run(root: Root, request: &SyncHostsRequest) -> Result<(), ShimError> {
     if updated == current {
         return Ok(());
     }
-    replace(&etc, &updated, st.st_uid, st.st_gid, Mode::from_bits_truncate(st.st_mode & 0o7777))
+    if hosts_is_mount_point() {
+        return in_place(&etc, &updated);
+    }
+    match replace(&etc, &updated, st.st_uid, st.st_gid, Mode::from_bits_truncate(st.st_mode & 0o7777)) {
+        // A mount point the mount table did not show (another namespace's view): same answer.
+        Err(Errno::EBUSY) => in_place(&etc, &updated),
+        result => result.map_err(|e| ShimError::os("replace /etc/hosts", e)),
+    }
+}
+
+fn hosts_is_mount_point() -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .is_ok_and(|table| is_mount_point(&table, std::path::Path::new("/etc/hosts")))
+}
+
+/// Overwrites the file itself: written from the start, cut to the new length, synced. Readers
+/// may see a partly written file for that moment, which is why this is only for a file that
+/// rename cannot replace; writers are kept out by the lock.
+fn in_place(etc: &OwnedFd, content: &[u8]) -> Result<(), ShimError> {
+    let fd = own(openat(
+        Some(etc.as_raw_fd()),
+        HOSTS,
+        OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| ShimError::os("open /etc/hosts for writing", e))?);
+    let mut file = std::fs::File::from(fd);
+    file.write_all(content).map_err(|e| ShimError::os("write /etc/hosts", e))?;
+    let length = i64::try_from(content.len()).unwrap_or(i64::MAX);
+    ftruncate(&file, length).map_err(|e| ShimError::os("truncate /etc/hosts", e))?;
+    fsync(file.as_raw_fd()).map_err(|e| ShimError::os("sync /etc/hosts", e))
 }
 
 /// Concurrent callers serialize on a root-only file next to the hosts file, which no other user
@@ -110,14 +143,13 @@ fn read_hosts(etc: &OwnedFd) -> Result<Vec<u8>, ShimError> {
 
 /// Temp file in /etc, same owner and mode, fsync, rename over, fsync the directory: readers see
 /// the old file or the new one, never a torn one.
-fn replace(etc: &OwnedFd, content: &[u8], uid: u32, gid: u32, mode: Mode) -> Result<(), ShimError> {
+fn replace(etc: &OwnedFd, content: &[u8], uid: u32, gid: u32, mode: Mode) -> Result<(), Errno> {
     let temp = TEMP;
     let dir = etc.as_raw_fd();
     // A leftover of a killed run; we hold the lock, so nobody is writing it.
     let _ = unlinkat(Some(dir), temp, UnlinkatFlags::NoRemoveDir);
     let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-    let fd = own(openat(Some(dir), temp, flags, Mode::from_bits_truncate(0o600))
-        .map_err(|e| ShimError::os("create temp hosts file", e))?);
+    let fd = own(openat(Some(dir), temp, flags, Mode::from_bits_truncate(0o600))?);
     let result = (|| {
         fchown(fd.as_raw_fd(), Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))?;
         fchmod(fd.as_raw_fd(), mode)?;
@@ -127,11 +159,10 @@ fn replace(etc: &OwnedFd, content: &[u8], uid: u32, gid: u32, mode: Mode) -> Res
         renameat(Some(dir), temp, Some(dir), HOSTS)?;
         fsync(dir)
     })();
-    if let Err(e) = result {
+    if result.is_err() {
         let _ = unlinkat(Some(dir), temp, UnlinkatFlags::NoRemoveDir);
-        return Err(ShimError::os("replace /etc/hosts", e));
     }
-    Ok(())
+    result
 }
 
 /// Temp files of earlier shims, one per killed pid; we hold the lock, so none is being written.
@@ -161,107 +192,9 @@ fn is_old_temp(name: &[u8]) -> bool {
         .is_some_and(|pid| !pid.is_empty() && pid.len() <= 10 && pid.iter().all(u8::is_ascii_digit))
 }
 
-pub fn begin_marker(uid: u32) -> String {
-    format!("# BEGIN locald uid={uid}")
-}
-
-pub fn end_marker(uid: u32) -> String {
-    format!("# END locald uid={uid}")
-}
-
-/// The file with the caller's block replaced (or removed when `domains` is empty); every other
-/// byte, other users' blocks included, kept as it was.
-pub fn rewrite(content: &[u8], uid: u32, domains: &[String]) -> Result<Vec<u8>, String> {
-    let (begin, end) = (begin_marker(uid), end_marker(uid));
-    let mut out = Vec::with_capacity(content.len());
-    let mut inside = false;
-    for line in content.split_inclusive(|b| *b == b'\n') {
-        let text = line.strip_suffix(b"\n").unwrap_or(line);
-        let text = text.strip_suffix(b"\r").unwrap_or(text);
-        if text == begin.as_bytes() {
-            if inside {
-                return Err(format!("/etc/hosts has a nested `{begin}`; fix it by hand"));
-            }
-            inside = true;
-        } else if inside && text == end.as_bytes() {
-            inside = false;
-        } else if !inside {
-            out.extend_from_slice(line);
-        }
-    }
-    if inside {
-        return Err(format!("/etc/hosts has `{begin}` without `{end}`; fix it by hand"));
-    }
-    if !domains.is_empty() {
-        if !out.is_empty() && !out.ends_with(b"\n") {
-            out.push(b'\n');
-        }
-        out.extend_from_slice(begin.as_bytes());
-        out.push(b'\n');
-        for domain in domains {
-            out.extend_from_slice(format!("127.0.0.1\t{domain}\n::1\t{domain}\n").as_bytes());
-        }
-        out.extend_from_slice(end.as_bytes());
-        out.push(b'\n');
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const BASE: &[u8] = b"127.0.0.1\tlocalhost\n# comment \xff kept\n::1 localhost ip6-localhost\n";
-
-    fn names(list: &[&str]) -> Vec<String> {
-        list.iter().map(|s| s.to_string()).collect()
-    }
-
-    #[test]
-    fn adds_a_block_mapping_each_name_to_both_loopbacks() {
-        let out = rewrite(BASE, 1000, &names(&["a.localhost"])).unwrap();
-        let expected = [
-            BASE,
-            b"# BEGIN locald uid=1000\n127.0.0.1\ta.localhost\n::1\ta.localhost\n# END locald uid=1000\n",
-        ]
-        .concat();
-        assert_eq!(out, expected);
-    }
-
-    #[test]
-    fn replaces_only_its_own_block_and_keeps_everything_else_byte_for_byte() {
-        let other = b"# BEGIN locald uid=1001\n127.0.0.1\tb.localhost\n# END locald uid=1001\n";
-        let mine = b"# BEGIN locald uid=1000\n127.0.0.1\told.localhost\n# END locald uid=1000\n";
-        let content = [BASE, mine, other, b"10.0.0.1 host\n"].concat();
-        let out = rewrite(&content, 1000, &names(&["new.localhost"])).unwrap();
-        let text = String::from_utf8_lossy(&out);
-        assert!(!text.contains("old.localhost"));
-        assert!(text.contains("new.localhost"));
-        assert!(out.windows(other.len()).any(|w| w == other), "another uid's block is untouched");
-        assert!(out.starts_with(BASE));
-        assert!(text.contains("10.0.0.1 host\n"));
-    }
-
-    #[test]
-    fn no_domains_removes_the_block_and_nothing_else() {
-        let with = rewrite(BASE, 7, &names(&["a.localhost"])).unwrap();
-        assert_eq!(rewrite(&with, 7, &[]).unwrap(), BASE);
-        assert_eq!(rewrite(BASE, 7, &[]).unwrap(), BASE, "idempotent");
-    }
-
-    #[test]
-    fn a_file_without_final_newline_gets_one_before_the_block() {
-        let out = rewrite(b"127.0.0.1 localhost", 1, &names(&["a.localhost"])).unwrap();
-        assert!(out.starts_with(b"127.0.0.1 localhost\n# BEGIN locald uid=1\n"));
-    }
-
-    #[test]
-    fn an_unterminated_block_is_refused_rather_than_eating_the_file() {
-        let broken = [BASE, b"# BEGIN locald uid=5\n127.0.0.1 x.localhost\n10.0.0.1 precious\n"].concat();
-        assert!(rewrite(&broken, 5, &[]).is_err());
-        // Another uid's broken block is not ours to judge.
-        assert!(rewrite(&broken, 6, &[]).is_ok());
-    }
 
     #[test]
     fn only_the_old_per_pid_temp_names_are_cleared() {
@@ -275,11 +208,5 @@ mod tests {
         ] {
             assert!(!is_old_temp(kept), "{}", String::from_utf8_lossy(kept));
         }
-    }
-
-    #[test]
-    fn a_marker_for_a_uid_prefix_is_not_ours() {
-        let content = b"# BEGIN locald uid=10\nx\n# END locald uid=10\n";
-        assert_eq!(rewrite(content, 1, &[]).unwrap(), content.to_vec());
     }
 }
