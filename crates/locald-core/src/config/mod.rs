@@ -6,6 +6,7 @@ mod error;
 pub mod ports;
 pub mod raw;
 mod resolve;
+mod select;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -15,6 +16,7 @@ use serde::{Deserialize, Serialize};
 pub use error::{ConfigError, line_col};
 pub use raw::{Condition, RestartPolicy};
 pub use resolve::{LOCAL_SUFFIXES, PortSource, resolve_procfile, resolve_toml};
+pub use select::SelectError;
 
 pub const FILE_NAME: &str = "locald.toml";
 pub const PROCFILE: &str = "Procfile";
@@ -69,6 +71,9 @@ pub struct Service {
     pub stop_signal: i32,
     #[serde(with = "duration_text")]
     pub stop_timeout: Duration,
+    /// Started only when one of them is active or the service is named ([`Config::select`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub profiles: Vec<String>,
 }
 
 impl Service {

@@ -217,6 +217,7 @@ pub fn resolve_toml(
             restart,
             stop_signal: s.stop_signal.map_or(libc::SIGTERM, |s| s.0),
             stop_timeout: s.stop_timeout.map_or(Duration::from_secs(10), |d| d.0),
+            profiles: profiles(&ctx, s)?,
         });
     }
     Ok(Config {
@@ -295,6 +296,7 @@ pub fn resolve_procfile(
             },
             stop_signal: libc::SIGTERM,
             stop_timeout: Duration::from_secs(10),
+            profiles: Vec::new(),
         });
     }
     if services.is_empty() {
@@ -466,6 +468,18 @@ fn refuse_container_keys(ctx: &Ctx, s: &RawService) -> Result<(), ConfigError> {
         Some((key, at)) => Err(ctx.err(at, format!("{key} applies only to services with an image"))),
         None => Ok(()),
     }
+}
+
+/// Profile names are labels, like service names, so `--profile` never needs quoting.
+fn profiles(ctx: &Ctx, s: &RawService) -> Result<Vec<String>, ConfigError> {
+    s.profiles
+        .iter()
+        .flatten()
+        .map(|p| {
+            check_label(p.get_ref()).map_err(|m| ctx.err(p.span().start, format!("profile name {m}")))?;
+            Ok(p.get_ref().clone())
+        })
+        .collect()
 }
 
 type Lookup<'a> = dyn Fn(&str, &str) -> Result<String, String> + 'a;

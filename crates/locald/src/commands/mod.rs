@@ -28,18 +28,20 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Unmount { name } => mounts::unmount(&name),
         Command::Debug { command: DebugCommand::Port { port } } => debug_port::run(port),
-        Command::Up { dir } => up::run(dir),
+        Command::Up { args, dir, profiles } => up::run(args, dir, profiles),
         Command::Down { dir } => project::down(dir),
         Command::Status { json } => status::run(json),
         Command::Logs { services, follow, tail, since, timestamps, project } => {
             logs::run(&project.dir, services, follow, tail, since.as_deref(), timestamps)
         }
-        Command::Start { service, project } => {
-            project::control(&project.dir, service, project::Action::Start)
+        Command::Start { services, project } => {
+            project::control(&project.dir, services, project::Action::Start)
         }
-        Command::Stop { service, project } => project::control(&project.dir, service, project::Action::Stop),
-        Command::Restart { service, project } => {
-            project::control(&project.dir, service, project::Action::Restart)
+        Command::Stop { services, project } => {
+            project::control(&project.dir, services, project::Action::Stop)
+        }
+        Command::Restart { services, project } => {
+            project::control(&project.dir, services, project::Action::Restart)
         }
         Command::Config { command: ConfigCommand::Show { dir } } => config_show::run(dir),
         Command::Ca => trust::ca(),

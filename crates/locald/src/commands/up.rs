@@ -3,7 +3,9 @@
 //! exit.
 
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use locald_core::config::{FILE_NAME, PROCFILE};
 use std::process::ExitCode;
 
 use locald_core::ipc::{Request, Response, ServiceState};
@@ -11,24 +13,22 @@ use locald_core::ipc::{Request, Response, ServiceState};
 use super::client::{Client, project_dir};
 use super::status::paint;
 
-pub fn run(dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+pub fn run(mut args: Vec<String>, dir: Option<PathBuf>, profiles: Vec<String>) -> anyhow::Result<ExitCode> {
+    let dir = match dir {
+        Some(dir) => Some(dir),
+        None if args.first().is_some_and(|a| is_project_dir(a)) => Some(PathBuf::from(args.remove(0))),
+        None => None,
+    };
     let dir = project_dir(dir)?;
     let mut board = Board { tty: std::io::stdout().is_terminal(), rows: Vec::new(), drawn: 0 };
     let mut client = Client::connect()?;
-    client.send(&Request::Up { dir })?;
+    client.send(&Request::Up { dir, services: args, profiles })?;
     loop {
         match client.next()? {
             Response::Progress { service, state, detail } => board.update(service, state, detail),
-            Response::UpDone { project, attached, config_changed, proxy, notes } => {
+            Response::UpDone { project, attached, proxy, notes } => {
                 if attached {
                     println!("{} was already up", project.name);
-                }
-                if config_changed {
-                    println!(
-                        "note: {} changed since {} started; `locald down` then `locald up` applies it",
-                        locald_core::config::FILE_NAME,
-                        project.name
-                    );
                 }
                 println!("{} is ready:", project.name);
                 for s in &project.services {
@@ -56,6 +56,13 @@ pub fn run(dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
             other => anyhow::bail!("unexpected answer from the daemon: {other:?}"),
         }
     }
+}
+
+/// A service name is a DNS label, so an argument with a `/` or a dot is a path; so is a
+/// directory that holds a project (`locald up shop` from its parent).
+fn is_project_dir(arg: &str) -> bool {
+    let path = Path::new(arg);
+    arg.contains(['/', '.']) || [FILE_NAME, PROCFILE].iter().any(|f| path.join(f).is_file())
 }
 
 /// One row per service. On a terminal the rows are redrawn in place; otherwise every change
