@@ -77,11 +77,11 @@ impl Supervisor {
         let current = old.config.services.iter().map(|s| (s.name.clone(), s.port)).collect();
         let config = config::load(&dir, &mut KeepPorts { current, taken })?;
         let selected = config.select(&want.services, &want.profiles)?;
-        if config == old.config {
-            return Ok(Applied { project: old, attached: true, selected, change: None });
-        }
         let running: Vec<String> = old.services.iter().map(|h| h.service.name.clone()).collect();
         let plan = Plan::new(&old.config, &running, &config, &selected);
+        if plan.is_empty() && config == old.config {
+            return Ok(Applied { project: old, attached: true, selected, change: None });
+        }
         let added: Vec<&config::Service> =
             config.services.iter().filter(|s| plan.added.contains(&s.name)).collect();
         check_ports_free(&Config {
@@ -113,7 +113,8 @@ impl Supervisor {
             ca: ca.as_ref(),
         };
         let services = self.spawn(&config, &plan.start, reuse, &spawn)?;
-        let change = plan.describe(config::FILE_NAME);
+        // Services added by naming them are what was asked, not a change of the file.
+        let change = plan.describe(config::FILE_NAME).filter(|_| config != old.config);
         let project =
             Arc::new(Project { config, services, log_dir: old.log_dir.clone(), live: old.live.clone() });
         projects.insert(dir, project.clone());

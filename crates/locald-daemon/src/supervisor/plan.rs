@@ -63,7 +63,6 @@ impl Plan {
         Plan { stop, start, removed, changed, dependents, added }
     }
 
-    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.stop.is_empty() && self.start.is_empty()
     }
