@@ -193,6 +193,9 @@ pub struct ProjectStatus {
     pub name: String,
     pub dir: PathBuf,
     pub domain: String,
+    /// Which git worktree the project is, when it is a linked one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkout: Option<crate::config::checkout::Checkout>,
     pub services: Vec<ServiceStatus>,
     /// Loop mounts made with `locald mount`; filled in by the CLI from the mount table.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -1,6 +1,7 @@
 //! The `locald.toml` model: parsing with positioned errors ([`raw`]), then resolution into a
 //! [`Config`] whose services have ports, environments, domains and a start order.
 
+pub mod checkout;
 pub mod dotenv;
 mod error;
 pub mod ports;
@@ -39,6 +40,10 @@ pub struct Project {
     /// Requests on the proxy's HTTP port for this project's names are redirected to HTTPS.
     #[serde(default)]
     pub https_redirect: bool,
+    /// Set when the project is in a linked git worktree: every name it has starts with
+    /// `<label>.`, so it runs beside the repository's main checkout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkout: Option<checkout::Checkout>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

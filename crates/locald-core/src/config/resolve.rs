@@ -17,7 +17,7 @@ use names::{check_domain, check_label, default_suffix, name_from_dir};
 use super::raw::{RawCheck, RawCommand, RawFile, RawService, RestartPolicy};
 use super::{
     Check, Command, Condition, Config, ConfigError, Container, Dependency, Probe, Project, Restart, Service,
-    Volume, dotenv, ports,
+    Volume, checkout, dotenv, ports,
 };
 
 /// Where unassigned ports come from; the daemon also avoids ports of its other projects.
@@ -66,13 +66,18 @@ pub fn resolve_toml(
     };
     let project_trusts_ca = raw.project.as_ref().and_then(|p| p.trust_local_ca).unwrap_or(false);
     let https_redirect = raw.project.as_ref().and_then(|p| p.https_redirect).unwrap_or(false);
+    let checkout = checkout::linked_worktree(dir);
+    // A worktree's names all start with its label, so they never meet the main checkout's.
+    let own = |name: String| checkout.as_ref().map_or(name.clone(), |c| c.name(&name));
     let domain = match raw.project.as_ref().and_then(|p| p.domain.as_ref()) {
         Some(domain) => {
             check_domain(domain.get_ref()).map_err(|m| ctx.err(domain.span().start, m))?;
-            domain.get_ref().clone()
+            own(domain.get_ref().clone())
         }
-        None => format!("{project_name}.{}", default_suffix()),
+        None => own(format!("{project_name}.{}", default_suffix())),
     };
+    // Where a worktree's preferred ports start: apart from the main checkout's.
+    let port_key = own(project_name.clone());
     if raw.services.is_empty() {
         return Err(ConfigError::whole_file(file, "no [services.<name>] defined"));
     }
@@ -92,7 +97,7 @@ pub fn resolve_toml(
             }
             Some(port) => *port.get_ref(),
             None => ports
-                .assign(&project_name, name)
+                .assign(&port_key, name)
                 .ok_or_else(|| ctx.err(service.span().start, "no free port left to assign"))?,
         };
         assigned.insert(name, port);
@@ -102,7 +107,7 @@ pub fn resolve_toml(
         let service_domain = match &service.get_ref().domain {
             Some(d) => {
                 check_domain(d.get_ref()).map_err(|m| ctx.err(d.span().start, m))?;
-                d.get_ref().clone()
+                own(d.get_ref().clone())
             }
             None => default_domain(&project_name, &domain, name),
         };
@@ -197,7 +202,7 @@ pub fn resolve_toml(
         let mut extra_domains = Vec::new();
         for extra in s.domains.iter().flatten() {
             check_domain(extra.get_ref()).map_err(|m| ctx.err(extra.span().start, m))?;
-            extra_domains.push(extra.get_ref().clone());
+            extra_domains.push(own(extra.get_ref().clone()));
         }
         out.push(Service {
             name: name.to_owned(),
@@ -227,6 +232,7 @@ pub fn resolve_toml(
             dir: dir.to_owned(),
             source: file.to_owned(),
             https_redirect,
+            checkout,
         },
         services: out,
     })
@@ -240,7 +246,10 @@ pub fn resolve_procfile(
     ports: &mut dyn PortSource,
 ) -> Result<Config, ConfigError> {
     let name = name_from_dir(dir);
-    let domain = format!("{name}.{}", default_suffix());
+    let checkout = checkout::linked_worktree(dir);
+    let own = |name: String| checkout.as_ref().map_or(name.clone(), |c| c.name(&name));
+    let domain = own(format!("{name}.{}", default_suffix()));
+    let port_key = own(name.clone());
     let dotenv_path = dir.join(".env");
     let dotenv = match std::fs::read_to_string(&dotenv_path) {
         Ok(text) => dotenv::parse(&text).map_err(|(line, m)| ConfigError {
@@ -269,7 +278,8 @@ pub fn resolve_procfile(
         if command.is_empty() {
             return Err(err("command is empty".into()));
         }
-        let port = ports.assign(&name, service).ok_or_else(|| err("no free port left to assign".into()))?;
+        let port =
+            ports.assign(&port_key, service).ok_or_else(|| err("no free port left to assign".into()))?;
         let mut env = dotenv.clone();
         env.push(("PORT".into(), port.to_string()));
         let service_domain = default_domain(&name, &domain, service);
@@ -309,6 +319,7 @@ pub fn resolve_procfile(
             dir: dir.to_owned(),
             source: file.to_owned(),
             https_redirect: false,
+            checkout,
         },
         services,
     })

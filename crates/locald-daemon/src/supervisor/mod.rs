@@ -45,6 +45,7 @@ impl Project {
             name: self.config.project.name.clone(),
             dir: self.config.project.dir.clone(),
             domain: self.config.project.domain.clone(),
+            checkout: self.config.project.checkout.clone(),
             mounts: Vec::new(),
             services: self
                 .services

@@ -27,10 +27,16 @@ pub fn run(mut args: Vec<String>, dir: Option<PathBuf>, profiles: Vec<String>) -
         match client.next()? {
             Response::Progress { service, state, detail } => board.update(service, state, detail),
             Response::UpDone { project, attached, proxy, notes } => {
+                let name = match &project.checkout {
+                    Some(checkout) => {
+                        format!("{}@{} ({})", project.name, checkout.label, checkout.describe())
+                    }
+                    None => project.name.clone(),
+                };
                 if attached {
-                    println!("{} was already up", project.name);
+                    println!("{name} was already up");
                 }
-                println!("{} is ready:", project.name);
+                println!("{name} is ready:");
                 for s in &project.services {
                     println!("  {:<16} {:<40} (direct: http://127.0.0.1:{})", s.name, s.url, s.port);
                 }
