@@ -2,7 +2,7 @@
 //! its dependents, added services start, removed ones stop, the rest keeps its processes; an
 //! invalid file is reported at its line and column and changes nothing.
 
-use locald_tests::daemon::{Daemon, pids_with_arg, sleep_token, wait_pids};
+use locald_tests::daemon::{Daemon, sleep_token, wait_pids};
 use locald_tests::text;
 
 struct Tokens {
