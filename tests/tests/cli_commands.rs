@@ -229,7 +229,7 @@ fn concurrent_ups_start_one_instance_and_up_restarts_what_was_stopped() {
     std::fs::write(dir.join("locald.toml"), format!("{toml}stop_timeout = \"2s\"\n")).unwrap();
     let out = daemon.ok(&["up", dir.to_str().unwrap()]);
     assert!(out.contains("already up"), "{out}");
-    assert!(out.contains("note: locald.toml changed since once started"), "{out}");
+    assert!(out.contains("note: applied locald.toml: restarted app (changed)"), "{out}");
     assert_eq!(daemon.service("once", "app")["state"], "running");
     assert_eq!(wait_pids(&token, 1).len(), 1);
 }

@@ -27,8 +27,15 @@ pub enum Request {
     /// Is the daemon there, and which version.
     Ping,
     /// Start (or attach to) the project in `dir`; streams `Progress` until `UpDone`/`Error`.
+    /// On a running project, a changed config file is applied first.
     Up {
         dir: PathBuf,
+        /// Only these services and what they depend on (default: all outside a profile).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        services: Vec<String>,
+        /// Services with one of these profiles start too.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        profiles: Vec<String>,
     },
     /// Stop a project's services and forget it.
     Down {
@@ -46,15 +53,15 @@ pub enum Request {
     },
     Start {
         dir: PathBuf,
-        service: String,
+        services: Vec<String>,
     },
     Stop {
         dir: PathBuf,
-        service: String,
+        services: Vec<String>,
     },
     Restart {
         dir: PathBuf,
-        service: String,
+        services: Vec<String>,
     },
     /// The resolved configuration of a project (the running one, with its assigned ports).
     ConfigShow {
@@ -99,8 +106,6 @@ pub enum Response {
     UpDone {
         project: ProjectStatus,
         attached: bool,
-        /// Attached to a project whose config file changed since it started.
-        config_changed: bool,
         /// Where the proxy listens, so the CLI can say when it is not on 80/443.
         #[serde(default)]
         proxy: Option<ProxyStatus>,
@@ -212,6 +217,9 @@ pub struct ProjectStatus {
     pub name: String,
     pub dir: PathBuf,
     pub domain: String,
+    /// Which git worktree the project is, when it is a linked one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkout: Option<crate::config::checkout::Checkout>,
     pub services: Vec<ServiceStatus>,
     /// Files are watched (`locald up --watch`).
     #[serde(default)]
@@ -389,9 +397,9 @@ mod tests {
 
     #[test]
     fn round_trip_and_version_check() {
-        let bytes = encode(&Request::Up { dir: "/p".into() });
+        let bytes = encode(&Request::Up { dir: "/p".into(), services: vec![], profiles: vec![] });
         let got: Option<Request> = read(&mut &bytes[..]).unwrap();
-        assert!(matches!(got, Some(Request::Up { dir }) if dir == std::path::Path::new("/p")));
+        assert!(matches!(got, Some(Request::Up { dir, .. }) if dir == std::path::Path::new("/p")));
         let other = br#"{"v":99,"msg":{"type":"ping"}}"#;
         assert!(matches!(decode::<Request>(other), Err(FrameError::Version(99))));
     }

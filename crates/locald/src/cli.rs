@@ -43,10 +43,19 @@ pub enum Command {
         /// The mount name.
         name: String,
     },
-    /// Start the project in DIR (default: here) and wait until every service is ready; attaches
-    /// to it when it is already up.
+    /// Start the project in DIR (default: here) and wait until its services are ready. On a
+    /// running project, a changed locald.toml is applied first (what changed restarts).
     Up {
+        /// `[DIR] [SERVICE...]`: only these services and what they depend on (default: every
+        /// service outside a profile). A first argument with a `/`, or a directory holding a
+        /// locald.toml or Procfile, is the project directory.
+        args: Vec<String>,
+        /// The project directory (instead of the first argument).
+        #[arg(short = 'C', long = "dir")]
         dir: Option<PathBuf>,
+        /// Also start the services with this profile (repeatable).
+        #[arg(long = "profile")]
+        profiles: Vec<String>,
         /// Then restart services when files their `watch` globs name change.
         #[arg(long)]
         watch: bool,
@@ -96,21 +105,24 @@ pub enum Command {
         #[command(flatten)]
         project: ProjectArg,
     },
-    /// Start a stopped service.
+    /// Start stopped services.
     Start {
-        service: String,
+        #[arg(required = true)]
+        services: Vec<String>,
         #[command(flatten)]
         project: ProjectArg,
     },
-    /// Stop a service (stop signal, then SIGKILL after its stop_timeout).
+    /// Stop services (stop signal, then SIGKILL after each one's stop_timeout), dependents first.
     Stop {
-        service: String,
+        #[arg(required = true)]
+        services: Vec<String>,
         #[command(flatten)]
         project: ProjectArg,
     },
-    /// Stop and start a service.
+    /// Stop and start services.
     Restart {
-        service: String,
+        #[arg(required = true)]
+        services: Vec<String>,
         #[command(flatten)]
         project: ProjectArg,
     },

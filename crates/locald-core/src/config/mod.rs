@@ -1,12 +1,14 @@
 //! The `locald.toml` model: parsing with positioned errors ([`raw`]), then resolution into a
 //! [`Config`] whose services have ports, environments, domains and a start order.
 
+pub mod checkout;
 pub mod dotenv;
 mod error;
 pub mod ports;
 pub mod raw;
 mod resolve;
 pub mod serving;
+mod select;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -17,6 +19,7 @@ pub use error::{ConfigError, line_col};
 pub use raw::{Condition, PullPolicy, RestartPolicy};
 pub use resolve::{LOCAL_SUFFIXES, PortSource, resolve_procfile, resolve_toml};
 pub use serving::Serves;
+pub use select::SelectError;
 
 pub const FILE_NAME: &str = "locald.toml";
 pub const PROCFILE: &str = "Procfile";
@@ -42,6 +45,10 @@ pub struct Project {
     /// Registries pulled from over plain HTTP besides the loopback ones.
     #[serde(default)]
     pub insecure_registries: Vec<String>,
+    /// Set when the project is in a linked git worktree: every name it has starts with
+    /// `<label>.`, so it runs beside the repository's main checkout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkout: Option<checkout::Checkout>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -84,6 +91,9 @@ pub struct Service {
     pub stop_signal: i32,
     #[serde(with = "duration_text")]
     pub stop_timeout: Duration,
+    /// Started only when one of them is active or the service is named ([`Config::select`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub profiles: Vec<String>,
     /// What restarts it when files change, with `locald up --watch`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub watch: Option<Watch>,

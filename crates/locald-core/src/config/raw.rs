@@ -67,6 +67,9 @@ pub struct RawService {
     pub memory: Option<Spanned<Size>>,
     /// Image services only: the most tasks the container may hold.
     pub pids: Option<Spanned<i64>>,
+    /// Left out of `up` unless one of these profiles is asked for (`--profile`) or the service
+    /// is named.
+    pub profiles: Option<Vec<Spanned<String>>>,
     /// Globs, relative to the project directory, whose changes restart the service (with
     /// `locald up --watch`).
     pub watch: Option<Vec<Spanned<String>>>,

@@ -19,7 +19,7 @@ use super::raw::{RawCheck, RawCommand, RawFile, RawService, RestartPolicy};
 use super::serving::{self, RawPort};
 use super::{
     Check, Command, Condition, Config, ConfigError, Container, Dependency, Probe, Project, Restart, Service,
-    Volume, dotenv, ports,
+    Volume, checkout, dotenv, ports,
 };
 
 /// Where unassigned ports come from; the daemon also avoids ports of its other projects.
@@ -68,13 +68,18 @@ pub fn resolve_toml(
     };
     let project_trusts_ca = raw.project.as_ref().and_then(|p| p.trust_local_ca).unwrap_or(false);
     let https_redirect = raw.project.as_ref().and_then(|p| p.https_redirect).unwrap_or(false);
+    let checkout = checkout::linked_worktree(dir);
+    // A worktree's names all start with its label, so they never meet the main checkout's.
+    let own = |name: String| checkout.as_ref().map_or(name.clone(), |c| c.name(&name));
     let domain = match raw.project.as_ref().and_then(|p| p.domain.as_ref()) {
         Some(domain) => {
             check_domain(domain.get_ref()).map_err(|m| ctx.err(domain.span().start, m))?;
-            domain.get_ref().clone()
+            own(domain.get_ref().clone())
         }
-        None => format!("{project_name}.{}", default_suffix()),
+        None => own(format!("{project_name}.{}", default_suffix())),
     };
+    // Where a worktree's preferred ports start: apart from the main checkout's.
+    let port_key = own(project_name.clone());
     if raw.services.is_empty() {
         return Err(ConfigError::whole_file(file, "no [services.<name>] defined"));
     }
@@ -95,7 +100,7 @@ pub fn resolve_toml(
             Some((_, RawPort::Number(port))) => port,
             // `${services.x.port}` and $PORT still have a value; nothing probes or routes it.
             Some((_, RawPort::Off)) | None => ports
-                .assign(&project_name, name)
+                .assign(&port_key, name)
                 .ok_or_else(|| ctx.err(service.span().start, "no free port left to assign"))?,
         };
         assigned.insert(name, port);
@@ -105,7 +110,7 @@ pub fn resolve_toml(
         let service_domain = match &service.get_ref().domain {
             Some(d) => {
                 check_domain(d.get_ref()).map_err(|m| ctx.err(d.span().start, m))?;
-                d.get_ref().clone()
+                own(d.get_ref().clone())
             }
             None => default_domain(&project_name, &domain, name),
         };
@@ -201,7 +206,7 @@ pub fn resolve_toml(
         let mut extra_domains = Vec::new();
         for extra in s.domains.iter().flatten() {
             check_domain(extra.get_ref()).map_err(|m| ctx.err(extra.span().start, m))?;
-            extra_domains.push(extra.get_ref().clone());
+            extra_domains.push(own(extra.get_ref().clone()));
         }
         out.push(Service {
             name: name.to_owned(),
@@ -225,6 +230,7 @@ pub fn resolve_toml(
             stop_signal: s.stop_signal.map_or(libc::SIGTERM, |s| s.0),
             stop_timeout: s.stop_timeout.map_or(Duration::from_secs(10), |d| d.0),
             watch: watch::resolve(&ctx, s, &lookup)?,
+            profiles: profiles(&ctx, s)?,
         });
     }
     Ok(Config {
@@ -239,6 +245,7 @@ pub fn resolve_toml(
                 .as_ref()
                 .and_then(|p| p.insecure_registries.clone())
                 .unwrap_or_default(),
+            checkout,
         },
         services: out,
     })
@@ -252,7 +259,10 @@ pub fn resolve_procfile(
     ports: &mut dyn PortSource,
 ) -> Result<Config, ConfigError> {
     let name = name_from_dir(dir);
-    let domain = format!("{name}.{}", default_suffix());
+    let checkout = checkout::linked_worktree(dir);
+    let own = |name: String| checkout.as_ref().map_or(name.clone(), |c| c.name(&name));
+    let domain = own(format!("{name}.{}", default_suffix()));
+    let port_key = own(name.clone());
     let dotenv_path = dir.join(".env");
     let dotenv = match std::fs::read_to_string(&dotenv_path) {
         Ok(text) => dotenv::parse(&text).map_err(|(line, m)| ConfigError {
@@ -281,7 +291,8 @@ pub fn resolve_procfile(
         if command.is_empty() {
             return Err(err("command is empty".into()));
         }
-        let port = ports.assign(&name, service).ok_or_else(|| err("no free port left to assign".into()))?;
+        let port =
+            ports.assign(&port_key, service).ok_or_else(|| err("no free port left to assign".into()))?;
         let mut env = dotenv.clone();
         let env_from_file = env.len();
         env.push(("PORT".into(), port.to_string()));
@@ -313,6 +324,7 @@ pub fn resolve_procfile(
             stop_signal: libc::SIGTERM,
             stop_timeout: Duration::from_secs(10),
             watch: None,
+            profiles: Vec::new(),
         });
     }
     if services.is_empty() {
@@ -326,6 +338,7 @@ pub fn resolve_procfile(
             source: file.to_owned(),
             https_redirect: false,
             insecure_registries: Vec::new(),
+            checkout,
         },
         services,
     })
@@ -504,6 +517,18 @@ fn refuse_container_keys(ctx: &Ctx, s: &RawService) -> Result<(), ConfigError> {
         Some((key, at)) => Err(ctx.err(at, format!("{key} applies only to services with an image"))),
         None => Ok(()),
     }
+}
+
+/// Profile names are labels, like service names, so `--profile` never needs quoting.
+fn profiles(ctx: &Ctx, s: &RawService) -> Result<Vec<String>, ConfigError> {
+    s.profiles
+        .iter()
+        .flatten()
+        .map(|p| {
+            check_label(p.get_ref()).map_err(|m| ctx.err(p.span().start, format!("profile name {m}")))?;
+            Ok(p.get_ref().clone())
+        })
+        .collect()
 }
 
 type Lookup<'a> = dyn Fn(&str, &str) -> Result<String, String> + 'a;

@@ -12,7 +12,7 @@ use locald_core::ipc::{LogLine, ProjectStatus, PullProgress, Request, Response, 
 use super::{Daemon, Out, Shutdown};
 use crate::logs;
 use crate::supervisor::service::Control;
-use crate::supervisor::{Project, Supervisor, control};
+use crate::supervisor::{Applied, Project, Supervisor, Want, control};
 use crate::watch::Watchers;
 use locald_proxy::Proxy;
 
@@ -29,11 +29,10 @@ pub(super) async fn handle(
             out.send(Response::Pong { version: env!("CARGO_PKG_VERSION").into(), pid: std::process::id() })
                 .await
         }
-        // `up` publishes the project itself as soon as it is added; nothing
-        // changes the set of projects after that, so there is nothing to redo here.
-        Request::Up { dir } => {
+        // `up` publishes the project itself as soon as it is added or changed.
+        Request::Up { dir, services, profiles } => {
             if pull_images(daemon, &dir, &[], false, out).await? {
-                up(daemon, &dir, out).await
+                up(daemon, &dir, &Want { services, profiles }, out).await
             } else {
                 Ok(())
             }
@@ -70,14 +69,14 @@ pub(super) async fn handle(
         Request::Logs { dir, services, follow, tail, since_micros } => {
             logs(supervisor, &dir, services, follow, tail, since_micros, out).await
         }
-        Request::Start { dir, service } => {
-            service_control(supervisor, &dir, &service, Control::Start, out).await
+        Request::Start { dir, services } => {
+            service_control(supervisor, &dir, &services, Make::Start, out).await
         }
-        Request::Stop { dir, service } => {
-            service_control(supervisor, &dir, &service, Control::Stop, out).await
+        Request::Stop { dir, services } => {
+            service_control(supervisor, &dir, &services, Make::Stop, out).await
         }
-        Request::Restart { dir, service } => {
-            service_control(supervisor, &dir, &service, Control::Restart, out).await
+        Request::Restart { dir, services } => {
+            service_control(supervisor, &dir, &services, Make::Restart, out).await
         }
         Request::ConfigShow { dir } => {
             let canonical = dir.canonicalize().unwrap_or(dir.clone());
@@ -213,31 +212,33 @@ async fn pull_images(
 }
 
 /// Streams state changes until every service is ready, or one fails.
-async fn up(daemon: &Daemon, dir: &Path, out: &mut Out) -> io::Result<()> {
+async fn up(daemon: &Daemon, dir: &Path, want: &Want, out: &mut Out) -> io::Result<()> {
     let proxy = daemon.proxy.as_deref();
-    let (project, attached) = match daemon.supervisor.up(dir) {
+    let Applied { project, attached, selected, change } = match daemon.supervisor.up_with(dir, want).await {
         Ok(up) => up,
         Err(e) => return out.send(Response::Error { message: e.to_string() }).await,
     };
+    // What this `up` waits for: the services asked for, not others left running.
+    let waited: Vec<_> = project.services.iter().filter(|h| selected.contains(&h.service.name)).collect();
     // Routed and resolvable while it starts, so its URL shows the starting page rather than an
     // unknown host or a name that does not resolve.
     reachable(daemon).await;
     if attached {
         // Like a first `up`: whatever was stopped or gave up is started again, in start order.
-        for handle in &project.services {
+        for handle in &waited {
             let state = handle.status.borrow().state;
             if matches!(state, ServiceState::Stopped | ServiceState::Failed) {
                 control(handle, Control::Start).await;
             }
         }
     }
-    let mut watches: Vec<_> = project.services.iter().map(|h| h.status.clone()).collect();
+    let mut watches: Vec<_> = waited.iter().map(|h| h.status.clone()).collect();
     let mut reported: Vec<Option<ServiceState>> = vec![None; watches.len()];
     loop {
         let mut all_ready = true;
         // The earliest start timeout of a service not ready yet.
         let mut next_due = None;
-        for (i, handle) in project.services.iter().enumerate() {
+        for (i, handle) in waited.iter().enumerate() {
             let snapshot = watches[i].borrow_and_update().clone();
             if reported[i] != Some(snapshot.state) {
                 reported[i] = Some(snapshot.state);
@@ -274,10 +275,11 @@ async fn up(daemon: &Daemon, dir: &Path, out: &mut Out) -> io::Result<()> {
             }
         }
         if all_ready {
-            let config_changed = attached && project.config_changed();
             let privileged = daemon.supervisor.privileged();
-            let mut notes: Vec<String> = crate::hosts::unwritable_note(&project.config)
+            let mut notes: Vec<String> = change
+                .clone()
                 .into_iter()
+                .chain(crate::hosts::unwritable_note(&project.config))
                 .chain(crate::hosts::ports_only_note(&project.config, &*privileged))
                 .collect();
             notes.extend(elsewhere_notes(&project));
@@ -285,7 +287,6 @@ async fn up(daemon: &Daemon, dir: &Path, out: &mut Out) -> io::Result<()> {
                 .send(Response::UpDone {
                     project: project_status(proxy, &project),
                     attached,
-                    config_changed,
                     proxy: proxy.map(|p| p.status().clone()),
                     notes,
                 })
@@ -345,11 +346,30 @@ async fn futures_select<F: std::future::Future + Unpin>(futures: impl Iterator<I
     .await
 }
 
+#[derive(Clone, Copy)]
+enum Make {
+    Start,
+    Stop,
+    Restart,
+}
+
+impl Make {
+    fn control(self) -> fn(tokio::sync::oneshot::Sender<()>) -> Control {
+        match self {
+            Make::Start => Control::Start,
+            Make::Stop => Control::Stop,
+            Make::Restart => Control::Restart,
+        }
+    }
+}
+
+/// `start`/`restart` in start order, `stop` dependents first; every name is checked before
+/// anything is done.
 async fn service_control(
     supervisor: &Supervisor,
     dir: &Path,
-    service: &str,
-    make: fn(tokio::sync::oneshot::Sender<()>) -> Control,
+    services: &[String],
+    make: Make,
     out: &mut Out,
 ) -> io::Result<()> {
     let canonical = dir.canonicalize().unwrap_or(dir.to_owned());
@@ -358,19 +378,33 @@ async fn service_control(
             .send(Response::Error { message: format!("no project running in {}", dir.display()) })
             .await;
     };
-    let Some(handle) = project.handle(service) else {
-        return out
-            .send(Response::Error {
-                message: format!("no service {service:?} in project {}", project.config.project.name),
-            })
-            .await;
-    };
-    let response = if control(handle, make).await {
-        Response::Ok
-    } else {
-        Response::Error { message: "service task ended".into() }
-    };
-    out.send(response).await
+    if let Err(e) = project.config.check_names(services) {
+        return out.send(Response::Error { message: e.to_string() }).await;
+    }
+    let stopping = matches!(make, Make::Stop);
+    let mut handles: Vec<_> =
+        project.services.iter().filter(|h| services.contains(&h.service.name)).collect();
+    if let Some(missing) = services.iter().find(|s| !handles.iter().any(|h| &h.service.name == *s)) {
+        if !stopping {
+            return out
+                .send(Response::Error {
+                    message: format!(
+                        "service {missing:?} is not part of the running project (a subset or a profile); \
+                         `locald up {missing}` starts it"
+                    ),
+                })
+                .await;
+        }
+    }
+    if stopping {
+        handles.reverse();
+    }
+    for handle in handles {
+        if !control(handle, make.control()).await {
+            return out.send(Response::Error { message: "service task ended".into() }).await;
+        }
+    }
+    out.send(Response::Ok).await
 }
 
 async fn logs(

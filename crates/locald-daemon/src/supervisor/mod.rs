@@ -2,13 +2,17 @@
 //! them in reverse dependency order, and remembering which are up so that a daemon started
 //! after a crash clears the old processes and brings the same projects up again.
 
+mod apply;
 pub mod cgroup;
 mod lifecycle;
 mod listening;
 pub mod output;
+mod plan;
 pub mod process;
 mod readiness;
 pub mod service;
+
+pub use apply::{Applied, Want};
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -16,16 +20,14 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{broadcast, oneshot, watch};
 
-use locald_core::config::{self, Config, ConfigError, PortSource, ports, serving};
+use locald_core::config::{self, Config, ConfigError, PortSource, SelectError, ports, serving};
 use locald_core::ipc::{ProjectStatus, ServiceState, ServiceStatus};
 
 use crate::container::prepare;
-use crate::logs::LogFile;
 use crate::shim::{PortOwner, Privileged, ShimClientError};
 use locald_ca::CaError;
 use locald_ca::ca_bundle::{self, CaFiles};
 use locald_core::paths::PathError;
-use output::Sink;
 use service::{Control, Handle};
 
 pub struct Project {
@@ -33,16 +35,9 @@ pub struct Project {
     pub services: Vec<Handle>,
     pub log_dir: PathBuf,
     pub live: broadcast::Sender<locald_core::ipc::LogLine>,
-    /// Of the config file as it was at start, to tell a user attaching that it changed.
-    digest: u64,
 }
 
 impl Project {
-    /// The config file differs from the one the project was started with.
-    pub fn config_changed(&self) -> bool {
-        digest(&self.config.project.source) != self.digest
-    }
-
     pub fn handle(&self, name: &str) -> Option<&Handle> {
         self.services.iter().find(|h| h.service.name == name)
     }
@@ -52,6 +47,7 @@ impl Project {
             name: self.config.project.name.clone(),
             dir: self.config.project.dir.clone(),
             domain: self.config.project.domain.clone(),
+            checkout: self.config.project.checkout.clone(),
             mounts: Vec::new(),
             watching: false,
             services: self
@@ -99,6 +95,8 @@ pub struct Supervisor {
     cgroups: Option<Arc<cgroup::Cgroups>>,
     /// Found once when the daemon started.
     privileged: Arc<dyn Privileged>,
+    /// Held while an `up` starts or changes a project ([`Supervisor::up_with`]).
+    applying: tokio::sync::Mutex<()>,
 }
 
 /// Free ports that no other project of this daemon holds.
@@ -125,7 +123,15 @@ impl Supervisor {
         let owner = format!("{:016x}", fnv(state_dir.as_os_str().as_encoded_bytes()));
         let cgroups = detect(&owner).map(Arc::new);
         let (running, _) = watch::channel(Running::default());
-        Self { state_dir, owner, projects: Mutex::new(BTreeMap::new()), running, cgroups, privileged }
+        Self {
+            state_dir,
+            owner,
+            projects: Mutex::new(BTreeMap::new()),
+            running,
+            cgroups,
+            privileged,
+            applying: tokio::sync::Mutex::new(()),
+        }
     }
 
     /// What root does for this daemon, for everyone else in it that needs that.
@@ -209,10 +215,20 @@ impl Supervisor {
         self.all().iter().flat_map(|p| p.config.services.iter().map(|s| s.port)).collect()
     }
 
-    /// Starts the project in `dir`, or returns the running one (`true` = it was running).
+    /// Starts the project in `dir` with its default services, or returns the running one
+    /// (`true` = it was running) as it is.
     pub fn up(&self, dir: &Path) -> Result<(Arc<Project>, bool), UpError> {
         let dir = dir.canonicalize().map_err(|e| UpError::Dir(dir.to_owned(), e))?;
-        match self.up_locked(dir) {
+        if let Some(project) = self.get(&dir) {
+            return Ok((project, true));
+        }
+        self.up_selected(&dir, &Want::default()).map(|(project, _)| (project, false))
+    }
+
+    /// Starts the project in the canonical `dir` with the services `want` selects; returns
+    /// them with it.
+    fn up_selected(&self, dir: &Path, want: &Want) -> Result<(Arc<Project>, Vec<String>), UpError> {
+        match self.up_locked(dir.to_owned(), want) {
             // Naming the holder spawns the shim, so it waits until the projects lock is free:
             // a slow shim must not stall every other request of the daemon.
             Err(UpError::PortInUse { file, service, port, owner: None }) => {
@@ -223,68 +239,42 @@ impl Supervisor {
         }
     }
 
-    /// The part of [`Supervisor::up`] under the projects lock; it never runs the shim (a
-    /// container's shim is started later, by its service's task).
-    fn up_locked(&self, dir: PathBuf) -> Result<(Arc<Project>, bool), UpError> {
+    /// The part of [`Supervisor::up_selected`] under the projects lock; it never runs the shim
+    /// (a container's shim is started later, by its service's task).
+    fn up_locked(&self, dir: PathBuf, want: &Want) -> Result<(Arc<Project>, Vec<String>), UpError> {
         // One lock from lookup to insert, and nothing in between awaits: two `up`s of the same
         // project can never both start it.
         let mut projects = self.projects.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(project) = projects.get(&dir) {
-            return Ok((project.clone(), true));
+            let selected = project.services.iter().map(|h| h.service.name.clone()).collect();
+            return Ok((project.clone(), selected));
         }
         let taken = projects.values().flat_map(|p| p.config.services.iter().map(|s| s.port)).collect();
         let config = config::load(&dir, &mut DaemonPorts(taken))?;
-        check_ports_free(&config)?;
-        let runtime = container_runtime(&config, &self.privileged)?;
-        let ca_files = ca_files(&config)?;
+        let selected = config.select(&want.services, &want.profiles)?;
+        let chosen = Config {
+            project: config.project.clone(),
+            services: config.services.iter().filter(|s| selected.contains(&s.name)).cloned().collect(),
+        };
+        check_ports_free(&chosen)?;
+        let runtime = container_runtime(&chosen, &self.privileged)?;
+        let ca_files = ca_files(&chosen)?;
         let log_dir = self.log_dir(&dir);
         let (live, _) = broadcast::channel(4096);
-        let mut sinks = Vec::new();
-        for service in &config.services {
-            let file =
-                LogFile::open(&log_dir, &service.name).map_err(|e| UpError::Logs(log_dir.clone(), e))?;
-            sinks.push(Sink {
-                file: Arc::new(Mutex::new(file)),
-                live: live.clone(),
-                service: service.name.clone(),
-            });
-        }
-        let mut handles: Vec<Handle> = Vec::new();
-        let mut by_name: HashMap<String, Handle> = HashMap::new();
-        for (service, sink) in config.services.iter().zip(sinks) {
-            // Start order puts dependencies first, so their handles exist.
-            let deps =
-                service.depends_on.iter().map(|d| (d.clone(), by_name[&d.name].status.clone())).collect();
-            let key = log_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            let slot = self.cgroups.clone().map(|c| (c, format!("{key}.{}", service.name)));
-            let ca = ca_files.clone().filter(|_| service.trust_local_ca);
-            let container = match (&runtime, &service.container) {
-                (Some(runtime), Some(_)) => Some(service::ContainerSlot {
-                    runtime: runtime.clone(),
-                    project: dir.clone(),
-                    id: prepare::container_id(&key, &service.name),
-                    ca: ca.clone(),
-                }),
-                _ => None,
-            };
-            // A container gets its cgroup from the shim (under locald/<uid>/), not from us.
-            let slot = if container.is_some() { None } else { slot };
-            // Only the running copy gets the CA variables: `config show` keeps what the user wrote.
-            let mut running = service.clone();
-            if let Some(files) = &ca {
-                running.env.extend(ca_bundle::service_env(service, files));
-            }
-            let handle = service::start(running, deps, sink, self.owner.clone(), slot, container);
-            by_name.insert(service.name.clone(), handle.clone());
-            handles.push(handle);
-        }
-        let digest = digest(&config.project.source);
-        let project = Arc::new(Project { config, services: handles, log_dir, live, digest });
+        let at = apply::Spawn {
+            dir: &dir,
+            log_dir: &log_dir,
+            live: &live,
+            runtime: runtime.as_ref(),
+            ca: ca_files.as_ref(),
+        };
+        let handles = self.spawn(&config, &selected, HashMap::new(), &at)?;
+        let project = Arc::new(Project { config, services: handles, log_dir, live });
         projects.insert(dir, project.clone());
         self.publish(&projects);
         drop(projects);
         self.persist();
-        Ok((project, false))
+        Ok((project, selected))
     }
 
     /// Stops and forgets the project; false when it was not running.
@@ -342,10 +332,6 @@ async fn stop_all(project: Arc<Project>) {
     }
 }
 
-fn digest(path: &Path) -> u64 {
-    fnv(&std::fs::read(path).unwrap_or_default())
-}
-
 fn fnv(bytes: &[u8]) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for byte in bytes {
@@ -361,6 +347,8 @@ pub enum UpError {
     Dir(PathBuf, std::io::Error),
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error(transparent)]
+    Select(#[from] SelectError),
     #[error(
         "{}: service {service:?} runs in a container, which needs Linux; on {} run this project in locald's \
          Lima VM, which shares your home: `locald-lima up` (the flake's packages.lima), or \

@@ -32,8 +32,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Unmount { name } => mounts::unmount(&name),
         Command::Debug { command: DebugCommand::Port { port } } => debug_port::run(port),
-        Command::Up { dir, watch } => up::run(dir, watch),
-        Command::Watch { dir, stop: false } => up::run(dir, true),
+        Command::Up { args, dir, profiles, watch } => up::run(args, dir, profiles, watch),
+        Command::Watch { dir, stop: false } => up::run(Vec::new(), dir, Vec::new(), true),
         Command::Watch { dir, stop: true } => up::unwatch(dir),
         Command::Down { dir } => project::down(dir),
         Command::Pull { services, project } => up::pull(&project.dir, services),
@@ -43,12 +43,14 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Logs { services, follow, tail, since, timestamps, project } => {
             logs::run(&project.dir, services, follow, tail, since.as_deref(), timestamps)
         }
-        Command::Start { service, project } => {
-            project::control(&project.dir, service, project::Action::Start)
+        Command::Start { services, project } => {
+            project::control(&project.dir, services, project::Action::Start)
         }
-        Command::Stop { service, project } => project::control(&project.dir, service, project::Action::Stop),
-        Command::Restart { service, project } => {
-            project::control(&project.dir, service, project::Action::Restart)
+        Command::Stop { services, project } => {
+            project::control(&project.dir, services, project::Action::Stop)
+        }
+        Command::Restart { services, project } => {
+            project::control(&project.dir, services, project::Action::Restart)
         }
         Command::Config { command: ConfigCommand::Show { dir } } => config_show::run(dir),
         Command::Exec { service, command, project } => exec::exec(&project.dir, &service, &command),

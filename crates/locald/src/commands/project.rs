@@ -20,14 +20,15 @@ pub fn down(dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn control(dir: &Path, service: String, action: Action) -> anyhow::Result<ExitCode> {
+pub fn control(dir: &Path, services: Vec<String>, action: Action) -> anyhow::Result<ExitCode> {
     let dir = project_dir(Some(dir.to_owned()))?;
+    let names = services.join(", ");
     let (request, done) = match action {
-        Action::Start => (Request::Start { dir, service: service.clone() }, "started"),
-        Action::Stop => (Request::Stop { dir, service: service.clone() }, "stopped"),
-        Action::Restart => (Request::Restart { dir, service: service.clone() }, "restarted"),
+        Action::Start => (Request::Start { dir, services }, "started"),
+        Action::Stop => (Request::Stop { dir, services }, "stopped"),
+        Action::Restart => (Request::Restart { dir, services }, "restarted"),
     };
     Client::call(&request)?;
-    println!("{done} {service}");
+    println!("{done} {names}");
     Ok(ExitCode::SUCCESS)
 }

@@ -28,6 +28,11 @@ pub fn run(json: bool) -> anyhow::Result<ExitCode> {
         "PROJECT", "SERVICE", "STATE", "PID", "PORT", "URL", "HEALTH", "RESTARTS", "UPTIME"
     );
     for project in &projects {
+        // Two checkouts of one repository share a name; the worktree's label tells them apart.
+        let name = match &project.checkout {
+            Some(checkout) => format!("{}@{}", project.name, checkout.label),
+            None => project.name.clone(),
+        };
         for s in &project.services {
             let health = match s.healthy {
                 None => "-",
@@ -42,11 +47,22 @@ pub fn run(json: bool) -> anyhow::Result<ExitCode> {
             let state = paint(tty, s.state, &format!("{:<12}", s.state.as_str()));
             println!(
                 "{:<14} {:<14} {state} {pid:>7} {:>5}  {:<36} {health:<9} {:>8} {uptime:>7}",
-                project.name,
+                name,
                 s.name,
                 s.port,
                 s.url.as_deref().unwrap_or("-"),
                 s.restarts
+            );
+        }
+    }
+    for project in &projects {
+        if let Some(checkout) = &project.checkout {
+            println!(
+                "{}@{}: {} ({})",
+                project.name,
+                checkout.label,
+                checkout.describe(),
+                project.dir.display()
             );
         }
     }

@@ -4,6 +4,8 @@
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
+
+use locald_core::config::{FILE_NAME, PROCFILE};
 use std::process::ExitCode;
 
 use locald_core::config::Serves;
@@ -12,7 +14,12 @@ use locald_core::ipc::{PullProgress, Request, Response, ServiceState};
 use super::client::{Client, project_dir};
 use super::status::paint;
 
-pub fn run(dir: Option<PathBuf>, watch: bool) -> anyhow::Result<ExitCode> {
+pub fn run(mut args: Vec<String>, dir: Option<PathBuf>, profiles: Vec<String>, watch: bool) -> anyhow::Result<ExitCode> {
+    let dir = match dir {
+        Some(dir) => Some(dir),
+        None if args.first().is_some_and(|a| is_project_dir(a)) => Some(PathBuf::from(args.remove(0))),
+        None => None,
+    };
     let dir = project_dir(dir)?;
     let mut board = Board { tty: std::io::stdout().is_terminal(), rows: Vec::new(), drawn: 0 };
     let mut pulls = Pulls::new(board.tty);
@@ -20,23 +27,22 @@ pub fn run(dir: Option<PathBuf>, watch: bool) -> anyhow::Result<ExitCode> {
         println!("note: running as root, so the services run as root too");
     }
     let mut client = Client::connect()?;
-    client.send(&Request::Up { dir: dir.clone() })?;
+    client.send(&Request::Up { dir: dir.clone(), services: args, profiles })?;
     loop {
         match client.next()? {
             Response::Pull(progress) => pulls.update(progress),
             Response::Progress { service, state, detail } => board.update(service, state, detail),
-            Response::UpDone { project, attached, config_changed, proxy, notes } => {
+            Response::UpDone { project, attached, proxy, notes } => {
+                let name = match &project.checkout {
+                    Some(checkout) => {
+                        format!("{}@{} ({})", project.name, checkout.label, checkout.describe())
+                    }
+                    None => project.name.clone(),
+                };
                 if attached {
-                    println!("{} was already up", project.name);
+                    println!("{name} was already up");
                 }
-                if config_changed {
-                    println!(
-                        "note: {} changed since {} started; `locald down` then `locald up` applies it",
-                        locald_core::config::FILE_NAME,
-                        project.name
-                    );
-                }
-                println!("{} is ready:", project.name);
+                println!("{name} is ready:");
                 for s in &project.services {
                     match (&s.url, s.serves) {
                         (Some(url), Serves::Http) => {
@@ -168,6 +174,13 @@ pub fn bytes(n: u64) -> String {
         n if n >= 1_000 => format!("{:.1} kB", n as f64 / 1e3),
         n => format!("{n} B"),
     }
+}
+
+/// A service name is a DNS label, so an argument with a `/` or a dot is a path; so is a
+/// directory that holds a project (`locald up shop` from its parent).
+fn is_project_dir(arg: &str) -> bool {
+    let path = Path::new(arg);
+    arg.contains(['/', '.']) || [FILE_NAME, PROCFILE].iter().any(|f| path.join(f).is_file())
 }
 
 /// One row per service. On a terminal the rows are redrawn in place; otherwise every change
