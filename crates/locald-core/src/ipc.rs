@@ -60,6 +60,8 @@ pub enum Request {
     ConfigShow {
         dir: PathBuf,
     },
+    /// A one-time login URL for the dashboard (`locald dashboard`).
+    Dashboard,
     /// Stop every project, then exit.
     Shutdown,
 }
@@ -103,6 +105,10 @@ pub enum Response {
     },
     Log(LogLine),
     Config(Box<Config>),
+    /// Opens the dashboard once, within a short time; never logged.
+    DashboardLogin {
+        url: String,
+    },
     Ok,
     Error {
         message: String,

@@ -109,10 +109,11 @@ async fn a_fast_path_client_waiting_for_its_answer_is_not_evicted_as_idle() {
     let limits = limits::Limits { max_clients: 2, ..short_limits() };
     let proxy = start(limits).await;
     let slow = slow_service();
-    proxy
-        .shared
-        .routes
-        .set(RouteTable::build(&[project("t", false, vec![service("web", slow.port, &["t.localhost"], running())])]));
+    proxy.shared.routes.set(RouteTable::build(&[project(
+        "t",
+        false,
+        vec![service("web", slow.port, &["t.localhost"], running())],
+    )]));
 
     // A plain HTTP/1.1 request takes the fast path and waits at the service, moving no bytes.
     let mut waiting = tokio::net::TcpStream::connect(proxy.http).await.unwrap();

@@ -54,7 +54,7 @@ pub async fn run(socket: PathBuf, state_dir: PathBuf) -> Result<(), ServerError>
     // Before the proxy sizes its connection cap from it.
     crate::nofile::raise();
     // The one discovery of the shim: everything in the daemon that needs root asks this.
-    let supervisor = Arc::new(Supervisor::new(state_dir, crate::shim::discover()));
+    let supervisor = Arc::new(Supervisor::new(state_dir.clone(), crate::shim::discover()));
     let shutdown = Arc::new(Shutdown { notify: Notify::new(), socket: socket.clone() });
     for (dir, why) in supervisor.recover() {
         tracing::warn!("could not bring {} back up: {why}", dir.display());
@@ -84,6 +84,18 @@ pub async fn run(socket: PathBuf, state_dir: PathBuf) -> Result<(), ServerError>
         }
     };
     let wiring = Wiring::start(&supervisor, proxy.clone());
+    let dashboard = proxy.as_ref().and_then(|proxy| {
+        match crate::dashboard::Server::new(&state_dir, supervisor.clone(), proxy.status()) {
+            Ok(dashboard) => {
+                proxy.set_dashboard(dashboard.hook());
+                Some(dashboard)
+            }
+            Err(e) => {
+                tracing::warn!("no dashboard: {}: {e}", state_dir.display());
+                None
+            }
+        }
+    });
     tracing::info!("daemon {} listening on {}", std::process::id(), socket.display());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| ServerError::Io(socket.clone(), e))?;
@@ -98,6 +110,7 @@ pub async fn run(socket: PathBuf, state_dir: PathBuf) -> Result<(), ServerError>
                             supervisor: supervisor.clone(),
                             proxy: proxy.clone(),
                             wiring: wiring.clone(),
+                            dashboard: dashboard.clone(),
                         };
                         tokio::spawn(serve(stream, daemon, shutdown.clone()));
                     }
@@ -181,6 +194,7 @@ pub(crate) struct Daemon {
     pub(crate) supervisor: Arc<Supervisor>,
     pub(crate) proxy: Option<Arc<Proxy>>,
     pub(crate) wiring: Wiring,
+    pub(crate) dashboard: Option<Arc<crate::dashboard::Server>>,
 }
 
 async fn serve(stream: UnixStream, daemon: Daemon, shutdown: Arc<Shutdown>) {

@@ -4,6 +4,7 @@ mod admin_setup;
 mod client;
 mod completions;
 mod config_show;
+mod dashboard;
 mod debug_port;
 mod doctor;
 mod logs;
@@ -42,6 +43,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             project::control(&project.dir, service, project::Action::Restart)
         }
         Command::Config { command: ConfigCommand::Show { dir } } => config_show::run(dir),
+        Command::Dashboard { print } => dashboard::run(print),
         Command::Ca => trust::ca(),
         Command::Trust { args } => trust::run(trust::Action::Trust, &args),
         Command::Untrust { args } => trust::run(trust::Action::Untrust, &args),
