@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 
 pub mod daemon;
+pub mod dashboard;
 pub mod proxy;
 
 /// Set by `.ci/run`: a privileged suite that cannot run fails instead of skipping.
