@@ -10,6 +10,7 @@ use std::sync::OnceLock;
 pub mod daemon;
 pub mod dashboard;
 pub mod proxy;
+pub mod webdriver;
 
 /// Set by `.ci/run`: a privileged suite that cannot run fails instead of skipping.
 pub const REQUIRE_PRIVILEGED: &str = "LOCALD_REQUIRE_PRIVILEGED";
