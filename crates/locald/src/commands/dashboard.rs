@@ -49,11 +49,11 @@ fn open_in_browser(url: &str) -> anyhow::Result<()> {
         .with_context(|| page.display().to_string())?;
     // The URL is ours (hex token, fixed host), but escape it anyway for the attribute.
     let attr = url.replace('&', "&amp;").replace('"', "&quot;").replace('<', "&lt;");
-    write!(
+    writeln!(
         file,
         "<!doctype html><meta charset=\"utf-8\"><meta name=\"referrer\" content=\"no-referrer\">\
          <meta http-equiv=\"refresh\" content=\"0;url={attr}\"><title>locald</title>\
-         <a href=\"{attr}\">Open the locald dashboard</a>\n"
+         <a href=\"{attr}\">Open the locald dashboard</a>"
     )?;
     let opener = if cfg!(target_os = "macos") { "open" } else { "xdg-open" };
     let status = std::process::Command::new(opener)
