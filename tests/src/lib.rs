@@ -8,8 +8,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 
 pub mod daemon;
+pub mod dashboard;
 pub mod proxy;
 pub mod registry;
+pub mod webdriver;
 
 /// Set by `.ci/run`: a privileged suite that cannot run fails instead of skipping.
 pub const REQUIRE_PRIVILEGED: &str = "LOCALD_REQUIRE_PRIVILEGED";

@@ -84,6 +84,8 @@ pub enum Request {
         dir: PathBuf,
         service: String,
     },
+    /// A one-time login URL for the dashboard (`locald dashboard`).
+    Dashboard,
     /// Stop every project, then exit.
     Shutdown,
 }
@@ -132,6 +134,10 @@ pub enum Response {
         services: Vec<(String, Vec<String>)>,
     },
     Env(ServiceEnv),
+    /// Opens the dashboard once, within a short time; never logged.
+    DashboardLogin {
+        url: String,
+    },
     Ok,
     Error {
         message: String,

@@ -3,6 +3,7 @@
 
 mod container;
 pub mod daemon_log;
+mod dashboard;
 pub mod doctor;
 mod health;
 mod hosts;

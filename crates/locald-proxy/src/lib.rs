@@ -13,6 +13,7 @@
 mod write_through;
 
 mod activity;
+mod dashboard;
 mod forward;
 mod h1;
 mod hold;
@@ -23,6 +24,7 @@ mod routes;
 mod tls;
 mod upstream;
 
+pub use dashboard::{DASHBOARD_HOST, Dashboard, DashboardBody, DashboardRequest, DashboardResponse};
 pub use listeners::{LowPorts, LowPortsError};
 pub use routes::{ProjectRoutes, ServiceNow, ServiceRoutes, ServiceView};
 
@@ -75,6 +77,7 @@ pub enum ProxyError {
 pub struct Proxy {
     routes: Arc<Routes>,
     status: ProxyStatus,
+    dashboard: Arc<dashboard::Slot>,
 }
 
 impl Proxy {
@@ -98,6 +101,7 @@ impl Proxy {
         };
         let limits = limits::Limits::for_nofile(limits::nofile());
         let shared = Arc::new(Shared::new(routes.clone(), status.clone(), limits));
+        let dashboard = shared.dashboard.clone();
         let acceptor = TlsAcceptor::from(tls_config);
         let mut listening = Vec::new();
         for (listener, tls) in [
@@ -137,7 +141,7 @@ impl Proxy {
                 })
             })?;
         }
-        Ok(Arc::new(Self { routes, status }))
+        Ok(Arc::new(Self { routes, status, dashboard }))
     }
 
     pub fn status(&self) -> &ProxyStatus {
@@ -148,6 +152,12 @@ impl Proxy {
     pub fn set_routes(&self, projects: &[ProjectRoutes]) {
         self.routes.set(RouteTable::build(projects));
     }
+
+    /// Requests for [`DASHBOARD_HOST`] over HTTPS go to `dashboard` from now on (until then,
+    /// and over plain HTTP, it is answered like any unknown host, or redirected to HTTPS).
+    pub fn set_dashboard(&self, dashboard: Arc<dyn Dashboard>) {
+        self.dashboard.set(dashboard);
+    }
 }
 
 /// What every thread's connections share.
@@ -157,6 +167,7 @@ pub(crate) struct Shared {
     connections: auto::Builder<TokioExecutor>,
     limits: limits::Limits,
     admission: Arc<limits::Admission>,
+    dashboard: Arc<dashboard::Slot>,
 }
 
 impl Shared {
@@ -171,7 +182,7 @@ impl Shared {
             .keep_alive_interval(limits.ping)
             .keep_alive_timeout(limits.ping);
         let admission = limits::Admission::new(limits.max_clients);
-        Shared { routes, status, connections, limits, admission }
+        Shared { routes, status, connections, limits, admission, dashboard: Arc::default() }
     }
 }
 
@@ -393,6 +404,16 @@ async fn handle(
             StatusCode::MISDIRECTED_REQUEST,
             "This connection is for another name: the request's host differs from the TLS server name.",
         );
+    }
+    if raw_host.and_then(routes::normalize_host).as_deref() == Some(DASHBOARD_HOST) {
+        // Its cookie is `Secure`: over plain HTTP there is nothing to answer but a way to HTTPS.
+        if !peer.tls {
+            let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+            return pages::redirect(&pages::https_location(DASHBOARD_HOST, &shared.status, path));
+        }
+        if let Some(dashboard) = shared.dashboard.get() {
+            return dashboard::serve(req, dashboard, context.activity.begin()).await;
+        }
     }
     let authority = raw_host.and_then(|h| HeaderValue::from_str(h).ok());
     let (route, now) = match decide(&table, raw_host, peer.tls) {

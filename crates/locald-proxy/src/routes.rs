@@ -9,6 +9,8 @@ use std::sync::{Arc, RwLock};
 
 use locald_core::ipc::ServiceState;
 
+use super::dashboard::DASHBOARD_HOST;
+
 /// Not a service: `localhost` itself answers with the list of running projects.
 pub(crate) const INDEX_HOST: &str = "localhost";
 
@@ -70,7 +72,7 @@ pub(crate) struct RouteTable {
 
 impl RouteTable {
     /// Every service under each of its names; the first project to claim a name keeps it, and
-    /// [`INDEX_HOST`] is never a service's.
+    /// [`INDEX_HOST`] and [`DASHBOARD_HOST`] are never a service's.
     pub(crate) fn build(projects: &[ProjectRoutes]) -> Self {
         let mut table = RouteTable::default();
         for project in projects {
@@ -84,7 +86,7 @@ impl RouteTable {
                     view: service.view.clone(),
                 });
                 for host in &service.hosts {
-                    if host == INDEX_HOST || table.by_host.contains_key(host) {
+                    if host == INDEX_HOST || host == DASHBOARD_HOST || table.by_host.contains_key(host) {
                         continue;
                     }
                     table.by_host.insert(host.clone(), route.clone());
@@ -100,9 +102,10 @@ impl RouteTable {
         self.by_host.get(host)
     }
 
-    /// Whether a certificate may be issued for `name`: a routed name or the index host.
+    /// Whether a certificate may be issued for `name`: a routed name, the index host or the
+    /// dashboard's.
     pub(crate) fn is_routed(&self, name: &str) -> bool {
-        name == INDEX_HOST || self.by_host.contains_key(name)
+        name == INDEX_HOST || name == DASHBOARD_HOST || self.by_host.contains_key(name)
     }
 }
 

@@ -148,6 +148,13 @@ pub enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Open the dashboard (https://locald.localhost) in your browser, logged in; prints a one-time
+    /// login URL instead when there is no display.
+    Dashboard {
+        /// Only print the login URL (valid once, for two minutes).
+        #[arg(long)]
+        print: bool,
+    },
     /// Print the path of the local CA certificate (made on first use): `curl --cacert "$(locald ca)"`.
     Ca,
     /// Trust the local CA: the system store (through sudo) and your NSS databases (Chromium,

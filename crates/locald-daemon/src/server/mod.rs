@@ -88,6 +88,18 @@ pub async fn run(socket: PathBuf, state_dir: PathBuf) -> Result<(), ServerError>
     let wiring = Wiring::start(&supervisor, proxy.clone());
     let watchers = Arc::new(Watchers::new(&state_dir));
     watchers.restore(&supervisor);
+    let dashboard = proxy.as_ref().and_then(|proxy| {
+        match crate::dashboard::Server::new(&state_dir, supervisor.clone(), proxy.status()) {
+            Ok(dashboard) => {
+                proxy.set_dashboard(dashboard.hook());
+                Some(dashboard)
+            }
+            Err(e) => {
+                tracing::warn!("no dashboard: {}: {e}", state_dir.display());
+                None
+            }
+        }
+    });
     tracing::info!("daemon {} listening on {}", std::process::id(), socket.display());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| ServerError::Io(socket.clone(), e))?;
@@ -103,6 +115,7 @@ pub async fn run(socket: PathBuf, state_dir: PathBuf) -> Result<(), ServerError>
                             proxy: proxy.clone(),
                             wiring: wiring.clone(),
                             watchers: watchers.clone(),
+                            dashboard: dashboard.clone(),
                         };
                         tokio::spawn(serve(stream, daemon, shutdown.clone()));
                     }
@@ -188,6 +201,7 @@ pub(crate) struct Daemon {
     pub(crate) proxy: Option<Arc<Proxy>>,
     pub(crate) wiring: Wiring,
     pub(crate) watchers: Arc<Watchers>,
+    pub(crate) dashboard: Option<Arc<crate::dashboard::Server>>,
 }
 
 async fn serve(stream: UnixStream, daemon: Daemon, shutdown: Arc<Shutdown>) {

@@ -109,6 +109,16 @@ pub(super) async fn handle(
             };
             out.send(response).await
         }
+        Request::Dashboard => {
+            let response = match daemon.dashboard.as_ref().map(|d| d.login_url()) {
+                Some(Ok(url)) => Response::DashboardLogin { url },
+                Some(Err(e)) => Response::Error { message: format!("dashboard login token: {e}") },
+                None => Response::Error {
+                    message: "the dashboard is not available: the daemon has no proxy (see its log)".into(),
+                },
+            };
+            out.send(response).await
+        }
         Request::Shutdown => {
             daemon.watchers.stop_all();
             supervisor.shutdown().await;

@@ -4,6 +4,7 @@ mod admin_setup;
 mod client;
 mod completions;
 mod config_show;
+mod dashboard;
 mod debug_port;
 mod doctor;
 mod images;
@@ -55,6 +56,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Config { command: ConfigCommand::Show { dir } } => config_show::run(dir),
         Command::Exec { service, command, project } => exec::exec(&project.dir, &service, &command),
         Command::Env { service, project } => exec::print(&project.dir, &service),
+        Command::Dashboard { print } => dashboard::run(print),
         Command::Ca => trust::ca(),
         Command::Trust { args } => trust::run(trust::Action::Trust, &args),
         Command::Untrust { args } => trust::run(trust::Action::Untrust, &args),

@@ -20,6 +20,7 @@ pub fn run(json: bool) -> anyhow::Result<ExitCode> {
     }
     if projects.is_empty() {
         println!("no projects running");
+        print_dashboard_note(proxy.as_ref());
         return Ok(ExitCode::SUCCESS);
     }
     let tty = std::io::stdout().is_terminal();
@@ -77,6 +78,7 @@ pub fn run(json: bool) -> anyhow::Result<ExitCode> {
     if let Some(proxy) = &proxy {
         print_proxy_note(proxy);
     }
+    print_dashboard_note(proxy.as_ref());
     for project in projects.iter().filter(|p| !p.mounts.is_empty()) {
         for m in &project.mounts {
             let image = m.image.as_ref().map_or("?".into(), |i| i.display().to_string());
@@ -88,6 +90,13 @@ pub fn run(json: bool) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Where the dashboard is, when the proxy runs.
+fn print_dashboard_note(proxy: Option<&locald_core::ipc::ProxyStatus>) {
+    if let Some(proxy) = proxy {
+        println!("dashboard: {} (`locald dashboard` opens it)", proxy.https_url("locald.localhost"));
+    }
 }
 
 /// One line when the proxy is not on 443/80, saying why and how to get them.
