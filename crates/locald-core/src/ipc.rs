@@ -106,7 +106,7 @@ pub enum Response {
     Pull(PullProgress),
     /// `up` finished: every service reached its goal.
     UpDone {
-        project: ProjectStatus,
+        project: Box<ProjectStatus>,
         attached: bool,
         /// Where the proxy listens, so the CLI can say when it is not on 80/443.
         #[serde(default)]

@@ -7,8 +7,8 @@ mod error;
 pub mod ports;
 pub mod raw;
 mod resolve;
-pub mod serving;
 mod select;
+pub mod serving;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -18,8 +18,8 @@ use serde::{Deserialize, Serialize};
 pub use error::{ConfigError, line_col};
 pub use raw::{Condition, PullPolicy, RestartPolicy};
 pub use resolve::{LOCAL_SUFFIXES, PortSource, resolve_procfile, resolve_toml};
-pub use serving::Serves;
 pub use select::SelectError;
+pub use serving::Serves;
 
 pub const FILE_NAME: &str = "locald.toml";
 pub const PROCFILE: &str = "Procfile";

@@ -295,7 +295,7 @@ async fn up(daemon: &Daemon, dir: &Path, want: &Want, out: &mut Out) -> io::Resu
             notes.extend(elsewhere_notes(&project));
             return out
                 .send(Response::UpDone {
-                    project: project_status(proxy, &project),
+                    project: Box::new(project_status(proxy, &project)),
                     attached,
                     proxy: proxy.map(|p| p.status().clone()),
                     notes,

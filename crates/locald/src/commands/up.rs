@@ -14,7 +14,12 @@ use locald_core::ipc::{PullProgress, Request, Response, ServiceState};
 use super::client::{Client, project_dir};
 use super::status::paint;
 
-pub fn run(mut args: Vec<String>, dir: Option<PathBuf>, profiles: Vec<String>, watch: bool) -> anyhow::Result<ExitCode> {
+pub fn run(
+    mut args: Vec<String>,
+    dir: Option<PathBuf>,
+    profiles: Vec<String>,
+    watch: bool,
+) -> anyhow::Result<ExitCode> {
     let dir = match dir {
         Some(dir) => Some(dir),
         None if args.first().is_some_and(|a| is_project_dir(a)) => Some(PathBuf::from(args.remove(0))),
