@@ -27,7 +27,7 @@ make_project() { # n
     : >"$dir/locald.toml"
     : >"$dir/start.sh"
     for i in $(seq 1 "$n"); do
-        printf '[services.s%d]\ncommand = ["sleep", "86%03d.%d"]\nstop_timeout = "1s"\n' "$i" "$i" "$n" >>"$dir/locald.toml"
+        printf '[services.s%d]\ncommand = ["sleep", "86%03d.%d"]\nstop_timeout = "1s"\nport = false\n' "$i" "$i" "$n" >>"$dir/locald.toml"
         printf 'sleep 86%03d.%d &\n' "$i" "$n" >>"$dir/start.sh"
     done
     echo "$dir"
