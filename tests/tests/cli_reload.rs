@@ -18,21 +18,25 @@ fn project(t: &Tokens, x: &str) -> String {
     format!(
         r#"[services.db]
 command = ["sleep", "{db}"]
+port = false
 stop_timeout = "1s"
 
 [services.api]
 command = ["sleep", "{api}"]
+port = false
 env = {{ X = "{x}" }}
 depends_on = ["db"]
 stop_timeout = "1s"
 
 [services.web]
 command = ["sleep", "{web}"]
+port = false
 depends_on = ["api"]
 stop_timeout = "1s"
 
 [services.cache]
 command = ["sleep", "{cache}"]
+port = false
 stop_timeout = "1s"
 "#,
         db = t.db,
@@ -107,8 +111,8 @@ fn an_added_service_starts_and_a_removed_one_stops() {
     wait_pids(&t.cache, 1);
 
     let edited = project(&t, "1").replace(
-        &format!("[services.cache]\ncommand = [\"sleep\", \"{}\"]", t.cache),
-        &format!("[services.mail]\ncommand = [\"sleep\", \"{}\"]", t.mail),
+        &format!("[services.cache]\ncommand = [\"sleep\", \"{}\"]\nport = false", t.cache),
+        &format!("[services.mail]\ncommand = [\"sleep\", \"{}\"]\nport = false", t.mail),
     );
     std::fs::write(dir.join("locald.toml"), edited).unwrap();
     let up = daemon.ok(&["up", dir_arg]);
@@ -140,14 +144,14 @@ fn an_invalid_edit_is_reported_at_its_line_and_column_and_changes_nothing() {
     daemon.ok(&["up", dir_arg]);
     let before = pids(&[&t.db, &t.api, &t.web, &t.cache]);
 
-    // Line 8 of the file: api now depends on a service that does not exist.
+    // Line 10 of the file: api now depends on a service that does not exist.
     let broken = project(&t, "2").replace("depends_on = [\"db\"]", "depends_on = [\"dbb\"]");
-    assert_eq!(broken.lines().nth(7), Some("depends_on = [\"dbb\"]"));
+    assert_eq!(broken.lines().nth(9), Some("depends_on = [\"dbb\"]"));
     std::fs::write(dir.join("locald.toml"), broken).unwrap();
     let out = daemon.run(&["up", dir_arg]);
     assert!(!out.status.success(), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("locald.toml:8:15: \"api\" depends on unknown service \"dbb\""), "{err}");
+    assert!(err.contains("locald.toml:10:15: \"api\" depends on unknown service \"dbb\""), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert_eq!(pids(&[&t.db, &t.api, &t.web, &t.cache]), before, "everything kept running");
     assert_eq!(daemon.service("shop", "api")["state"], "running");

@@ -11,24 +11,29 @@ fn project(tokens: &Tokens) -> String {
         r#"
 [services.db]
 command = ["sleep", "{db}"]
+port = false
 stop_timeout = "1s"
 
 [services.api]
 command = ["sleep", "{api}"]
+port = false
 depends_on = ["db"]
 stop_timeout = "1s"
 
 [services.web]
 command = ["sleep", "{web}"]
+port = false
 depends_on = ["api"]
 stop_timeout = "1s"
 
 [services.worker]
 command = ["sleep", "{worker}"]
+port = false
 stop_timeout = "1s"
 
 [services.debugger]
 command = ["sleep", "{debugger}"]
+port = false
 depends_on = ["api"]
 profiles = ["debug"]
 stop_timeout = "1s"

@@ -46,7 +46,7 @@ fn a_watched_change_restarts_once_and_ignored_paths_do_not() {
     let dir = daemon.project(
         "watched",
         &format!(
-            "[services.web]\ncommand = \"exec sleep {token}\"\nstop_timeout = \"1s\"\n\
+            "[services.web]\ncommand = \"exec sleep {token}\"\nstop_timeout = \"1s\"\nport = false\n\
              watch = [\"src/**\", \"package.json\"]\nignore = [\"**/*.tmp\"]\n"
         ),
     );
@@ -105,7 +105,7 @@ fn a_failing_on_change_keeps_the_running_copy_and_watch_stop_ends_the_watch() {
     let dir = daemon.project(
         "built",
         &format!(
-            "[services.web]\ncommand = \"exec sleep {token}\"\nstop_timeout = \"1s\"\nwatch = [\"src\"]\n\
+            "[services.web]\ncommand = \"exec sleep {token}\"\nstop_timeout = \"1s\"\nport = false\nwatch = [\"src\"]\n\
              on_change = \"test -f fixed || {{ echo build broke >&2; exit 3; }}\"\n"
         ),
     );
@@ -139,8 +139,10 @@ fn a_failing_on_change_keeps_the_running_copy_and_watch_stop_ends_the_watch() {
 #[test]
 fn watch_without_watched_services_or_with_a_bad_glob_says_so() {
     let daemon = Daemon::new();
-    let dir =
-        daemon.project("plain", "[services.web]\ncommand = \"exec sleep 3600\"\nstop_timeout = \"1s\"\n");
+    let dir = daemon.project(
+        "plain",
+        "[services.web]\ncommand = \"exec sleep 3600\"\nstop_timeout = \"1s\"\nport = false\n",
+    );
     let out = daemon.run(&["up", "--watch", dir.to_str().unwrap()]);
     assert!(!out.status.success());
     let err = text(&out);
@@ -161,7 +163,7 @@ fn a_daemon_started_after_a_crash_watches_the_same_projects() {
     let dir = daemon.project(
         "kept",
         &format!(
-            "[services.web]\ncommand = \"exec sleep {token}\"\nstop_timeout = \"1s\"\nwatch = [\"src\"]\n"
+            "[services.web]\ncommand = \"exec sleep {token}\"\nstop_timeout = \"1s\"\nport = false\nwatch = [\"src\"]\n"
         ),
     );
     std::fs::create_dir_all(dir.join("src")).unwrap();

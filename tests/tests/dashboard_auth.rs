@@ -12,7 +12,7 @@ fn project(backend: &str) -> String {
     format!(
         "[project]\nname = \"shop\"\n\n[services.web]\ncommand = [\"{backend}\", \"serve\"]\n\
          health_check = {{ tcp = true, interval = \"50ms\", start_period = \"30s\" }}\n\n\
-         [services.worker]\ncommand = [\"sh\", \"-c\", \"echo worker up; exec sleep 3600\"]\n"
+         [services.worker]\ncommand = [\"sh\", \"-c\", \"echo worker up; exec sleep 3600\"]\nport = false\n"
     )
 }
 
@@ -154,8 +154,10 @@ fn only_a_browser_that_logged_in_gets_the_dashboard_and_only_its_own_page_may_ac
 
 #[test]
 fn the_secret_is_private_and_status_names_the_dashboard_once() {
-    let dash =
-        Dash::up("solo", "[project]\nname = \"solo\"\n\n[services.job]\ncommand = [\"sleep\", \"3600\"]\n");
+    let dash = Dash::up(
+        "solo",
+        "[project]\nname = \"solo\"\n\n[services.job]\ncommand = [\"sleep\", \"3600\"]\nport = false\n",
+    );
     use std::os::unix::fs::PermissionsExt;
     let secret = dash.daemon.state_dir().join("dashboard.secret");
     assert_eq!(std::fs::metadata(&secret).unwrap().permissions().mode() & 0o777, 0o600);

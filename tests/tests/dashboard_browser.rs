@@ -22,9 +22,11 @@ health_check = {{ tcp = true, interval = "50ms", start_period = "30s" }}
 
 [services.talker]
 command = ["sh", "-c", "echo talker ready; while :; do if [ -f say ]; then cat say; cat say >&2; rm -f say; fi; sleep 0.05; done"]
+port = false
 
 [services.crasher]
 command = ["sh", "-c", "echo crasher waiting; while [ ! -f crash ]; do sleep 0.05; done; echo about to crash >&2; exit 3"]
+port = false
 restart = "no"
 "#
     )
