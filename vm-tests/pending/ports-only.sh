@@ -1,4 +1,6 @@
 # run-as: root
+# PENDING: failed in the QEMU guest (exit 1 right after the install; cause not yet found), so it
+# is kept out of vm-tests/scenarios until it passes there.
 # The --ports-only install on the guest kernel: `locald admin setup --ports-only` gives the shim
 # only the file capability cap_net_bind_service=ep (no setuid bit); the unprivileged user gets
 # ports 80 and 443 through it, and every request beyond bind is refused naming the full install,
