@@ -40,6 +40,9 @@ pub enum Request {
     /// Stop a project's services and forget it.
     Down {
         dir: PathBuf,
+        /// Also remove what the project's containers wrote (`down --volumes`).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        volumes: bool,
     },
     /// All projects and their services.
     Status,

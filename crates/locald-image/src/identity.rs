@@ -47,6 +47,16 @@ pub const ADD_ALLOCATION: &str = "sudo usermod --add-subuids 100000-165535 --add
 /// Resolves an image's or a service's `user` (`name`, `uid`, `name:group`, `uid:gid`) in the
 /// rootfs at `rootfs`, and checks every id is mapped by `subordinate`. Errors are one line.
 pub fn resolve(rootfs: &Path, spec: &str, subordinate: &Subordinate) -> Result<ProcessUser, String> {
+    resolve_in_layers(&[rootfs], spec, subordinate)
+}
+
+/// [`resolve`] in the layer directories of an overlay root (topmost first): each file is read
+/// from the topmost layer that has it, and a whiteout there hides it.
+pub fn resolve_in_layers(
+    layers: &[&Path],
+    spec: &str,
+    subordinate: &Subordinate,
+) -> Result<ProcessUser, String> {
     let (user_part, group_part) = match spec.split_once(':') {
         Some((u, g)) => (u, Some(g)),
         None => (spec, None),
@@ -54,8 +64,8 @@ pub fn resolve(rootfs: &Path, spec: &str, subordinate: &Subordinate) -> Result<P
     if user_part.is_empty() || group_part.is_some_and(str::is_empty) {
         return Err(format!("user {spec:?} is empty"));
     }
-    let passwd = image_file(rootfs, "passwd")?;
-    let group = image_file(rootfs, "group")?;
+    let passwd = layered_file(layers, "passwd")?;
+    let group = layered_file(layers, "group")?;
     // (name, uid, gid) of the user part.
     let entry = passwd.as_deref().and_then(|p| {
         p.lines().find_map(|line| {
@@ -116,6 +126,21 @@ fn unmapped(what: &str, id: u32, spec: &str) -> String {
         "user {spec:?} needs container {what} {id}, which is not mapped: only 0 is, without a subordinate range \
          of that size in /etc/sub{what} (add one: `{ADD_ALLOCATION}`)"
     )
+}
+
+fn layered_file(layers: &[&Path], name: &str) -> Result<Option<String>, String> {
+    use std::os::unix::fs::FileTypeExt;
+    for layer in layers {
+        let path = layer.join("etc").join(name);
+        match fs::symlink_metadata(&path) {
+            // A whiteout (overlayfs' 0:0 character device, or a kept `.wh.` marker) hides it.
+            Ok(meta) if meta.file_type().is_char_device() => return Ok(None),
+            Ok(_) => return image_file(layer, name),
+            Err(_) if layer.join("etc").join(format!(".wh.{name}")).exists() => return Ok(None),
+            Err(_) => {}
+        }
+    }
+    Ok(None)
 }
 
 /// `<rootfs>/etc/<name>`, not through a symlink (it could name the host's file); `None` when

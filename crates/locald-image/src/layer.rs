@@ -39,8 +39,10 @@ pub struct Skipped {
 pub enum Whiteouts {
     /// Remove what they hide: the layer is applied onto the layers below it.
     Apply,
-    /// Keep them as empty marker files of the same name: the layer is unpacked on its own, and
-    /// whoever stacks the layers (the rootfs copy, an overlay) reads the markers.
+    /// Keep them in overlayfs' own form, so the layer directory can be a lower as it is: a
+    /// whiteout becomes a 0:0 character device of the hidden name (which any user may make since
+    /// Linux 5.8; where the kernel refuses, an empty `.wh.<name>` marker file stays instead), an
+    /// opaque directory gets `user.overlay.opaque=y` (read with the `userxattr` mount option).
     Keep,
 }
 
@@ -76,8 +78,22 @@ pub fn apply_with(
         let (parent, name) = split(&path);
         let name_str = name.to_string_lossy();
 
-        if whiteouts == Whiteouts::Keep && name_str.starts_with(WHITEOUT) {
+        if whiteouts == Whiteouts::Keep && name_str == OPAQUE {
             let dir = ensure_dir(root, &parent).map_err(errno)?;
+            mark_opaque(&dir).map_err(io)?;
+            continue;
+        }
+        if whiteouts == Whiteouts::Keep
+            && let Some(hidden) = name_str.strip_prefix(WHITEOUT)
+        {
+            let dir = ensure_dir(root, &parent).map_err(errno)?;
+            let hidden = OsStr::new(hidden);
+            remove_entry(&dir, hidden).map_err(io)?;
+            let device = nix::sys::stat::SFlag::S_IFCHR;
+            if nix::sys::stat::mknodat(Some(dir.as_raw_fd()), hidden, device, Mode::empty(), 0).is_ok() {
+                created.insert(parent.join(hidden));
+                continue;
+            }
             remove_entry(&dir, name).map_err(io)?;
             let flags =
                 OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
@@ -255,6 +271,20 @@ fn is_dir(dir: &OwnedFd, name: &OsStr) -> bool {
 }
 
 /// Removes `name` in `dir` whatever it is; a symlink is removed, not followed.
+/// `user.overlay.opaque=y` on `dir`: overlayfs (with `userxattr`) shows nothing of the layers
+/// below it there.
+fn mark_opaque(dir: &OwnedFd) -> std::io::Result<()> {
+    let path = std::ffi::CString::new(format!("/proc/self/fd/{}", dir.as_raw_fd())).expect("no NUL");
+    // SAFETY: setxattr with NUL-terminated strings and a value buffer that outlive the call.
+    let done = unsafe {
+        nix::libc::setxattr(path.as_ptr(), c"user.overlay.opaque".as_ptr(), b"y".as_ptr().cast(), 1, 0)
+    };
+    if done != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 fn remove_entry(dir: &OwnedFd, name: &OsStr) -> std::io::Result<()> {
     if is_dir(dir, name) {
         // std's remove_dir_all never follows symlinks below the top; the magic link names the

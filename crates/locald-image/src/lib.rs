@@ -112,6 +112,12 @@ impl Defaults {
     }
 }
 
+/// The [`Defaults`] of an image configuration blob (a pulled image's `config`).
+pub fn defaults_of(config: &Path) -> Result<Defaults, ImageError> {
+    let bytes = fs::read(config).map_err(|source| ImageError::Io { path: config.to_owned(), source })?;
+    Ok(Defaults::from_config_json(&bytes))
+}
+
 /// Where a cached image keeps its [`Defaults`], beside `rootfs/`.
 const DEFAULTS_FILE: &str = "defaults.json";
 

@@ -340,6 +340,16 @@ mod tests {
         tar.into_inner().unwrap()
     }
 
+    fn xattr_of(path: &Path, name: &str) -> Option<Vec<u8>> {
+        let path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        let name = std::ffi::CString::new(name).unwrap();
+        let mut buf = [0u8; 64];
+        // SAFETY: getxattr with NUL-terminated strings and a buffer of the size given.
+        let n =
+            unsafe { nix::libc::getxattr(path.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        (n >= 0).then(|| buf[..n as usize].to_vec())
+    }
+
     fn put_blob(store: &Store, bytes: &[u8]) -> String {
         let digest = sha256(bytes);
         store.put_bytes(&digest, bytes).unwrap();
@@ -350,7 +360,10 @@ mod tests {
     fn a_layer_is_unpacked_once_on_its_own_with_its_whiteouts_kept() {
         let cache = tempfile::tempdir().unwrap();
         let store = Store::open(cache.path()).unwrap();
-        let digest = put_blob(&store, &layer_tar(&[("etc/app.conf", b"x=1\n"), ("etc/.wh.old.conf", b"")]));
+        let digest = put_blob(
+            &store,
+            &layer_tar(&[("etc/app.conf", b"x=1\n"), ("etc/.wh.old.conf", b""), ("var/.wh..wh..opq", b"")]),
+        );
         // A killed unpack left a half directory behind; it is never used, and is cleared.
         let hex = digest_hex(&digest).unwrap().to_owned();
         let stale = store.root().join("layers/sha256").join(format!(".tmp-{hex}-killed"));
@@ -359,7 +372,13 @@ mod tests {
 
         let dir = store.unpack_layer(&digest).unwrap();
         assert_eq!(fs::read(dir.join("etc/app.conf")).unwrap(), b"x=1\n");
-        assert!(dir.join("etc/.wh.old.conf").is_file(), "the whiteout is kept for whoever stacks layers");
+        // Kept in overlayfs' form, so the directory is a lower as it is.
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        let whiteout = fs::symlink_metadata(dir.join("etc/old.conf")).unwrap();
+        assert!(whiteout.file_type().is_char_device() && whiteout.rdev() == 0, "{whiteout:?}");
+        assert!(!dir.join("etc/.wh.old.conf").exists());
+        let opaque = xattr_of(&dir.join("var"), "user.overlay.opaque");
+        assert_eq!(opaque.as_deref(), Some(&b"y"[..]), "the opaque directory is marked for overlayfs");
         assert!(!stale.exists(), "the half directory of a killed unpack was left");
         assert_eq!(store.unpack_layer(&digest).unwrap(), dir);
     }

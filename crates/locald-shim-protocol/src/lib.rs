@@ -13,6 +13,7 @@ pub mod cgroup_placement;
 pub mod exit;
 pub mod hosts_block;
 pub mod mountinfo;
+pub mod overlay;
 pub mod protocol;
 pub mod subid;
 pub mod validate;

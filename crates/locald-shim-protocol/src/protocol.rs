@@ -10,7 +10,7 @@ use crate::ShimError;
 
 /// Bumped whenever argv or the meaning of a request changes. The daemon refuses privileged work
 /// when the installed shim reports another number.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// The fd on which a subcommand that passes fds back (or takes control messages) finds its unix
 /// socket. Passing a socket by fd, not by path, leaves nothing in the filesystem to race.
@@ -105,6 +105,13 @@ pub struct BundleRunRequest {
     /// Container id, `[A-Za-z0-9_.-]{1,64}`, unique per caller.
     #[arg(long)]
     pub id: String,
+    /// The caller's image cache: lowers may lie inside it (protocol 6).
+    #[arg(long)]
+    pub cache: Option<PathBuf>,
+    /// Protocol 6: the root is an overlay of these directories (topmost first, see
+    /// [`crate::overlay`]) with the bundle's `upper` and `work`, mounted onto `root.path`.
+    #[arg(long = "lower")]
+    pub lowers: Vec<PathBuf>,
 }
 
 /// `admin cleanup <PATH>`
@@ -323,6 +330,14 @@ impl Request {
             Request::BundleRun(r) => {
                 args.extend(["bundle".into(), "run".into(), "--bundle".into(), r.bundle.clone().into()]);
                 args.extend(["--id".into(), (&r.id).into()]);
+                // `--name=value`, so a path starting with `-` stays a value.
+                let joined = |name: &str, value: &PathBuf| {
+                    let mut arg = OsString::from(name);
+                    arg.push(value);
+                    arg
+                };
+                args.extend(r.cache.iter().map(|cache| joined("--cache=", cache)));
+                args.extend(r.lowers.iter().map(|lower| joined("--lower=", lower)));
             }
         }
         args
@@ -413,6 +428,14 @@ mod tests {
         round_trip(Request::BundleRun(BundleRunRequest {
             bundle: "/p/.locald/bundles/web".into(),
             id: "web-1".into(),
+            cache: None,
+            lowers: vec![],
+        }));
+        round_trip(Request::BundleRun(BundleRunRequest {
+            bundle: "/p/.locald/bundles/web".into(),
+            id: "web-1".into(),
+            cache: Some("/h/.cache/locald".into()),
+            lowers: vec!["/h/.cache/locald/oci/layers/sha256/b".into(), "-a".into()],
         }));
     }
 

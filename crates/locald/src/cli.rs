@@ -67,8 +67,15 @@ pub enum Command {
         #[arg(long)]
         stop: bool,
     },
-    /// Stop the project's services and forget it.
-    Down { dir: Option<PathBuf> },
+    /// Stop the project's services and forget it; what its containers wrote is kept for the next
+    /// `up` unless `--volumes` is given.
+    Down {
+        dir: Option<PathBuf>,
+        /// Also remove what the project's containers wrote (`.locald/containers/`), as
+        /// `compose down --volumes` removes its volumes.
+        #[arg(long, short = 'v')]
+        volumes: bool,
+    },
     /// Pull the registry images of the project's services (default: all) afresh and pin them;
     /// the next start of a service uses what was pulled.
     Pull {

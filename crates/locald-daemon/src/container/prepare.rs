@@ -1,11 +1,16 @@
 //! From an image service of `locald.toml` to a bundle the shim will run: the image unpacked
-//! (or found in the cache), its rootfs copied to `<project>/.locald/containers/<service>/`, and a
-//! `config.json` generated for the caller's uid.
+//! (or found in the cache), a `config.json` generated for the caller's uid in
+//! `<project>/.locald/containers/<service>/`, and the container's root: an overlay the shim
+//! mounts of the image's layer directories (a pulled image's, in the store) or of its unpacked
+//! rootfs in the cache (a local archive or OCI layout), with the service's writes in `upper/`
+//! beside it; or, where overlayfs cannot be used (and for plain directory images, which may
+//! change under the same name), a copy of the rootfs as before.
 
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use locald_core::config::{Container, Service};
 
@@ -15,9 +20,52 @@ use locald_image::bundle::{self, BundleError, ContainerConfig, Volume};
 use locald_image::copy::copy_tree;
 use locald_image::identity::{self, Subordinate};
 use locald_image::{self as image, Defaults, ImageError, ImageSource};
+use locald_shim_protocol::overlay::{UPPER_DIR, WORK_DIR};
+use locald_shim_protocol::protocol::BundleRunRequest;
 
-/// Records which image the rootfs beside it was copied from.
+/// Records which image the root beside it was made from, and how (`overlay <id>`, or the id
+/// alone for a copy).
 const IMAGE_MARKER: &str = "image-id";
+
+/// Why overlayfs cannot be used on this machine, once the shim said so: from then on this daemon
+/// copies rootfs as before.
+static OVERLAY_UNAVAILABLE: OnceLock<String> = OnceLock::new();
+static OVERLAY_ANNOUNCED: AtomicBool = AtomicBool::new(false);
+
+/// Records the shim's `overlay-unavailable` line; logged once.
+pub fn overlay_unavailable(reason: &str) {
+    let reason = reason.trim().trim_start_matches(locald_shim_protocol::overlay::UNAVAILABLE).trim();
+    let reason = reason.trim_start_matches(':').trim().to_owned();
+    if OVERLAY_UNAVAILABLE.set(reason.clone()).is_ok() {
+        tracing::warn!("overlayfs cannot be used here ({reason}); container rootfs are copied instead");
+    }
+}
+
+/// The note for `up`, given once per daemon after overlayfs turned out unusable.
+pub fn overlay_note() -> Option<String> {
+    let reason = OVERLAY_UNAVAILABLE.get()?;
+    (!OVERLAY_ANNOUNCED.swap(true, Ordering::SeqCst))
+        .then(|| format!("overlayfs cannot be used here ({reason}): each container's rootfs is a full copy"))
+}
+
+/// `LOCALD_NO_OVERLAY` set: copy as before (a way out should overlayfs misbehave somewhere).
+fn overlay_usable() -> bool {
+    OVERLAY_UNAVAILABLE.get().is_none() && std::env::var_os("LOCALD_NO_OVERLAY").is_none()
+}
+
+/// A bundle ready for the shim.
+#[derive(Debug)]
+pub struct Bundle {
+    pub run: BundleRunRequest,
+    /// Lines worth a note in the service's log.
+    pub notes: Vec<String>,
+}
+
+impl Bundle {
+    pub fn is_overlay(&self) -> bool {
+        !self.run.lowers.is_empty()
+    }
+}
 /// The shim accepts ids of at most this length.
 const MAX_ID: usize = 64;
 
@@ -93,27 +141,60 @@ pub fn check(project: &Path, service: &Service, container: &Container) -> Result
     Ok(source)
 }
 
+/// The container's root, before the bundle is written.
+enum Root {
+    /// Lowers (topmost first) for the shim to stack under `upper/`.
+    Overlay { lowers: Vec<PathBuf> },
+    /// A rootfs directory to copy into the bundle.
+    Copy { rootfs: PathBuf },
+}
+
 /// Makes the bundle of `service` ready to run as container `id`; blocking (it may unpack an
-/// image). `ca`: the CA files to mount (`trust_local_ca`). Returns the bundle directory and lines
-/// worth a note in the service's log.
+/// image). `ca`: the CA files to mount (`trust_local_ca`).
 pub fn prepare(
     runtime: &Runtime,
     project: &Path,
     service: &Service,
     id: &str,
     ca: Option<&CaFiles>,
-) -> Result<(PathBuf, Vec<String>), PrepareError> {
+) -> Result<Bundle, PrepareError> {
     let container = service.container.as_ref().expect("only image services have bundles");
     let mut notes = Vec::new();
     let source = check(project, service, container)?;
-    let prepared = image::prepare(&source, &runtime.cache)?;
-    if !prepared.skipped.devices.is_empty() {
-        notes
-            .push(format!("image: {} device node(s) left out of the rootfs", prepared.skipped.devices.len()));
-    }
+    let overlay = overlay_usable() && !matches!(source, ImageSource::Directory(_));
+    let (root, image_id, defaults) = match &source {
+        // A pulled image's layers are in the store, each unpacked once: they are the lowers.
+        ImageSource::Pulled(pulled) if overlay => {
+            let store = super::pulls::store().map_err(PrepareError::Pull)?;
+            let mut lowers = Vec::with_capacity(pulled.layers.len());
+            for (_, digest) in pulled.layers.iter().rev() {
+                let dir = store.unpack_layer(digest).map_err(io_err("unpack layer", store.root()))?;
+                lowers.push(dir.canonicalize().map_err(io_err("resolve", &dir))?);
+            }
+            let defaults = image::defaults_of(&pulled.config)?;
+            (Root::Overlay { lowers }, pulled.manifest.clone(), defaults)
+        }
+        _ => {
+            let prepared = image::prepare(&source, &runtime.cache)?;
+            if !prepared.skipped.devices.is_empty() {
+                notes.push(format!(
+                    "image: {} device node(s) left out of the rootfs",
+                    prepared.skipped.devices.len()
+                ));
+            }
+            // A local image's unpacked rootfs in the cache is the one lower.
+            let root = if overlay {
+                let rootfs = prepared.rootfs.canonicalize().map_err(io_err("resolve", &prepared.rootfs))?;
+                Root::Overlay { lowers: vec![rootfs] }
+            } else {
+                Root::Copy { rootfs: prepared.rootfs.clone() }
+            };
+            (root, prepared.id, prepared.defaults)
+        }
+    };
     let args = match &service.command {
         Some(command) => command.argv(),
-        None => prepared.defaults.argv(),
+        None => defaults.argv(),
     };
     if args.is_empty() {
         return Err(PrepareError::NoCommand(container.image.clone()));
@@ -121,26 +202,39 @@ pub fn prepare(
 
     let dot_locald = project.join(".locald");
     fs::create_dir_all(&dot_locald).map_err(io_err("create", &dot_locald))?;
-    // Rootfs copies are not something to commit by accident.
+    // Rootfs copies and container writes are not something to commit by accident.
     let ignore = dot_locald.join(".gitignore");
     if !ignore.exists() {
         fs::write(&ignore, "*\n").map_err(io_err("write", &ignore))?;
     }
     let dir = bundle_dir(project, &service.name);
     let marker = dir.join(IMAGE_MARKER);
-    // A directory image may change under the same name: it is copied afresh on every start.
+    let wanted = match &root {
+        Root::Overlay { .. } => format!("overlay {image_id}"),
+        Root::Copy { .. } => image_id.clone(),
+    };
+    // The service's writes survive stop/start (and `down`) as long as its image stays the same;
+    // a directory image may change under the same name, so it is copied afresh on every start.
     let reusable = !matches!(source, ImageSource::Directory(_))
-        && fs::read_to_string(&marker).is_ok_and(|id| id == prepared.id)
+        && fs::read_to_string(&marker).is_ok_and(|id| id == wanted)
         && dir.join("rootfs").is_dir();
     if !reusable {
         // Files a container left root-owned go through the shim's cleanup.
         force_remove_dir_all_blocking(&dir, &*runtime.shim)?;
         fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
-        copy_tree(&prepared.rootfs, &dir.join("rootfs"))
-            .map_err(io_err("copy the image's rootfs to", &dir))?;
-        fs::write(&marker, &prepared.id).map_err(io_err("write", &marker))?;
+        match &root {
+            Root::Overlay { .. } => {
+                for sub in ["rootfs", UPPER_DIR, WORK_DIR] {
+                    fs::create_dir(dir.join(sub)).map_err(io_err("create", &dir.join(sub)))?;
+                }
+            }
+            Root::Copy { rootfs } => {
+                copy_tree(rootfs, &dir.join("rootfs")).map_err(io_err("copy the image's rootfs to", &dir))?
+            }
+        }
+        fs::write(&marker, &wanted).map_err(io_err("write", &marker))?;
     } else {
-        notes.push("reusing the container's rootfs from its last run".into());
+        notes.push("keeping the container's files from its last run".into());
     }
 
     for volume in &container.volumes {
@@ -151,12 +245,22 @@ pub fn prepare(
     }
     // The image's user, in the image's own files, mapped through the user's allocation (if any).
     let subordinate = Subordinate::of_host_user(runtime.uid);
-    let user = match container.user.as_deref().or(prepared.defaults.user.as_deref()) {
+    let user = match container.user.as_deref().or(defaults.user.as_deref()) {
         None | Some("0") | Some("root") | Some("0:0") | Some("root:root") => None,
-        Some(spec) => Some(
-            identity::resolve(&dir.join("rootfs"), spec, &subordinate)
-                .map_err(|message| PrepareError::User { service: service.name.clone(), message })?,
-        ),
+        Some(spec) => {
+            // In an overlay root the service's own writes (the upper) come first.
+            let (upper, rootfs) = (dir.join(UPPER_DIR), dir.join("rootfs"));
+            let layers: Vec<&Path> = match &root {
+                Root::Overlay { lowers } => {
+                    std::iter::once(upper.as_path()).chain(lowers.iter().map(PathBuf::as_path)).collect()
+                }
+                Root::Copy { .. } => vec![rootfs.as_path()],
+            };
+            Some(
+                identity::resolve_in_layers(&layers, spec, &subordinate)
+                    .map_err(|message| PrepareError::User { service: service.name.clone(), message })?,
+            )
+        }
     };
     let config = ContainerConfig {
         id: id.to_owned(),
@@ -165,8 +269,8 @@ pub fn prepare(
         uid: runtime.uid,
         gid: runtime.gid,
         args,
-        env: environment(&prepared.defaults, &service.env),
-        cwd: container.workdir.clone().or_else(|| prepared.defaults.workdir.clone()).map(PathBuf::from),
+        env: environment(&defaults, &service.env),
+        cwd: container.workdir.clone().or_else(|| defaults.workdir.clone()).map(PathBuf::from),
         volumes: container
             .volumes
             .iter()
@@ -181,7 +285,28 @@ pub fn prepare(
         pids: container.pids,
     };
     bundle::write(&dir, &config)?;
-    Ok((dir, notes))
+    let (cache, lowers) = match root {
+        Root::Overlay { lowers } => {
+            // Canonical, as the lowers are: the shim follows no symlink on the way.
+            let cache = runtime.cache.parent().unwrap_or(&runtime.cache);
+            (Some(cache.canonicalize().map_err(io_err("resolve", cache))?), lowers)
+        }
+        Root::Copy { .. } => (None, Vec::new()),
+    };
+    let bundle_path = dir.canonicalize().map_err(io_err("resolve", &dir))?;
+    let run = BundleRunRequest { bundle: bundle_path, id: id.to_owned(), cache, lowers };
+    Ok(Bundle { run, notes })
+}
+
+/// Removes the kept files of the project's image services (`down --volumes`): their writes,
+/// copies and bundles. Blocking.
+pub fn remove_containers(shim: &dyn Privileged, project: &Path) -> Result<(), PrepareError> {
+    let dir = project.join(".locald").join("containers");
+    if fs::symlink_metadata(&dir).is_err() {
+        return Ok(());
+    }
+    force_remove_dir_all_blocking(&dir, shim)?;
+    Ok(())
 }
 
 /// The CA and the bundle, read-only where the service's variables point

@@ -16,7 +16,7 @@ pub fn is_reference(project: &Path, image: &str) -> bool {
         && std::fs::symlink_metadata(project.join(image)).is_err()
 }
 
-fn store() -> Result<Store, String> {
+pub fn store() -> Result<Store, String> {
     let cache = locald_core::paths::cache_dir().map_err(|e| e.to_string())?;
     Store::open(&cache).map_err(|e| format!("image store in {}: {e}", cache.display()))
 }

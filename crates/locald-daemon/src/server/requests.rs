@@ -44,13 +44,29 @@ pub(super) async fn handle(
                 Ok(())
             }
         }
-        Request::Down { dir } => {
+        Request::Down { dir, volumes } => {
             daemon.watchers.stop(&dir);
-            let response = if supervisor.down(&dir).await {
+            let mut response = if supervisor.down(&dir).await {
                 Response::Ok
             } else {
                 Response::Error { message: format!("no project running in {}", dir.display()) }
             };
+            // Removed even when the project is no longer running: `down` then `down --volumes`.
+            if volumes {
+                // Like `compose down --volumes`: what the containers wrote goes too.
+                let shim = supervisor.privileged();
+                let project = dir.clone();
+                let removed = tokio::task::spawn_blocking(move || {
+                    crate::container::prepare::remove_containers(&*shim, &project)
+                })
+                .await;
+                response = match removed {
+                    Ok(Err(e)) => {
+                        Response::Error { message: format!("containers of {}: {e}", dir.display()) }
+                    }
+                    _ => Response::Ok,
+                };
+            }
             reachable(daemon).await;
             out.send(response).await
         }
@@ -293,6 +309,7 @@ async fn up(daemon: &Daemon, dir: &Path, want: &Want, out: &mut Out) -> io::Resu
                 .chain(crate::hosts::ports_only_note(&project.config, &*privileged))
                 .collect();
             notes.extend(elsewhere_notes(&project));
+            notes.extend(crate::container::prepare::overlay_note());
             return out
                 .send(Response::UpDone {
                     project: Box::new(project_status(proxy, &project)),

@@ -229,9 +229,8 @@ impl Shim {
     /// shim's fd 3: stop requests (signal names, one per line) go in, `started`/`exited` lines
     /// come out, and its EOF — the daemon is gone — kills the container. The caller spawns it and
     /// keeps `control` open until the spawn returned.
-    pub fn bundle_run(&self, bundle: &Path, id: &str, control: RawFd) -> Command {
-        let request = Request::BundleRun(BundleRunRequest { bundle: bundle.to_owned(), id: id.to_owned() });
-        let mut command = base_command(&self.path, &request);
+    pub fn bundle_run(&self, run: &BundleRunRequest, control: RawFd) -> Command {
+        let mut command = base_command(&self.path, &Request::BundleRun(run.clone()));
         pass_as_control_fd(&mut command, control);
         command
     }

@@ -8,6 +8,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 
 use locald_shim_protocol::ShimMode;
+use locald_shim_protocol::protocol::BundleRunRequest;
 
 use super::{PortOwner, Privileged, ShimClientError};
 
@@ -141,8 +142,8 @@ impl Privileged for Fake {
         Ok(self.owners.clone())
     }
 
-    fn bundle_run(&self, bundle: &Path, id: &str, _control: RawFd) -> Result<Command, ShimClientError> {
-        self.record(Call::BundleRun { bundle: bundle.to_owned(), id: id.to_owned() })?;
+    fn bundle_run(&self, run: &BundleRunRequest, _control: RawFd) -> Result<Command, ShimClientError> {
+        self.record(Call::BundleRun { bundle: run.bundle.clone(), id: run.id.clone() })?;
         Ok(Command::new("true"))
     }
 }

@@ -10,6 +10,7 @@ use std::process::Command;
 use std::sync::Arc;
 
 use locald_shim_protocol::ShimMode;
+use locald_shim_protocol::protocol::BundleRunRequest;
 
 use super::{PortOwner, Shim, ShimClientError};
 
@@ -46,7 +47,7 @@ pub trait Privileged: Send + Sync + std::fmt::Debug {
     fn debug_port(&self, port: u16) -> Result<Vec<PortOwner>, ShimClientError>;
     /// The command that runs the bundle at `bundle` as container `id`, `control` as its fd 3
     /// (see [`Shim::bundle_run`]); the caller spawns it.
-    fn bundle_run(&self, bundle: &Path, id: &str, control: RawFd) -> Result<Command, ShimClientError>;
+    fn bundle_run(&self, run: &BundleRunRequest, control: RawFd) -> Result<Command, ShimClientError>;
 }
 
 /// The daemon's (and the CLI's) one way to find the shim: `$LOCALD_SHIM`, else the standard
@@ -103,9 +104,9 @@ impl Privileged for Shim {
         Shim::debug_port(self, port)
     }
 
-    fn bundle_run(&self, bundle: &Path, id: &str, control: RawFd) -> Result<Command, ShimClientError> {
+    fn bundle_run(&self, run: &BundleRunRequest, control: RawFd) -> Result<Command, ShimClientError> {
         self.refuses_beyond_bind("running a container")?;
-        Ok(Shim::bundle_run(self, bundle, id, control))
+        Ok(Shim::bundle_run(self, run, control))
     }
 }
 
@@ -162,7 +163,7 @@ impl Privileged for Unavailable {
         self.refuse()
     }
 
-    fn bundle_run(&self, _: &Path, _: &str, _: RawFd) -> Result<Command, ShimClientError> {
+    fn bundle_run(&self, _: &BundleRunRequest, _: RawFd) -> Result<Command, ShimClientError> {
         self.refuse()
     }
 }
@@ -184,7 +185,11 @@ mod tests {
             none.mount_loop(Path::new("i"), Path::new("t"), "ext4", false).unwrap_err(),
             none.unmount_loop(Path::new("t")).unwrap_err(),
             none.debug_port(80).unwrap_err(),
-            none.bundle_run(Path::new("b"), "id", 3).unwrap_err(),
+            none.bundle_run(
+                &BundleRunRequest { bundle: "b".into(), id: "id".into(), cache: None, lowers: vec![] },
+                3,
+            )
+            .unwrap_err(),
         ];
         for error in errors {
             assert_eq!(error.to_string(), text);

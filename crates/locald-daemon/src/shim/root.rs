@@ -13,6 +13,7 @@ use std::process::Command;
 use std::sync::Arc;
 
 use locald_shim_protocol::hosts_block;
+use locald_shim_protocol::protocol::BundleRunRequest;
 use locald_shim_protocol::validate::hosts_domains;
 
 use super::{PortOwner, Privileged, ShimClientError};
@@ -101,8 +102,8 @@ impl Privileged for AsRoot {
         self.shim.debug_port(port)
     }
 
-    fn bundle_run(&self, bundle: &Path, id: &str, control: RawFd) -> Result<Command, ShimClientError> {
-        self.shim.bundle_run(bundle, id, control)
+    fn bundle_run(&self, run: &BundleRunRequest, control: RawFd) -> Result<Command, ShimClientError> {
+        self.shim.bundle_run(run, control)
     }
 }
 

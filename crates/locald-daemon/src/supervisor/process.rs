@@ -8,7 +8,6 @@ use std::io::{self, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
-use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +22,7 @@ use locald_core::config::Service;
 
 use super::cgroup::ServiceCgroup;
 use crate::shim::Privileged;
+use locald_shim_protocol::protocol::BundleRunRequest;
 
 /// Every process the daemon starts carries this variable: `<owner>` names the state dir of
 /// the daemon that started it, so a later daemon on the same state can find leftovers of a
@@ -120,9 +120,10 @@ fn watch(mut child: std::process::Child) -> io::Result<(u32, AsyncFd<OwnedFd>, O
 
 /// Starts `locald-shim bundle run` for a prepared bundle; the shim's stdout and stderr are the
 /// container's.
-pub fn spawn_container(shim: &Arc<dyn Privileged>, bundle: &Path, id: &str) -> io::Result<(Running, Output)> {
+pub fn spawn_container(shim: &Arc<dyn Privileged>, run: &BundleRunRequest) -> io::Result<(Running, Output)> {
     let (ours, theirs) = UnixStream::pair()?;
-    let mut cmd = shim.bundle_run(bundle, id, theirs.as_raw_fd()).map_err(io::Error::other)?;
+    let id = &run.id;
+    let mut cmd = shim.bundle_run(run, theirs.as_raw_fd()).map_err(io::Error::other)?;
     // Its own group: a terminal's Ctrl-C to the daemon must not reach the shim directly.
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
     // The shim hands the container the limits it was started with.
@@ -191,10 +192,33 @@ impl Running {
         }
     }
 
+    /// A second handle on a container's control socket.
+    pub fn control_clone(&self) -> Option<UnixStream> {
+        self.control.as_ref()?.try_clone().ok()
+    }
+
     /// Whether the service runs in its own cgroup (shown by `status`).
     pub fn has_cgroup(&self) -> bool {
         self.cgroup.is_some()
     }
+}
+
+/// A container's first line on its control socket: `started <pid>` once it runs, or the shim's
+/// reason it could not mount the overlay root (`overlay-unavailable …`); `None` when the shim
+/// ended without a word, or said nothing within `timeout`. Blocking.
+pub fn first_line(control: UnixStream, timeout: Duration) -> Option<String> {
+    control.set_read_timeout(Some(timeout)).ok()?;
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while line.len() < 4096 {
+        match std::io::Read::read(&mut &control, &mut byte) {
+            Ok(1) if byte[0] == b'\n' => break,
+            Ok(1) => line.push(byte[0]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            _ => break,
+        }
+    }
+    (!line.is_empty()).then(|| String::from_utf8_lossy(&line).into_owned())
 }
 
 /// An fd that becomes readable once the child `pid` has exited, without reaping it.

@@ -227,22 +227,42 @@ impl Task {
     /// Prepares the bundle (unpacking the image if the cache does not have it) off the async
     /// threads, then starts the shim on it.
     async fn spawn_container(&self, slot: ContainerSlot) -> std::io::Result<(Running, Output)> {
-        let service = self.service.clone();
-        let ContainerSlot { runtime, project, id, ca } = slot;
-        let (shared, name) = (runtime.clone(), id.clone());
-        let prepared = tokio::task::spawn_blocking(move || {
-            prepare::prepare(&shared, &project, &service, &name, ca.as_ref())
-        })
-        .await;
-        let (bundle, notes) = match prepared {
-            Ok(Ok(done)) => done,
-            Ok(Err(e)) => return Err(std::io::Error::other(e.to_string())),
-            Err(e) => return Err(std::io::Error::other(format!("bundle preparation failed: {e}"))),
-        };
-        for note in notes {
-            self.sink.note(note);
+        loop {
+            let service = self.service.clone();
+            let ContainerSlot { runtime, project, id, ca } = slot.clone();
+            let shared = runtime.clone();
+            let prepared = tokio::task::spawn_blocking(move || {
+                prepare::prepare(&shared, &project, &service, &id, ca.as_ref())
+            })
+            .await;
+            let bundle = match prepared {
+                Ok(Ok(done)) => done,
+                Ok(Err(e)) => return Err(std::io::Error::other(e.to_string())),
+                Err(e) => return Err(std::io::Error::other(format!("bundle preparation failed: {e}"))),
+            };
+            for note in &bundle.notes {
+                self.sink.note(note.clone());
+            }
+            let (running, output) = process::spawn_container(&runtime.shim, &bundle.run)?;
+            if !bundle.is_overlay() {
+                return Ok((running, output));
+            }
+            // The shim says first whether the kernel took the overlay; where it did not, this
+            // daemon copies rootfs from now on, and this service starts again from a copy.
+            let control = running.control_clone();
+            let line = tokio::task::spawn_blocking(move || process::first_line(control?, FIRST_LINE_WAIT))
+                .await
+                .ok()
+                .flatten();
+            match line {
+                Some(line) if line.starts_with(locald_shim_protocol::overlay::UNAVAILABLE) => {
+                    running.wait().await;
+                    prepare::overlay_unavailable(&line);
+                    self.sink.note(format!("{line}: copying the image's rootfs instead"));
+                }
+                _ => return Ok((running, output)),
+            }
         }
-        process::spawn_container(&runtime.shim, &bundle, &id)
     }
 
     /// Starts reading the output of a new process and checking it.
@@ -311,6 +331,9 @@ impl Task {
         }
     }
 }
+
+/// How long a container's shim may take to say it started (or why it could not mount the root).
+const FIRST_LINE_WAIT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, Copy)]
 enum Kind {

@@ -36,7 +36,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Up { args, dir, profiles, watch } => up::run(args, dir, profiles, watch),
         Command::Watch { dir, stop: false } => up::run(Vec::new(), dir, Vec::new(), true),
         Command::Watch { dir, stop: true } => up::unwatch(dir),
-        Command::Down { dir } => project::down(dir),
+        Command::Down { dir, volumes } => project::down(dir, volumes),
         Command::Pull { services, project } => up::pull(&project.dir, services),
         Command::Images { command: None } => images::list(),
         Command::Images { command: Some(ImagesCommand::Prune) } => images::prune(),

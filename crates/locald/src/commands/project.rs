@@ -13,10 +13,14 @@ pub enum Action {
     Restart,
 }
 
-pub fn down(dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+pub fn down(dir: Option<PathBuf>, volumes: bool) -> anyhow::Result<ExitCode> {
     let dir = project_dir(dir)?;
-    Client::call(&Request::Down { dir: dir.clone() })?;
-    println!("stopped {}", dir.display());
+    Client::call(&Request::Down { dir: dir.clone(), volumes })?;
+    if volumes {
+        println!("stopped {} and removed what its containers wrote", dir.display());
+    } else {
+        println!("stopped {}", dir.display());
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -17,6 +17,7 @@ use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::syscall::syscall::SyscallType;
 use locald_shim_protocol::bundle_policy::{self, bind_sources};
 use locald_shim_protocol::cgroup_placement;
+use locald_shim_protocol::overlay::UNAVAILABLE;
 use locald_shim_protocol::protocol::BundleRunRequest;
 use locald_shim_protocol::subid;
 use locald_shim_protocol::validate::absolute_components;
@@ -56,6 +57,7 @@ pub fn run(root: Root, request: &BundleRunRequest) -> Result<i32, ShimError> {
         };
     bundle_policy::check_with(&spec, caller.uid.as_raw(), caller.gid.as_raw(), &request.id, &allocations)?;
     let rootfs = open_rootfs(caller, &bundle, &spec)?;
+    let layers = crate::overlay::check(caller, &bundle, request)?;
     for source in bind_sources(&spec) {
         // The caller must be able to reach every bind source on their own.
         open_as_caller(caller, &absolute_components(&source)?, OFlag::O_PATH)?;
@@ -89,6 +91,19 @@ pub fn run(root: Root, request: &BundleRunRequest) -> Result<i32, ShimError> {
         ns
     });
     linux.set_namespaces(Some(namespaces.collect()));
+    let control = control_channel();
+    if let Some(layers) = &layers {
+        // Inside the shim's private mount namespace: the container's view only.
+        // Where the checked rootfs is, as the kernel names it (the pinned path of the spec).
+        let pinned = spec.root().as_ref().map(|r| r.path().clone()).unwrap_or_default();
+        let rootfs_path = absolute_components(&pinned)?;
+        if let Err(e) = crate::overlay::mount(caller, layers, &holder.path(), &rootfs, &rootfs_path) {
+            if let Some(mut control) = control.as_ref().filter(|_| e.message.starts_with(UNAVAILABLE)) {
+                let _ = writeln!(control, "{}", e.message);
+            }
+            return Err(e);
+        }
+    }
     linux.set_uid_mappings(None);
     linux.set_gid_mappings(None);
     spec.set_linux(Some(linux));
@@ -98,7 +113,6 @@ pub fn run(root: Root, request: &BundleRunRequest) -> Result<i32, ShimError> {
     // The container is cloned from this process and keeps these groups: a group that denies
     // the caller denies the container too, and without CAP_SETGID it cannot drop them.
     crate::privilege::set_groups(caller.groups)?;
-    let control = control_channel();
     // The copy is written with the limits the preamble lifted; the container runs with the caller's.
     let result = crate::preamble::restore_caller_limits()
         .and_then(|()| run_container(&state, &copy.dir, caller.uid.as_raw(), &request.id, control, holder));

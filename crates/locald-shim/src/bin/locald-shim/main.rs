@@ -21,6 +21,8 @@ mod hosts;
 mod loopdev;
 #[cfg(target_os = "linux")]
 mod mount_loop;
+#[cfg(target_os = "linux")]
+mod overlay;
 mod preamble;
 mod privilege;
 #[cfg(target_os = "linux")]
