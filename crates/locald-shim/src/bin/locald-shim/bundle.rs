@@ -38,6 +38,8 @@ const MAX_REQUEST_BYTES: u64 = 64;
 
 pub fn run(root: Root, request: &BundleRunRequest) -> Result<i32, ShimError> {
     let caller = root.caller();
+    // Before anything is opened: a closed fd 3 would otherwise be reused by an fd of ours.
+    let control = control_channel();
     // First, before the caller has had time to move the shim anywhere: where its cgroups are.
     let placement = cgroup_view::Placement::of_caller(caller.uid.as_raw())?;
     bundle_policy::container_id(&request.id)?;
@@ -91,7 +93,6 @@ pub fn run(root: Root, request: &BundleRunRequest) -> Result<i32, ShimError> {
         ns
     });
     linux.set_namespaces(Some(namespaces.collect()));
-    let control = control_channel();
     if let Some(layers) = &layers {
         // Inside the shim's private mount namespace: the container's view only.
         // Where the checked rootfs is, as the kernel names it (the pinned path of the spec).

@@ -117,6 +117,8 @@ fn owned_walk(caller: Caller, anchor: &OwnedFd, below: &[OsString]) -> Result<Ow
 
 // The new mount API (Linux 5.2); libc names the syscalls but not all of their constants.
 const FSOPEN_CLOEXEC: libc::c_uint = 1;
+/// `fsconfig` copies at most this many bytes of a string value, NUL included.
+const FSCONFIG_MAX_STRING: usize = 256;
 const FSCONFIG_SET_FLAG: libc::c_uint = 0;
 const FSCONFIG_SET_STRING: libc::c_uint = 1;
 const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
@@ -246,13 +248,20 @@ fn make_in_userns(
     let proc_fd = |fd: &OwnedFd| format!("/proc/self/fd/{}", fd.as_raw_fd());
     let lowerdir = lowers.iter().map(proc_fd).collect::<Vec<_>>().join(":");
     let cstring = |s: String| CString::new(s).expect("no NUL in a /proc/self/fd path");
-    let options = [
-        ("lowerdir", Some(cstring(lowerdir))),
+    // fsconfig takes strings of up to 256 bytes: a longer stack goes one `lowerdir+` at a time
+    // (Linux 6.8; older kernels refuse it, and the daemon copies instead).
+    let mut options: Vec<(&str, Option<CString>)> = if lowerdir.len() < FSCONFIG_MAX_STRING {
+        vec![("lowerdir", Some(cstring(lowerdir)))]
+    } else {
+        lowers.iter().map(|fd| ("lowerdir+", Some(cstring(proc_fd(fd))))).collect()
+    };
+    options.extend([
         ("upperdir", Some(cstring(proc_fd(&upper)))),
         ("workdir", Some(cstring(proc_fd(&work)))),
         ("userxattr", None),
-    ]
-    .map(|(key, value)| (CString::new(key).expect("static key"), value));
+    ]);
+    let options: Vec<(CString, Option<CString>)> =
+        options.into_iter().map(|(key, value)| (CString::new(key).expect("static key"), value)).collect();
     // SAFETY: fsopen takes a C string and flags and returns a new fd or -1.
     let fs = unsafe { libc::syscall(libc::SYS_fsopen, c"overlay".as_ptr(), FSOPEN_CLOEXEC) };
     if fs < 0 {
