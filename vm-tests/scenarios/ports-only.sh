@@ -24,8 +24,9 @@ echo "$out"
 echo "$out" | grep -qx 'mode capabilities'
 
 # In a fresh network namespace: 80 and 443 of the guest's own may be held by a user's daemon
-# (the NixOS machine's locald.service always holds them; so does a daemon a failed scenario
-# left behind), and then the bind would fail for that reason, not for the install's.
+# (the NixOS machine's locald.service always holds them; so does a daemon a scenario left
+# running, or one that `locald server stop` has answered but that has not exited yet), and then
+# the bind would fail for that reason, not for the install's.
 for port in 80 443; do
     rc=0
     out=$(LOCALD_SHIM=$shim shim-caller --netns --uid "$LOCALD_TEST_UID" --gid "$LOCALD_TEST_GID" bind "$port") || rc=$?
