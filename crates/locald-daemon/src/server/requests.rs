@@ -123,6 +123,9 @@ pub(super) async fn handle(
             daemon.watchers.stop_all();
             supervisor.shutdown().await;
             reachable(daemon).await;
+            if let Some(proxy) = &daemon.proxy {
+                proxy.stop().await;
+            }
             // Gone before the answer: once `server stop` returns, nobody can reach this daemon.
             let _ = std::fs::remove_file(&shutdown.socket);
             shutdown.notify.notify_one();
