@@ -3,17 +3,17 @@
 //! after a crash clears the old processes and brings the same projects up again.
 
 mod apply;
-pub mod cgroup;
+mod cgroup;
 mod lifecycle;
 mod listening;
-pub mod output;
+pub(crate) mod output;
 mod persist;
 mod plan;
 mod preflight;
-pub mod process;
+pub(crate) mod process;
 mod readiness;
 mod running;
-pub mod service;
+pub(crate) mod service;
 
 pub use apply::{Applied, Want};
 pub use running::{Project, Running};
