@@ -11,6 +11,6 @@ pub mod reference;
 pub mod store;
 
 pub use error::PullError;
-pub use pull::{OnProgress, Progress, PullOptions, pull};
+pub use pull::{OnProgress, PullOptions, pull};
 pub use reference::ImageRef;
 pub use store::{ImageRecord, Pinned, ProjectImages, Store};

@@ -10,6 +10,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use futures_util::StreamExt;
+use locald_core::ipc::PullProgress;
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::manifest::OciDescriptor;
 use oci_client::secrets::RegistryAuth;
@@ -48,19 +49,10 @@ impl Default for PullOptions {
     }
 }
 
-/// Where a pull stands; reported often, so the receiver throttles what it shows.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Progress {
-    pub image: String,
-    pub layers_done: usize,
-    pub layers_total: usize,
-    pub bytes_done: u64,
-    pub bytes_total: u64,
-    /// Bytes that came over the network (the rest were in the store already).
-    pub downloaded: u64,
-}
-
-pub type OnProgress = Arc<dyn Fn(&Progress) + Send + Sync>;
+/// Hears where a pull stands, in the type the daemon passes on to the CLI; called often, so the
+/// receiver throttles what it shows. `done` is never set here: the caller knows when it has the
+/// record.
+pub type OnProgress = Arc<dyn Fn(&PullProgress) + Send + Sync>;
 
 struct Ctx {
     client: Client,
@@ -68,7 +60,7 @@ struct Ctx {
     registry: String,
     shown: String,
     store: Store,
-    progress: Mutex<Progress>,
+    progress: Mutex<PullProgress>,
     on_progress: OnProgress,
 }
 
@@ -81,7 +73,7 @@ impl Ctx {
         PullError::Store { path: self.store.root().to_owned(), source }
     }
 
-    fn report(&self, update: impl FnOnce(&mut Progress)) {
+    fn report(&self, update: impl FnOnce(&mut PullProgress)) {
         let snapshot = {
             let mut p = self.progress.lock().expect("progress lock");
             update(&mut p);
@@ -121,7 +113,7 @@ pub async fn pull(
         registry,
         shown: shown.clone(),
         store: store.clone(),
-        progress: Mutex::new(Progress { image: shown.clone(), ..Progress::default() }),
+        progress: Mutex::new(PullProgress { image: shown.clone(), ..PullProgress::default() }),
         on_progress,
     };
 
