@@ -36,6 +36,8 @@ pub const TEST_PACKAGES: &[&str] = &[
     "docker-registry",
     "skopeo",
     "umoci",
+    // newuidmap/newgidmap: image layers unpacked with their owners (privileged_image_user).
+    "uidmap",
 ];
 
 pub fn ensure(packages: &[&str]) -> anyhow::Result<()> {
