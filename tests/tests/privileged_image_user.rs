@@ -15,6 +15,7 @@ use std::process::Output;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use locald_tests::subid::Allocation;
 use locald_tests::{Privileged, privileged, text, wait_for};
 
 const RANGE: (u32, u32) = (700_000, 65_536);
@@ -131,50 +132,13 @@ impl Drop for Project {
     }
 }
 
-/// The fixture user's allocation, removed on drop. The files are edited directly: `usermod`
-/// refuses a user that has processes, and other suites run some as this user.
-struct Allocation(String);
-
-impl Allocation {
-    fn line(&self) -> String {
-        format!("{}:{}:{}", self.0, RANGE.0, RANGE.1)
-    }
-
-    fn add(user: &str) -> Self {
-        let allocation = Allocation(user.to_owned());
-        allocation.edit(true);
-        allocation
-    }
-
-    fn edit(&self, present: bool) {
-        for file in ["/etc/subuid", "/etc/subgid"] {
-            let old = fs::read_to_string(file).unwrap_or_default();
-            let mut lines: Vec<String> =
-                old.lines().filter(|l| *l != self.line()).map(str::to_owned).collect();
-            if present {
-                lines.push(self.line());
-            }
-            let temp = format!("{file}.locald-test");
-            fs::write(&temp, lines.iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
-            fs::set_permissions(&temp, fs::Permissions::from_mode(0o644)).unwrap();
-            fs::rename(&temp, file).unwrap();
-        }
-    }
-}
-
-impl Drop for Allocation {
-    fn drop(&mut self) {
-        self.edit(false);
-    }
-}
-
 #[test]
 fn the_images_user_runs_the_service_through_the_users_allocation() {
     let Some(p) = privileged() else { return };
     let _lock = ALLOCATION.lock().unwrap_or_else(|e| e.into_inner());
     // Without an allocation (one left by an aborted run is removed): a clear refusal, nothing
     // written.
-    drop(Allocation(p.user.name.clone()));
+    Allocation::remove(&p.user.name, RANGE);
     let project = Project::new(p, "img-user-none");
     let _ = project.run(&["up"]);
     let logs = wait_for(Duration::from_secs(10), || {
@@ -187,7 +151,7 @@ fn the_images_user_runs_the_service_through_the_users_allocation() {
     assert!(!project.root.join("project/data/uid").exists());
     drop(project);
 
-    let _allocation = Allocation::add(&p.user.name);
+    let _allocation = Allocation::add(&p.user.name, RANGE);
     let project = Project::new(p, "img-user");
     let up = project.run(&["up"]);
     let data = project.root.join("project/data");
@@ -280,7 +244,7 @@ fn image_files_keep_their_owners_modes_and_links_through_the_allocation() {
     let make = |root: &Path| archive(&root.join("project/app.tar"), None, owned_entries);
 
     // Without an allocation, as before: every file the user's, modes and setuid bits kept.
-    drop(Allocation(p.user.name.clone()));
+    Allocation::remove(&p.user.name, RANGE);
     let project = Project::with(p, "img-owners-none", OWNERS_TOML, make);
     let _ = project.run(&["up"]);
     // (The user's copy into the bundle makes a hard link two files.)
@@ -289,7 +253,7 @@ fn image_files_keep_their_owners_modes_and_links_through_the_allocation() {
     assert_eq!(owner_mode(&in_cache(&project, "srv/data")), (user.0, user.1, 0o640));
     drop(project);
 
-    let _allocation = Allocation::add(&p.user.name);
+    let _allocation = Allocation::add(&p.user.name, RANGE);
     let project = Project::with(p, "img-owners", OWNERS_TOML, make);
     let up = project.run(&["up"]);
     let inside = stat_inside(&project);

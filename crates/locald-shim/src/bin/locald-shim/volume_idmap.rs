@@ -160,9 +160,9 @@ fn attach(caller: Caller, source: &Path, idmap: Idmap, point: &Path) -> Result<(
     }
     drop(holder);
     mount_point(point)?;
-    // SAFETY: move_mount of a detached tree we own onto a path string that outlives the call.
     let path = std::ffi::CString::new(point.as_os_str().as_encoded_bytes())
         .map_err(|_| ShimError::os("mount point", "NUL in path"))?;
+    // SAFETY: move_mount of a detached tree we own onto a path string that outlives the call.
     let moved = unsafe {
         libc::syscall(
             libc::SYS_move_mount,
