@@ -153,9 +153,19 @@ pub fn helper_main(args: &[OsString]) -> i32 {
     }
 }
 
+/// A user namespace of its own; only Linux has them (macOS runs containers in the Lima VM).
+#[cfg(target_os = "linux")]
+fn unshare_user() -> Result<(), String> {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER).map_err(|e| format!("a user namespace: {e}"))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn unshare_user() -> Result<(), String> {
+    Err("user namespaces need Linux".into())
+}
+
 fn helper(args: &[OsString]) -> Result<Vec<u8>, String> {
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER)
-        .map_err(|e| format!("a user namespace: {e}"))?;
+    unshare_user()?;
     let mut stdout = io::stdout();
     stdout.write_all(b"r").and_then(|()| stdout.flush()).map_err(|e| e.to_string())?;
     let mut go = [0u8; 1];
