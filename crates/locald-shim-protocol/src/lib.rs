@@ -16,6 +16,7 @@ pub mod mountinfo;
 pub mod protocol;
 pub mod subid;
 pub mod validate;
+pub mod volume_idmap;
 
 pub use exit::{ExitClass, ShimError};
 pub use protocol::{

@@ -10,7 +10,7 @@ use crate::ShimError;
 
 /// Bumped whenever argv or the meaning of a request changes. The daemon refuses privileged work
 /// when the installed shim reports another number.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// The fd on which a subcommand that passes fds back (or takes control messages) finds its unix
 /// socket. Passing a socket by fd, not by path, leaves nothing in the filesystem to race.

@@ -18,6 +18,8 @@ use locald_image::{self as image, Defaults, ImageError, ImageSource};
 
 /// Records which image the rootfs beside it was copied from.
 const IMAGE_MARKER: &str = "image-id";
+/// Present when the rootfs beside it keeps the image's owners (the user's subordinate ids).
+const OWNERS_MARKER: &str = "owners-kept";
 /// The shim accepts ids of at most this length.
 const MAX_ID: usize = 64;
 
@@ -138,6 +140,10 @@ pub fn prepare(
         fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
         copy_tree(&prepared.rootfs, &dir.join("rootfs"))
             .map_err(io_err("copy the image's rootfs to", &dir))?;
+        if image::owned::mapping().is_some() {
+            let kept = dir.join(OWNERS_MARKER);
+            fs::write(&kept, "").map_err(io_err("write", &kept))?;
+        }
         fs::write(&marker, &prepared.id).map_err(io_err("write", &marker))?;
     } else {
         notes.push("reusing the container's rootfs from its last run".into());
@@ -179,9 +185,30 @@ pub fn prepare(
             .collect(),
         memory_bytes: container.memory_bytes.map(|b| i64::try_from(b).unwrap_or(i64::MAX)),
         pids: container.pids,
+        idmap_volumes: true,
     };
     bundle::write(&dir, &config)?;
     Ok((dir, notes))
+}
+
+/// After `down`: rootfs copies holding files of the user's subordinate ids are removed (in the
+/// unpack helper's user namespace), so the user can remove the project directory as themselves.
+/// What a container keeps belongs in volumes; copies with only the user's files stay for the
+/// next `up`.
+pub fn release_rootfs(project: &Path) {
+    let Ok(entries) = fs::read_dir(project.join(".locald").join("containers")) else { return };
+    for dir in entries.flatten().map(|e| e.path()) {
+        if !dir.join(OWNERS_MARKER).is_file() {
+            continue;
+        }
+        match image::owned::remove_dir_all(&dir.join("rootfs")) {
+            Ok(()) => {
+                let _ = fs::remove_file(dir.join(IMAGE_MARKER));
+                let _ = fs::remove_file(dir.join(OWNERS_MARKER));
+            }
+            Err(e) => tracing::warn!("removing the rootfs copy in {}: {e}", dir.display()),
+        }
+    }
 }
 
 /// The CA and the bundle, read-only where the service's variables point

@@ -185,6 +185,8 @@ impl Supervisor {
         match project {
             Some(project) => {
                 stop_all(project).await;
+                let _ = tokio::task::spawn_blocking(move || crate::container::prepare::release_rootfs(&dir))
+                    .await;
                 true
             }
             None => false,
