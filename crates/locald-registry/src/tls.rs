@@ -82,6 +82,11 @@ pub fn certificate_error(error: &(dyn std::error::Error + 'static)) -> Option<St
         {
             return Some(tls.to_string());
         }
+        // A boxed layer between reqwest and rustls can hide the type; rustls's wording cannot.
+        let text = e.to_string();
+        if let Some(at) = text.find("invalid peer certificate") {
+            return Some(text[at..].to_owned());
+        }
         next = e.source();
     }
     None
