@@ -9,6 +9,7 @@ pub mod platform;
 pub mod pull;
 pub mod reference;
 pub mod store;
+pub mod tls;
 
 pub use error::PullError;
 pub use pull::{OnProgress, PullOptions, pull};

@@ -3,18 +3,20 @@
 //! gets its name, with retries on transient errors.
 
 use std::collections::BTreeSet;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use std::future::Future;
 use std::pin::Pin;
 
 use futures_util::StreamExt;
 use locald_core::ipc::PullProgress;
-use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::client::{Certificate, ClientConfig, ClientProtocol};
+use oci_client::errors::OciDistributionError;
 use oci_client::manifest::OciDescriptor;
 use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference};
+use oci_client::{Client, Reference, RegistryOperation};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
@@ -23,6 +25,7 @@ use crate::error::PullError;
 use crate::platform::{self, Platform};
 use crate::reference::ImageRef;
 use crate::store::{ImageRecord, Store, digest_hex, sha256};
+use crate::tls;
 
 const ACCEPTED: &[&str] = &[
     "application/vnd.oci.image.index.v1+json",
@@ -41,11 +44,18 @@ pub struct PullOptions {
     pub insecure: Vec<String>,
     pub credentials: Sources,
     pub platform: Platform,
+    /// `certs.d` directories holding extra CAs per registry (`<dir>/<host[:port]>/*.crt`).
+    pub cert_dirs: Vec<PathBuf>,
 }
 
 impl Default for PullOptions {
     fn default() -> Self {
-        PullOptions { insecure: Vec::new(), credentials: Sources::from_env(), platform: Platform::host() }
+        PullOptions {
+            insecure: Vec::new(),
+            credentials: Sources::from_env(),
+            platform: Platform::host(),
+            cert_dirs: tls::cert_dirs_from_env(),
+        }
     }
 }
 
@@ -60,13 +70,54 @@ struct Ctx {
     registry: String,
     shown: String,
     store: Store,
+    roots: Vec<Certificate>,
     progress: Mutex<PullProgress>,
     on_progress: OnProgress,
 }
 
 impl Ctx {
-    fn oci(&self, e: oci_client::errors::OciDistributionError) -> PullError {
+    fn oci(&self, e: OciDistributionError) -> PullError {
         PullError::from_oci(e, &self.registry, &self.shown)
+    }
+
+    /// [`Ctx::oci`], and when the registry is rate limiting, until when (asked of it once more).
+    async fn oci_told(&self, e: OciDistributionError, auth: &RegistryAuth) -> PullError {
+        let url = match &e {
+            OciDistributionError::ServerError { url, .. }
+            | OciDistributionError::RegistryError { url, .. } => Some(url.clone()),
+            _ => None,
+        };
+        let mut error = self.oci(e);
+        if let (PullError::RateLimited { until, .. }, Some(url)) = (&mut error, url) {
+            *until = self.retry_after(&url, auth).await;
+        }
+        error
+    }
+
+    /// `Retry-After` of a HEAD of `url` (which does not count against Docker Hub's limit), as a
+    /// date and a wait. oci-client keeps the headers of its failed requests to itself.
+    async fn retry_after(&self, url: &str, auth: &RegistryAuth) -> Option<String> {
+        let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(10));
+        for root in &self.roots {
+            builder = builder.add_root_certificate(reqwest::Certificate::from_pem(&root.data).ok()?);
+        }
+        let mut request = builder.build().ok()?.head(url).header("Accept", ACCEPTED.join(", "));
+        request = match self.client.auth(&self.reference, auth, RegistryOperation::Pull).await {
+            Ok(Some(token)) => request.bearer_auth(token),
+            _ => match auth {
+                RegistryAuth::Basic(user, password) => request.basic_auth(user, Some(password)),
+                _ => request,
+            },
+        };
+        let response = request.send().await.ok()?;
+        let value = response.headers().get("retry-after")?.to_str().ok()?.trim().to_owned();
+        let now = SystemTime::now();
+        let when = match value.parse::<u64>() {
+            Ok(seconds) => now + Duration::from_secs(seconds),
+            Err(_) => httpdate::parse_http_date(&value).ok()?,
+        };
+        let wait = when.duration_since(now).unwrap_or_default().as_secs();
+        Some(format!("{} (in {wait} s)", httpdate::fmt_http_date(when)))
     }
 
     fn store_err(&self, source: std::io::Error) -> PullError {
@@ -94,11 +145,18 @@ pub async fn pull(
     let _ = rustls::crypto::ring::default_provider().install_default();
     let registry = image.registry().to_owned();
     let shown = image.to_string();
-    let plain = image.is_loopback() || options.insecure.iter().any(|r| r == &registry);
-    let protocol =
-        if plain { ClientProtocol::HttpsExcept(vec![registry.clone()]) } else { ClientProtocol::Https };
+    let roots = tls::extra_roots(&options.cert_dirs, &registry)
+        .map_err(|m| PullError::Other { image: shown.clone(), message: m })?;
+    // Never plain HTTP to anything else: a name resolving elsewhere than it seems is not asked.
+    let plain_allowed = image.is_loopback() || options.insecure.iter().any(|r| r == &registry);
+    let protocol = if plain_allowed && !tls::speaks_tls(&registry, &roots).await {
+        ClientProtocol::HttpsExcept(vec![registry.clone()])
+    } else {
+        ClientProtocol::Https
+    };
     let client = Client::new(ClientConfig {
         protocol,
+        extra_root_certificates: roots.clone(),
         connect_timeout: Some(Duration::from_secs(10)),
         read_timeout: Some(Duration::from_secs(60)),
         ..Default::default()
@@ -113,6 +171,7 @@ pub async fn pull(
         registry,
         shown: shown.clone(),
         store: store.clone(),
+        roots,
         progress: Mutex::new(PullProgress { image: shown.clone(), ..PullProgress::default() }),
         on_progress,
     };
@@ -197,7 +256,11 @@ async fn manifest(
 ) -> Result<(Vec<u8>, String), PullError> {
     let mut attempt = 0;
     let raw = loop {
-        match ctx.client.pull_manifest_raw(reference, auth, ACCEPTED).await.map_err(|e| ctx.oci(e)) {
+        let result = match ctx.client.pull_manifest_raw(reference, auth, ACCEPTED).await {
+            Ok(ok) => Ok(ok),
+            Err(e) => Err(ctx.oci_told(e, auth).await),
+        };
+        match result {
             Ok((raw, _)) => break raw,
             Err(e) if e.is_transient() && attempt + 1 < ATTEMPTS => {
                 attempt += 1;
@@ -254,11 +317,9 @@ async fn fetch_blob(ctx: &Ctx, d: &OciDescriptor, auth: &RegistryAuth) -> Result
         ctx.report(|p| p.bytes_done += size);
         return Ok(());
     }
-    // The token is fetched once per client; a blob pull does not repeat the challenge.
-    let _ = auth;
     let mut attempt = 0;
     loop {
-        match download(ctx, d).await {
+        match download(ctx, d, auth).await {
             Ok(()) => return Ok(()),
             Err(e) if e.is_transient() && attempt + 1 < ATTEMPTS => {
                 attempt += 1;
@@ -269,12 +330,15 @@ async fn fetch_blob(ctx: &Ctx, d: &OciDescriptor, auth: &RegistryAuth) -> Result
     }
 }
 
-async fn download(ctx: &Ctx, d: &OciDescriptor) -> Result<(), PullError> {
+async fn download(ctx: &Ctx, d: &OciDescriptor, auth: &RegistryAuth) -> Result<(), PullError> {
     let temp = ctx.store.temp_path(&d.digest).map_err(|e| ctx.store_err(e))?;
     let mut written = 0u64;
     let result = async {
         let mut file = tokio::fs::File::create(&temp).await.map_err(|e| ctx.store_err(e))?;
-        let mut blob = ctx.client.pull_blob_stream(&ctx.reference, d).await.map_err(|e| ctx.oci(e))?;
+        let mut blob = match ctx.client.pull_blob_stream(&ctx.reference, d).await {
+            Ok(blob) => blob,
+            Err(e) => return Err(ctx.oci_told(e, auth).await),
+        };
         let mut hasher = Sha256::new();
         while let Some(chunk) = blob.next().await {
             let chunk = chunk.map_err(|e| {
@@ -282,9 +346,10 @@ async fn download(ctx: &Ctx, d: &OciDescriptor) -> Result<(), PullError> {
                 if message.to_lowercase().contains("digest") {
                     PullError::DigestMismatch { image: ctx.shown.clone(), digest: d.digest.clone() }
                 } else {
-                    PullError::Other {
+                    PullError::Interrupted {
+                        registry: ctx.registry.clone(),
                         image: ctx.shown.clone(),
-                        message: format!("connection lost: {message}"),
+                        reason: message.lines().next().unwrap_or("").to_owned(),
                     }
                 }
             })?;
