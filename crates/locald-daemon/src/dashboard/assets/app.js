@@ -93,7 +93,9 @@ function showAddress(cell, url) {
   if (cell.dataset.shown === shown) return;
   cell.dataset.shown = shown;
   if (url && url.startsWith("https://")) {
-    const link = el("a", { href: url + "/", target: "_blank", rel: "noopener", title: url }, url.slice(8));
+    const link = el("a", { href: url + "/", target: "_blank", rel: "noopener", title: url });
+    // A long name wraps after a dot or before the port rather than inside a label.
+    for (const part of url.slice(8).split(/(?<=\.)|(?=:)/)) link.append(part, el("wbr"));
     cell.replaceChildren(link);
   } else {
     cell.textContent = shown;
