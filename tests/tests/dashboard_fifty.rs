@@ -81,7 +81,10 @@ fn fifty_services_stay_readable_and_reachable_in_light_and_dark() {
     let backend = env!("CARGO_BIN_EXE_proxy-probe");
     let servers = ["storefront", "api", "admin", "search", "checkout", "images"];
     let dash = Dash::up("shop", &project("shop", &servers, 24, backend));
-    dash.up_another("analytics-pipeline", &project("analytics-pipeline", &["ingest", "reports"], 18, backend));
+    dash.up_another(
+        "analytics-pipeline",
+        &project("analytics-pipeline", &["ingest", "reports"], 18, backend),
+    );
     let trust = dash.daemon.ok(&["trust", "--user-only"]);
     assert!(trust.contains("trusted in NSS database"), "{trust}");
     let browser = Driver::start(&dash.daemon.root.join("home"));
@@ -155,15 +158,25 @@ fn an_open_dashboard_costs_the_idle_daemon_at_most_5_mb() {
     let uptime = "return document.querySelector('tr[data-service] td.uptime').textContent;";
     for _ in 0..2 {
         let seen = browser.script(uptime);
-        browser.wait(SOON, "the next snapshot", &format!("const u = (() => {{ {uptime} }})(); return u !== {seen} && u;"));
+        browser.wait(
+            SOON,
+            "the next snapshot",
+            &format!("const u = (() => {{ {uptime} }})(); return u !== {seen} && u;"),
+        );
     }
     let after = rss_kb(pid);
     let added = after.saturating_sub(before);
     eprintln!("daemon RSS: {before} kB idle, {after} kB with the dashboard open (+{added} kB)");
-    assert!(added <= BUDGET_KB, "an open dashboard added {added} kB to the idle daemon ({before} -> {after} kB)");
+    assert!(
+        added <= BUDGET_KB,
+        "an open dashboard added {added} kB to the idle daemon ({before} -> {after} kB)"
+    );
     // The README's figure is of a release build; only a release build is held to it.
     if !cfg!(debug_assertions) {
         let limit = readme_idle_rss_kb() + BUDGET_KB;
-        assert!(after <= limit, "{after} kB with the dashboard open, over the README's figure + 5 MB ({limit} kB)");
+        assert!(
+            after <= limit,
+            "{after} kB with the dashboard open, over the README's figure + 5 MB ({limit} kB)"
+        );
     }
 }

@@ -43,7 +43,13 @@ fn services(scene: &Scene) -> Vec<(String, String, Option<u64>)> {
     let services = status[0]["services"].as_array().unwrap_or_else(|| panic!("{status}"));
     services
         .iter()
-        .map(|s| (s["name"].as_str().unwrap().to_owned(), s["state"].as_str().unwrap().to_owned(), s["pid"].as_u64()))
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap().to_owned(),
+                s["state"].as_str().unwrap().to_owned(),
+                s["pid"].as_u64(),
+            )
+        })
         .collect()
 }
 
@@ -127,8 +133,16 @@ fn another_local_user_gets_401_for_everything_and_changes_nothing() {
         for action in actions {
             let mut curl = curl_as(intruder, &ca);
             with(&mut curl);
-            curl.args(["-X", "POST", "-H", "content-type: application/json", "-H", &format!("Origin: {ORIGIN}")]);
-            let (status, _, body) = exchange(curl.args(["--data", &action.to_string()]).arg(format!("{ORIGIN}/action")));
+            curl.args([
+                "-X",
+                "POST",
+                "-H",
+                "content-type: application/json",
+                "-H",
+                &format!("Origin: {ORIGIN}"),
+            ]);
+            let (status, _, body) =
+                exchange(curl.args(["--data", &action.to_string()]).arg(format!("{ORIGIN}/action")));
             assert_eq!(status, 401, "{action} with {cookie:?}: {body}");
             assert!(body.lines().any(|l| l.ends_with(LOG_IN)), "{body}");
         }
