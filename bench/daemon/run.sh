@@ -3,21 +3,31 @@
 #  (a) `locald up` of N trivial services until all are ready, against a shell script starting
 #      the same processes (N = 1, 10, 100), in the same hyperfine run, with the ratio;
 #  (b) the daemon's resident memory while idle with 50 services;
-#  (c) `locald status --json` latency with 100 services.
-# Runs in a private XDG environment; nothing of the user's own daemon is touched.
+#  (c) `locald status --json` latency with 100 services;
+#  (d) the same idle daemon as (b) with the dashboard open in headless Chromium (through
+#      chromedriver), the page holding its event stream; budget: (b) + 5 MB.
+# Runs in a private XDG environment; nothing of the user's own daemon is touched. As root, the
+# daemon leaves 80/443 and /etc/hosts alone (LOCALD_ROOT_JOBS=0) and has no shim, so the proxy
+# and the dashboard are on their fallback ports.
 #
 #   bench/daemon/run.sh [RUNS]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 runs=${1:-20}
-command -v hyperfine >/dev/null || { apt-get update -qq && apt-get install -y -qq hyperfine >/dev/null; }
+need=()
+command -v hyperfine >/dev/null || need+=(hyperfine)
+command -v chromedriver >/dev/null || need+=(chromium chromium-driver)
+command -v certutil >/dev/null || need+=(libnss3-tools)
+[ ${#need[@]} -eq 0 ] || { apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null; }
 cargo build --quiet --release -p locald
 locald=$PWD/target/release/locald
 
 work=$(mktemp -d /tmp/locald-bench-daemon.XXXXXX)
 export XDG_RUNTIME_DIR=$work/run XDG_STATE_HOME=$work/state HOME=$work/home LOCALD_ALLOW_ROOT=1
+export LOCALD_ROOT_JOBS=0 LOCALD_SHIM=/nonexistent/locald-shim
 mkdir -p "$XDG_RUNTIME_DIR" "$XDG_STATE_HOME" "$HOME"
-trap '"$locald" server stop >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
+wd_pid=
+trap '[ -z "$wd_pid" ] || kill "$wd_pid"; "$locald" server stop >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
 
 # A project of N services, each `sleep` with a token unique to the bench, and the same
 # processes as a shell script.
@@ -57,6 +67,42 @@ dir=$(make_project 50)
 sleep 2
 rss=$(awk '/VmRSS/ {print $2}' "/proc/$daemon_pid/status")
 printf '\n(b) daemon idle with 50 services: RSS %.1f MB (goal <= 20 MB)\n' "$(echo "$rss / 1024" | bc -l)"
+
+# (d) WebDriver spoken with curl: a headless Chromium trusting the local CA (NSS database in
+# $HOME) opens the login URL; measured once the page says its event stream is live and two
+# more snapshots (one per 2 s tick) have arrived.
+"$locald" trust --user-only >/dev/null
+wd_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+chromedriver --port="$wd_port" >/dev/null 2>&1 &
+wd_pid=$!
+wd=http://127.0.0.1:$wd_port
+for _ in $(seq 100); do curl -sf "$wd/status" | grep -q '"ready": *true' && break; sleep 0.1; done
+session=$(curl -sS -X POST -H 'content-type: application/json' "$wd/session" -d "{\"capabilities\": {\"alwaysMatch\": {
+    \"browserName\": \"chrome\", \"goog:chromeOptions\": {\"binary\": \"/usr/bin/chromium\", \"args\": [\"--headless=new\",
+    \"--no-sandbox\", \"--disable-gpu\", \"--disable-dev-shm-usage\", \"--no-first-run\", \"--user-data-dir=$HOME/chromium\"]}}}}" |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["value"]["sessionId"])')
+script() { # JS function body -> its JSON value
+    curl -sS -X POST -H 'content-type: application/json' "$wd/session/$session/execute/sync" \
+        -d "$(python3 -c 'import json, sys; print(json.dumps({"script": sys.argv[1], "args": []}))' "$1")" |
+        python3 -c 'import json, sys; print(json.dumps(json.load(sys.stdin)["value"]))'
+}
+curl -sS -X POST -H 'content-type: application/json' "$wd/session/$session/url" \
+    -d "{\"url\": \"$("$locald" dashboard --print)\"}" >/dev/null
+live="return document.getElementById('conn').textContent === 'live' && document.querySelectorAll('tr[data-service]').length === 50;"
+for _ in $(seq 300); do [ "$(script "$live")" = true ] && break; sleep 0.1; done
+[ "$(script "$live")" = true ] || { echo "(d) the dashboard did not get live with 50 rows" >&2; exit 1; }
+uptime="return document.querySelector('tr[data-service] td.uptime').textContent;"
+for _ in 1 2; do
+    seen=$(script "$uptime")
+    for _ in $(seq 100); do [ "$(script "$uptime")" != "$seen" ] && break; sleep 0.1; done
+done
+rss_open=$(awk '/VmRSS/ {print $2}' "/proc/$daemon_pid/status")
+printf '(d) the same with the dashboard open: RSS %.1f MB (+%.1f MB; budget (b) + 5 MB)\n' \
+    "$(echo "$rss_open / 1024" | bc -l)" "$(echo "($rss_open - $rss) / 1024" | bc -l)"
+curl -sS -X DELETE "$wd/session/$session" >/dev/null
+kill "$wd_pid"
+wd_pid=
+[ "$rss_open" -le $((rss + 5 * 1024)) ] || { echo "(d) over budget" >&2; exit 1; }
 "$locald" down "$dir" >/dev/null
 
 dir=$(make_project 100)

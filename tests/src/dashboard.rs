@@ -32,6 +32,21 @@ impl Dash {
         dash
     }
 
+    /// Another project (named `project`) up beside the first; its directory.
+    pub fn up_another(&self, project: &str, toml: &str) -> PathBuf {
+        let dir = self.daemon.project(project, toml);
+        let out = self
+            .daemon
+            .cmd()
+            .env("LOCALD_SHIM", "/nonexistent/locald-shim")
+            .arg("up")
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", crate::text(&out));
+        dir
+    }
+
     /// A fresh one-time login URL.
     pub fn login_url(&self) -> String {
         self.daemon.ok(&["dashboard", "--print"]).trim().to_owned()

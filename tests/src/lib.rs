@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod dashboard;
 pub mod proxy;
 pub mod registry;
+pub mod subid;
 pub mod webdriver;
 
 /// Set by `.ci/run`: a privileged suite that cannot run fails instead of skipping.

@@ -19,6 +19,11 @@ pub struct Registry {
 impl Registry {
     /// Starts a registry; with `user`, it asks for that user and password (htpasswd, bcrypt).
     pub fn start(user: Option<(&str, &str)>) -> Registry {
+        Self::start_with(user, None)
+    }
+
+    /// [`Registry::start`] serving HTTPS with `tls` (certificate chain and key PEM files).
+    pub fn start_with(user: Option<(&str, &str)>, tls: Option<(&Path, &Path)>) -> Registry {
         assert!(
             Path::new("/usr/bin/docker-registry").is_file(),
             "the registry suites need Debian's docker-registry, skopeo and umoci (cargo xtask deps)"
@@ -34,8 +39,13 @@ impl Registry {
                 dir.path().join("htpasswd").display()
             );
         }
+        let tls = tls
+            .map(|(cert, key)| {
+                format!("  tls:\n    certificate: {}\n    key: {}\n", cert.display(), key.display())
+            })
+            .unwrap_or_default();
         let config = format!(
-            "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  cache:\n    blobdescriptor: inmemory\nhttp:\n  addr: 127.0.0.1:{port}\n{auth}",
+            "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  cache:\n    blobdescriptor: inmemory\nhttp:\n  addr: 127.0.0.1:{port}\n{tls}{auth}",
             dir.path().join("storage").display()
         );
         fs::write(dir.path().join("config.yml"), config).unwrap();
@@ -193,4 +203,46 @@ pub fn index_of(layout: &Path, tag: &str, entries: &[(&str, &str, Option<&str>)]
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A test CA and a certificate it signed for 127.0.0.1, made with openssl in `dir`: returns
+/// (CA certificate, server certificate, server key).
+pub fn test_ca(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let (ca, ca_key) = (dir.join("ca.crt"), dir.join("ca.key"));
+    let (cert, key, csr) = (dir.join("registry.crt"), dir.join("registry.key"), dir.join("registry.csr"));
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    run(Command::new("openssl")
+        .args(["req", "-x509"])
+        .args(ec)
+        .args(["-days", "2", "-subj", "/CN=locald test CA"])
+        .args(["-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign"])
+        .arg("-keyout")
+        .arg(&ca_key)
+        .arg("-out")
+        .arg(&ca));
+    run(Command::new("openssl")
+        .arg("req")
+        .args(ec)
+        .args(["-subj", "/CN=127.0.0.1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&csr));
+    let ext = dir.join("ext.cnf");
+    fs::write(
+        &ext,
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run(Command::new("openssl")
+        .args(["x509", "-req", "-days", "2", "-CAcreateserial", "-in"])
+        .arg(&csr)
+        .arg("-CA")
+        .arg(&ca)
+        .arg("-CAkey")
+        .arg(&ca_key)
+        .arg("-extfile")
+        .arg(&ext)
+        .arg("-out")
+        .arg(&cert));
+    (ca, cert, key)
 }

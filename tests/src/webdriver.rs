@@ -134,6 +134,31 @@ impl Driver {
         self.command("POST", &format!("/element/{id}/value"), Some(json!({"text": text})));
     }
 
+    /// A Chrome DevTools Protocol command (chromedriver's `goog/cdp/execute`), for what
+    /// WebDriver has no command for: emulated media features, a full-page capture.
+    pub fn cdp(&self, cmd: &str, params: Value) -> Value {
+        self.command("POST", "/goog/cdp/execute", Some(json!({"cmd": cmd, "params": params})))
+    }
+
+    /// Makes the page see `prefers-color-scheme: dark` (or light), as a system preference would.
+    pub fn prefer_color_scheme(&self, scheme: &str) {
+        let features = json!([{"name": "prefers-color-scheme", "value": scheme}]);
+        self.cdp("Emulation.setEmulatedMedia", json!({"features": features}));
+    }
+
+    /// A PNG of the whole page, beyond the window's height.
+    pub fn full_page_screenshot(&self) -> Vec<u8> {
+        use base64::Engine;
+        let metrics = self.cdp("Page.getLayoutMetrics", json!({}));
+        let size = &metrics["cssContentSize"];
+        let clip = json!({"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1});
+        let shot = self.cdp(
+            "Page.captureScreenshot",
+            json!({"format": "png", "captureBeyondViewport": true, "clip": clip}),
+        );
+        base64::engine::general_purpose::STANDARD.decode(shot["data"].as_str().unwrap()).unwrap()
+    }
+
     /// A PNG of the window.
     pub fn screenshot(&self) -> Vec<u8> {
         use base64::Engine;

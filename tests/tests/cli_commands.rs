@@ -164,6 +164,33 @@ fn socket_is_private_and_a_second_daemon_refuses() {
     assert!(daemon.ok(&["server", "stop"]).contains("no daemon running"));
 }
 
+/// `server stop` returns once the proxy's ports are free and its connections closed: a script
+/// that stops the daemon and binds 443 or 80 next (another daemon, nginx, a test) never finds
+/// them taken by a daemon that said it stopped but has not exited yet.
+#[test]
+fn server_stop_returns_with_the_proxy_ports_free() {
+    use std::io::Read;
+    let daemon = Daemon::new();
+    let dir = daemon.project("ports", "[services.idle]\ncommand = \"sleep 600\"\nport = false\n");
+    daemon.ok(&["up", dir.to_str().unwrap()]);
+    // "proxy on ports 8443 (https) and 8080 (http), not 443/80: …"
+    let status = daemon.ok(&["status"]);
+    let line =
+        status.lines().find(|l| l.starts_with("proxy on ports ")).unwrap_or_else(|| panic!("{status}"));
+    let ports: Vec<u16> = line.split(' ').filter_map(|word| word.parse().ok()).take(2).collect();
+    assert_eq!(ports.len(), 2, "{line}");
+    // A client connection the proxy has accepted and keeps open (it sends nothing yet).
+    let mut held = std::net::TcpStream::connect(("127.0.0.1", ports[1])).unwrap();
+    assert!(daemon.ok(&["server", "stop"]).contains("daemon stopped"));
+    for port in &ports {
+        let bound = std::net::TcpListener::bind(("127.0.0.1", *port));
+        assert!(bound.is_ok(), "port {port} still taken after `server stop` returned: {bound:?}");
+    }
+    held.set_nonblocking(true).unwrap();
+    let read = held.read(&mut [0u8; 1]);
+    assert!(matches!(read, Ok(0)), "the proxy's client connection still open after stop: {read:?}");
+}
+
 #[test]
 fn oversized_request_is_refused_before_parsing() {
     use std::io::{BufRead, Write};

@@ -248,7 +248,9 @@ trust_local_ca = true
 
     // The bundle lives in the project, beside a .gitignore; the image was unpacked once.
     let bundle = project.dir.join(".locald/containers/web");
-    assert!(bundle.join("rootfs/bin/busybox").is_file());
+    // An overlay root: the image's files stay in the cache, the bundle holds only the writes.
+    assert!(bundle.join("upper").is_dir(), "no upper directory in {}", bundle.display());
+    assert!(!bundle.join("rootfs/bin/busybox").exists(), "the image was copied into the bundle");
     assert_eq!(fs::read_to_string(project.dir.join(".locald/.gitignore")).unwrap(), "*\n");
     assert_eq!(fs::read_dir(project.root.join("cache/locald/images")).unwrap().count(), 1);
 
@@ -257,11 +259,11 @@ trust_local_ca = true
     assert!(pids_with_arg(&port.to_string()).is_empty(), "httpd survived down");
     assert_eq!(container_dirs(p.user.uid, &id), Vec::<PathBuf>::new(), "state or cgroup left behind");
 
-    // up again reuses the copied rootfs instead of copying the image again.
-    fs::write(bundle.join("rootfs/www/kept"), "").unwrap();
+    // up again keeps what the container wrote instead of starting from the image again.
+    fs::write(bundle.join("upper/kept"), "").unwrap();
     project.ok(&["up"]);
-    assert!(bundle.join("rootfs/www/kept").exists(), "the rootfs was recopied");
-    assert!(project.logs().contains("reusing the container's rootfs"));
+    assert!(bundle.join("upper/kept").exists(), "the container's writes were dropped");
+    assert!(project.logs().contains("keeping the container's files"));
     project.ok(&["down"]);
 }
 

@@ -1,4 +1,4 @@
-//! `bundle run` with an overlay root (protocol 6): the layers stay untouched and the container's
+//! `bundle run` with an overlay root (protocol 7): the layers stay untouched and the container's
 //! writes land in the bundle's `upper/` only, nothing is mounted on the host, and every lower,
 //! upper and work directory that is not the caller's own (another user's, behind a symlink,
 //! outside the caller's reach, outside the cache and the bundle, too many) is refused with the

@@ -105,7 +105,7 @@ fn run(
     let dir = owned_dir(p, c, name);
     locald_tests::busybox_rootfs(
         &dir.join("rootfs"),
-        &["sh", "id", "touch", "chown", "stat", "echo"],
+        &["sh", "id", "touch", "chown", "stat", "echo", "cat"],
         &["proc", "dev", "sys", "tmp", "etc", "data"],
     );
     let mut spec = bundle::spec(config).unwrap();
@@ -269,4 +269,95 @@ fn allocation_files_the_caller_could_edit_or_redirect_are_refused() {
     }
     // Restored: the caller's own range works again; the victim's still does not.
     attack(p, "subid-after", victim(), victim_gids(), "not inside the caller's allocation");
+}
+
+// --- Idmapped volumes (protocol 6) ------------------------------------------------------------
+
+/// The volume's mount entry given these `uidMappings`/`gidMappings`.
+fn set_volume_maps(spec: &mut Spec, uids: Vec<LinuxIdMapping>, gids: Vec<LinuxIdMapping>) {
+    let mut mounts = spec.mounts().clone().unwrap();
+    let volume = mounts.iter_mut().find(|m| m.destination() == Path::new("/data")).unwrap();
+    volume.set_uid_mappings(Some(uids));
+    volume.set_gid_mappings(Some(gids));
+    spec.set_mounts(Some(mounts));
+}
+
+fn as_101(c: &User, name: &str, script: &str, data: &Path) -> ContainerConfig {
+    let mut config = config(c, name, script, data);
+    config.user = Some(ProcessUser { uid: 101, gid: 102, additional_gids: vec![] });
+    config.idmap_volumes = true;
+    config
+}
+
+#[test]
+fn an_idmapped_volume_keeps_the_container_users_files_the_callers() {
+    let Some(p) = privileged() else { return };
+    let _lock = FILES.lock().unwrap_or_else(|e| e.into_inner());
+    let c = caller();
+    let data = owned_dir(p, &c, "idmap-ok-data");
+    fs::write(data.join("mine"), "x").unwrap();
+    chown(data.join("mine"), Some(c.uid), Some(c.gid)).unwrap();
+    fs::set_permissions(data.join("mine"), fs::Permissions::from_mode(0o600)).unwrap();
+    let script = "id -u; stat -c %u:%g /data/mine; cat /data/mine; echo y >> /data/mine; touch /data/new";
+    let out = run(p, &c, "idmap-ok", &as_101(&c, "idmap-ok", script, &data), |_| {});
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // The caller's 0600 file is the container user's own inside: it reads and appends.
+    assert_eq!(stdout.lines().collect::<Vec<_>>(), ["101", "101:102", "x"], "{}", text(&out));
+    assert_eq!(fs::read_to_string(data.join("mine")).unwrap(), "xy\n");
+    // What uid 101 made is the caller's on the host, not start + 100.
+    let meta = fs::metadata(data.join("new")).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (c.uid, c.gid));
+}
+
+/// An idmap the policy must refuse: the container would have written `/data/new` otherwise.
+fn idmap_attack(
+    p: &Privileged,
+    name: &str,
+    uids: Vec<LinuxIdMapping>,
+    gids: Vec<LinuxIdMapping>,
+    expect: &str,
+) {
+    let c = caller();
+    let data = owned_dir(p, &c, &format!("{name}-data"));
+    let config = as_101(&c, name, "touch /data/new", &data);
+    let out = run(p, &c, name, &config, |spec| set_volume_maps(spec, uids, gids));
+    assert_eq!(out.status.code(), Some(REFUSED), "{name}: {}", text(&out));
+    assert!(
+        text(&out).contains("bundle refused: mount at /data") && text(&out).contains(expect),
+        "{name}: {}",
+        text(&out)
+    );
+    assert!(!data.join("new").exists(), "{name}: the container ran");
+}
+
+#[test]
+fn idmaps_onto_anyone_but_the_caller_or_beyond_the_containers_user_are_refused() {
+    let Some(p) = privileged() else { return };
+    let _lock = FILES.lock().unwrap_or_else(|e| e.into_inner());
+    let c = caller();
+    let victim = user_with(VICTIM, VICTIM_RANGE);
+    let gid = || vec![map(102, c.gid, 1)];
+    // The container's writes would land as root on the host, or as another user.
+    idmap_attack(p, "idmap-root", vec![map(101, 0, 1)], gid(), "onto host id 0");
+    idmap_attack(
+        p,
+        "idmap-victim",
+        vec![map(101, victim.uid, 1)],
+        gid(),
+        &format!("onto host id {}", victim.uid),
+    );
+    idmap_attack(
+        p,
+        "idmap-gid-root",
+        vec![map(101, c.uid, 1)],
+        vec![map(102, 0, 1)],
+        "gid mapping onto host id 0",
+    );
+    // More than one id: the host's other files would show as the container's.
+    idmap_attack(p, "idmap-range", vec![map(101, c.uid, 1000)], gid(), "size 1000");
+    idmap_attack(p, "idmap-two", vec![map(101, c.uid, 1), map(5, c.uid, 1)], gid(), "one entry");
+    // A container id the container's own map does not send into the caller's allocation.
+    idmap_attack(p, "idmap-unmapped", vec![map(70_000, c.uid, 1)], gid(), "uid 70000 is not one of your");
+    idmap_attack(p, "idmap-zero", vec![map(0, c.uid, 1)], gid(), "container id 0");
 }

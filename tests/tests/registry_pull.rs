@@ -113,7 +113,7 @@ fn an_index_resolves_to_the_hosts_platform_or_says_there_is_none() {
     umoci_image(&layout, host, host, host, APPLETS, &["sh"]);
     umoci_image(&layout, other, other, other, APPLETS, &["sh"]);
     index_of(&layout, "multi", &[(other, other, (other == "arm64").then_some("v8")), (host, host, None)]);
-    index_of(&layout, "foreign", &[(other, other, None)]);
+    index_of(&layout, "foreign", &[(other, other, None), (other, "s390x", None)]);
     registry.push(&layout, "multi", "multi", None);
     registry.push(&layout, "foreign", "multi", None);
 
@@ -134,7 +134,9 @@ fn an_index_resolves_to_the_hosts_platform_or_says_there_is_none() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains(&format!("has no manifest for linux/{host}")) && err.contains(&format!("linux/{other}")),
+        err.contains(&format!("has no manifest for linux/{host}"))
+            && err.contains(&format!("linux/{other}"))
+            && err.contains("linux/s390x"),
         "{err}"
     );
     assert_eq!(err.trim().lines().count(), 1, "{err}");
@@ -242,7 +244,10 @@ fn a_missing_image_and_an_unreachable_registry_each_say_so_in_one_line() {
 
     // Nothing listens on port 1.
     let dir = project(&daemon, "offline", "127.0.0.1:1/app:v1", "");
+    let started = std::time::Instant::now();
     let out = pull(&daemon, &dir);
+    // Retried a few times, not forever.
+    assert!(started.elapsed() < std::time::Duration::from_secs(15), "took {:?}", started.elapsed());
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot reach registry 127.0.0.1:1 for 127.0.0.1:1/app:v1"), "{err}");

@@ -33,6 +33,8 @@ let
     ];
     # A loop mount through the shim, ro,nosuid,nodev,noexec.
     loop-mount = [ "loop-mount" ];
+    # `locald admin setup --ports-only`: only cap_net_bind_service, 80/443 and nothing else.
+    ports-only = [ "ports-only" ];
   };
 
   scenarioTest =

@@ -39,6 +39,8 @@ in
     testHelpers
     runner
     pkgs.e2fsprogs
+    # getcap, for ports-only.
+    pkgs.libcap
   ];
 
   # container-limits copies /bin/busybox into its container's rootfs, so it must be static.

@@ -36,6 +36,12 @@ pub const TEST_PACKAGES: &[&str] = &[
     "docker-registry",
     "skopeo",
     "umoci",
+    // newuidmap/newgidmap: image layers unpacked with their owners (privileged_image_user).
+    "uidmap",
+    // The PostgreSQL image built by the suite, and pg_isready/psql to talk to it
+    // (privileged_postgres).
+    "mmdebstrap",
+    "postgresql-client",
 ];
 
 pub fn ensure(packages: &[&str]) -> anyhow::Result<()> {

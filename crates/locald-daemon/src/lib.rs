@@ -5,6 +5,7 @@ mod container;
 pub mod daemon_log;
 mod dashboard;
 pub mod doctor;
+mod first;
 mod health;
 mod hosts;
 mod logs;

@@ -38,6 +38,10 @@ pub struct ContainerConfig {
     pub subordinate: crate::identity::Subordinate,
     /// Who the process runs as inside; `None`: root (the caller on the host).
     pub user: Option<crate::identity::ProcessUser>,
+    /// Read-write volumes mounted idmapped for a non-root `user`: that user's files in them are
+    /// the caller's on the host, and the caller's files are that user's inside (the one mapping
+    /// the shim allows, `container user → caller`, size 1).
+    pub idmap_volumes: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -80,8 +84,17 @@ pub fn spec(config: &ContainerConfig) -> Result<Spec, BundleError> {
 
     let mut mounts = spec.mounts().clone().unwrap_or_default();
     mounts.push(tmpfs("/tmp")?);
+    let idmapped = config.user.as_ref().filter(|u| config.idmap_volumes && u.uid != 0 && u.gid != 0);
     for volume in &config.volumes {
-        mounts.push(bind(volume)?);
+        let mut mount = bind(volume)?;
+        if let Some(user) = idmapped.filter(|_| !volume.read_only) {
+            let onto = |inside: u32, caller: u32| {
+                LinuxIdMappingBuilder::default().container_id(inside).host_id(caller).size(1u32).build()
+            };
+            mount.set_uid_mappings(Some(vec![onto(user.uid, config.uid)?]));
+            mount.set_gid_mappings(Some(vec![onto(user.gid, config.gid)?]));
+        }
+        mounts.push(mount);
     }
     spec.set_mounts(Some(mounts));
 

@@ -1,15 +1,70 @@
 //! Copying a cached rootfs into a bundle: the container writes into its own copy, never into
 //! the cache other services and projects share.
 
+use std::collections::HashMap;
 use std::fs;
 use std::io;
-use std::os::unix::fs::{PermissionsExt, symlink};
-use std::path::Path;
+use std::os::unix::fs::{MetadataExt, PermissionsExt, lchown, symlink};
+use std::path::{Path, PathBuf};
 
 /// Copies the tree at `from` to `to` (which must not exist): directories, regular files with
 /// their modes, and symlinks as links (never followed). Anything else — device nodes, fifos,
-/// sockets — has no place in a rootfs the user owns and is left out.
+/// sockets — has no place in a rootfs the user owns and is left out. Where trees keep their
+/// owners ([`crate::owned`]) the copy is made in the helper and keeps owners and hard links too.
 pub fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
+    match crate::owned::mapping() {
+        None => copy_as_user(from, to),
+        Some((exe, mapping)) => {
+            crate::owned::run(&exe, &mapping, &["copy-tree".as_ref(), from.as_os_str(), to.as_os_str()])
+                .map(drop)
+        }
+    }
+}
+
+/// The copy inside the helper's user namespace: owners, groups, exact modes (set after the
+/// chown, which clears setuid bits) and hard links as in the source.
+pub(crate) fn copy_tree_kept(from: &Path, to: &Path) -> io::Result<()> {
+    copy_kept(from, to, &mut HashMap::new())
+}
+
+fn copy_kept(from: &Path, to: &Path, links: &mut HashMap<(u64, u64), PathBuf>) -> io::Result<()> {
+    let meta = fs::symlink_metadata(from)?;
+    if !meta.is_dir() {
+        return Err(io::Error::other(format!("{} is not a directory", from.display())));
+    }
+    fs::create_dir(to)?;
+    lchown(to, Some(meta.uid()), Some(meta.gid()))?;
+    for entry in fs::read_dir(from)? {
+        let entry = entry?;
+        let source = entry.path();
+        let target = to.join(entry.file_name());
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            copy_kept(&source, &target, links)?;
+            continue;
+        }
+        let file = fs::symlink_metadata(&source)?;
+        if kind.is_symlink() {
+            symlink(fs::read_link(&source)?, &target)?;
+            lchown(&target, Some(file.uid()), Some(file.gid()))?;
+        } else if kind.is_file() {
+            let inode = (file.dev(), file.ino());
+            if let Some(first) = links.get(&inode).filter(|_| file.nlink() > 1) {
+                fs::hard_link(first, &target)?;
+                continue;
+            }
+            fs::copy(&source, &target)?;
+            lchown(&target, Some(file.uid()), Some(file.gid()))?;
+            fs::set_permissions(&target, fs::Permissions::from_mode(file.mode() & 0o7777))?;
+            if file.nlink() > 1 {
+                links.insert(inode, target);
+            }
+        }
+    }
+    fs::set_permissions(to, fs::Permissions::from_mode(meta.mode() & 0o7777))
+}
+
+fn copy_as_user(from: &Path, to: &Path) -> io::Result<()> {
     let meta = fs::symlink_metadata(from)?;
     if !meta.is_dir() {
         return Err(io::Error::other(format!("{} is not a directory", from.display())));
@@ -23,11 +78,13 @@ pub fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
         let target = to.join(entry.file_name());
         let kind = entry.file_type()?;
         if kind.is_dir() {
-            copy_tree(&source, &target)?;
+            copy_as_user(&source, &target)?;
         } else if kind.is_symlink() {
             symlink(fs::read_link(&source)?, &target)?;
         } else if kind.is_file() {
-            fs::copy(&source, &target)?;
+            let mode = fs::copy(&source, &target).and_then(|_| fs::symlink_metadata(&source))?.mode();
+            // Again once the data is in: writing it cleared setuid and setgid bits.
+            fs::set_permissions(&target, fs::Permissions::from_mode(mode & 0o7777))?;
         }
     }
     fs::set_permissions(to, fs::Permissions::from_mode(meta.permissions().mode() & 0o7777))

@@ -29,9 +29,12 @@ pub enum LayerError {
 }
 
 /// What was left out of a layer on purpose.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Skipped {
     pub devices: Vec<String>,
+    /// Entries whose owner lies beyond the user's allocation: left to container root.
+    #[serde(default)]
+    pub unmapped: Vec<String>,
 }
 
 /// What to do with whiteout entries.
@@ -46,14 +49,27 @@ pub enum Whiteouts {
     Keep,
 }
 
+/// Whose files the unpacked tree holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owners {
+    /// Every file the unpacking user's, each kept owner-writable (and directories owner-rwx) so
+    /// that user can always replace and remove them: unpacking outside any user namespace.
+    Caller,
+    /// The owners, groups and exact modes (setuid bits included) the layer says: unpacking as
+    /// root of a user namespace mapped like the user's containers, where the layer's ids are
+    /// the container's.
+    Kept,
+}
+
 /// Applies a (decompressed) tar layer onto `root`. Directory modes are returned, to be applied
 /// once all layers are in place (a 0555 directory must stay writable while unpacking).
 pub fn apply(
     root: &OwnedFd,
     layer: impl Read,
     modes: &mut HashMap<PathBuf, u32>,
+    owners: Owners,
 ) -> Result<Skipped, LayerError> {
-    apply_with(root, layer, modes, Whiteouts::Apply)
+    apply_with(root, layer, modes, Whiteouts::Apply, owners)
 }
 
 /// [`apply`], with the choice of what whiteouts do.
@@ -62,6 +78,7 @@ pub fn apply_with(
     layer: impl Read,
     modes: &mut HashMap<PathBuf, u32>,
     whiteouts: Whiteouts,
+    owners: Owners,
 ) -> Result<Skipped, LayerError> {
     let mut archive = tar::Archive::new(layer);
     let mut created: HashSet<PathBuf> = HashSet::new();
@@ -118,6 +135,7 @@ pub fn apply_with(
         let dir = ensure_dir(root, &parent).map_err(errno)?;
         let header = entry.header().clone();
         let mode = header.mode().unwrap_or(0o644) & 0o7777;
+        let owner = (header.uid().unwrap_or(0), header.gid().unwrap_or(0));
         match header.entry_type() {
             tar::EntryType::Directory => {
                 match mkdirat(Some(dir.as_raw_fd()), name, Mode::from_bits_truncate(0o755)) {
@@ -129,6 +147,9 @@ pub fn apply_with(
                             .map_err(errno)?;
                     }
                     Err(e) => return Err(errno(e)),
+                }
+                if owners == Owners::Kept {
+                    chown_entry(&dir, name, owner, &mut skipped, &shown).map_err(errno)?;
                 }
                 modes.insert(path.clone(), mode);
             }
@@ -142,8 +163,16 @@ pub fn apply_with(
                 // SAFETY: fd was just returned by openat and is owned by no one else.
                 let mut file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
                 std::io::copy(&mut entry, &mut file).map_err(io)?;
-                // Owner keeps write access while later layers may replace the file.
-                let mode = Mode::from_bits_truncate((mode | 0o600) as nix::libc::mode_t);
+                let mode = match owners {
+                    // Owner keeps write access while later layers may replace the file.
+                    Owners::Caller => mode | 0o600,
+                    Owners::Kept => {
+                        chown_entry(&dir, name, owner, &mut skipped, &shown).map_err(errno)?;
+                        mode
+                    }
+                };
+                // After the chown, which clears setuid and setgid bits.
+                let mode = Mode::from_bits_truncate(mode as nix::libc::mode_t);
                 nix::sys::stat::fchmod(file.as_raw_fd(), mode).map_err(errno)?;
             }
             tar::EntryType::Symlink => {
@@ -153,6 +182,9 @@ pub fn apply_with(
                 remove_entry(&dir, name).map_err(io)?;
                 // Stored verbatim: it is only ever resolved inside the container (or IN_ROOT here).
                 symlinkat(OsStr::from_bytes(&target), Some(dir.as_raw_fd()), name).map_err(errno)?;
+                if owners == Owners::Kept {
+                    chown_entry(&dir, name, owner, &mut skipped, &shown).map_err(errno)?;
+                }
             }
             tar::EntryType::Link => {
                 let target = entry
@@ -185,15 +217,53 @@ pub fn apply_with(
     Ok(skipped)
 }
 
+/// Gives `name` in `dir` the layer's owner, never following a symlink. An id the namespace does
+/// not map (beyond the user's allocation) leaves the entry with container root, noted.
+fn chown_entry(
+    dir: &OwnedFd,
+    name: &OsStr,
+    (uid, gid): (u64, u64),
+    skipped: &mut Skipped,
+    shown: &str,
+) -> Result<(), Errno> {
+    let id = |n: u64| u32::try_from(n).ok();
+    let (Some(uid), Some(gid)) = (id(uid), id(gid)) else {
+        skipped.unmapped.push(shown.to_owned());
+        return Ok(());
+    };
+    match nix::unistd::fchownat(
+        Some(dir.as_raw_fd()),
+        name,
+        Some(nix::unistd::Uid::from_raw(uid)),
+        Some(nix::unistd::Gid::from_raw(gid)),
+        AtFlags::AT_SYMLINK_NOFOLLOW,
+    ) {
+        Ok(()) => Ok(()),
+        Err(Errno::EINVAL) => {
+            skipped.unmapped.push(shown.to_owned());
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Applies the recorded directory modes, deepest first.
-pub fn apply_dir_modes(root: &OwnedFd, modes: &HashMap<PathBuf, u32>) -> Result<(), LayerError> {
+pub fn apply_dir_modes(
+    root: &OwnedFd,
+    modes: &HashMap<PathBuf, u32>,
+    owners: Owners,
+) -> Result<(), LayerError> {
     let mut dirs: Vec<(&PathBuf, &u32)> = modes.iter().collect();
     dirs.sort_by_key(|(path, _)| std::cmp::Reverse(path.components().count()));
     for (path, mode) in dirs {
         let (parent, name) = split(path);
         let Ok(dir) = open_in_root(root, &parent) else { continue };
-        // Keep the owner's rwx so the user can always remove their own cache.
-        let mode = Mode::from_bits_truncate((*mode | 0o700) as nix::libc::mode_t);
+        let mode = match owners {
+            // Keep the owner's rwx so the user can always remove their own cache.
+            Owners::Caller => *mode | 0o700,
+            Owners::Kept => *mode,
+        };
+        let mode = Mode::from_bits_truncate(mode as nix::libc::mode_t);
         match fchmodat(Some(dir.as_raw_fd()), name, mode, FchmodatFlags::NoFollowSymlink) {
             Ok(()) | Err(Errno::ENOENT) | Err(Errno::EOPNOTSUPP) => {}
             Err(e) => return Err(LayerError::Io { path: path.display().to_string(), source: e.into() }),

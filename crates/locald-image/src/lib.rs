@@ -8,6 +8,7 @@ pub mod bundle;
 pub mod copy;
 pub mod identity;
 mod layer;
+pub mod owned;
 
 use std::collections::HashMap;
 use std::fs;
@@ -20,7 +21,7 @@ use sha2::{Digest, Sha256};
 
 use locald_core::atomic_file;
 
-pub use layer::{LayerError, Skipped, Whiteouts};
+pub use layer::{LayerError, Owners, Skipped, Whiteouts};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
@@ -38,6 +39,8 @@ pub enum ImageError {
     Layer { path: PathBuf, source: LayerError },
     #[error("image {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    #[error("image {path}: {message}")]
+    Helper { path: PathBuf, message: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -199,7 +202,7 @@ struct Layers {
     defaults: Defaults,
 }
 
-struct Blob {
+pub(crate) struct Blob {
     path: PathBuf,
     /// `sha256:<hex>` to verify, when the format gives one.
     digest: Option<String>,
@@ -352,7 +355,15 @@ impl<R: Read> Read for Hashing<R> {
 
 fn unpack_cached(source: &Path, cache: &Path, layers: &Layers) -> Result<Prepared, ImageError> {
     let io = |source: std::io::Error| ImageError::Io { path: cache.to_owned(), source };
-    let key = layers.id.replace(':', "-");
+    let helper = owned::mapping();
+    // A tree with its owners holds host ids of one allocation: another allocation gets its own.
+    let (key, id) = match &helper {
+        None => (layers.id.replace(':', "-"), layers.id.clone()),
+        Some((_, mapping)) => (
+            format!("{}-{}", layers.id.replace(':', "-"), mapping.key()),
+            format!("{}+{}", layers.id, mapping.key()),
+        ),
+    };
     let done = cache.join(&key);
     if done.join("rootfs").is_dir() {
         let defaults = fs::read(done.join(DEFAULTS_FILE))
@@ -361,7 +372,7 @@ fn unpack_cached(source: &Path, cache: &Path, layers: &Layers) -> Result<Prepare
             .unwrap_or_else(|| layers.defaults.clone());
         return Ok(Prepared {
             rootfs: done.join("rootfs"),
-            id: layers.id.clone(),
+            id: id.clone(),
             skipped: Skipped::default(),
             defaults,
         });
@@ -369,9 +380,20 @@ fn unpack_cached(source: &Path, cache: &Path, layers: &Layers) -> Result<Prepare
     fs::create_dir_all(cache).map_err(io)?;
     // Unpack beside the final name and rename: concurrent `up`s never see a half-made rootfs.
     let temp = cache.join(format!(".tmp-{key}-{}", atomic_file::unique()));
-    let _ = fs::remove_dir_all(&temp);
     fs::create_dir_all(temp.join("rootfs")).map_err(io)?;
-    let result = unpack_layers(source, &temp.join("rootfs"), layers);
+    let result = match &helper {
+        None => unpack_layers_as(source, &temp.join("rootfs"), &layers.blobs, Owners::Caller),
+        Some((exe, mapping)) => {
+            let rootfs = temp.join("rootfs");
+            let mut args: Vec<&std::ffi::OsStr> =
+                vec!["unpack-image".as_ref(), source.as_os_str(), rootfs.as_os_str()];
+            for blob in &layers.blobs {
+                args.push(blob.path.as_os_str());
+                args.push(blob.digest.as_deref().unwrap_or("-").as_ref());
+            }
+            helped(source, owned::run(exe, mapping, &args))
+        }
+    };
     let result = result.and_then(|skipped| {
         let json = serde_json::to_vec(&layers.defaults).expect("defaults serialize");
         fs::write(temp.join(DEFAULTS_FILE), json).map_err(io)?;
@@ -380,7 +402,7 @@ fn unpack_cached(source: &Path, cache: &Path, layers: &Layers) -> Result<Prepare
     let skipped = match result {
         Ok(skipped) => skipped,
         Err(e) => {
-            let _ = fs::remove_dir_all(&temp);
+            let _ = owned::remove_dir_all(&temp);
             return Err(e);
         }
     };
@@ -388,21 +410,40 @@ fn unpack_cached(source: &Path, cache: &Path, layers: &Layers) -> Result<Prepare
         Ok(()) => {}
         // Another `up` finished first with the same content.
         Err(_) if done.join("rootfs").is_dir() => {
-            let _ = fs::remove_dir_all(&temp);
+            let _ = owned::remove_dir_all(&temp);
         }
         Err(e) => return Err(io(e)),
     }
-    Ok(Prepared {
-        rootfs: done.join("rootfs"),
-        id: layers.id.clone(),
-        skipped,
-        defaults: layers.defaults.clone(),
-    })
+    Ok(Prepared { rootfs: done.join("rootfs"), id, skipped, defaults: layers.defaults.clone() })
+}
+
+/// What the helper printed: the entries it left out.
+fn helped(source: &Path, out: std::io::Result<Vec<u8>>) -> Result<Skipped, ImageError> {
+    let helper = |message: String| ImageError::Helper { path: source.to_owned(), message };
+    let out = out.map_err(|e| helper(e.to_string()))?;
+    serde_json::from_slice(&out).map_err(|e| helper(format!("the unpack helper's answer: {e}")))
 }
 
 /// Unpacks one layer blob on its own into the empty directory `into`, keeping its whiteouts as
-/// marker files, after checking the blob against `digest` (`sha256:…`).
+/// marker files, after checking the blob against `digest` (`sha256:…`). With an allocation (see
+/// [`owned`]) the files keep the layer's owners, else they are all the user's.
 pub fn unpack_layer(blob: &Path, digest: &str, into: &Path) -> Result<Skipped, ImageError> {
+    match owned::mapping() {
+        None => unpack_layer_as(blob, digest, into, Owners::Caller),
+        Some((exe, mapping)) => {
+            let args = ["unpack-layer".as_ref(), blob.as_os_str(), digest.as_ref(), into.as_os_str()];
+            helped(blob, owned::run(&exe, &mapping, &args))
+        }
+    }
+}
+
+/// [`unpack_layer`] in this process, with `owners`.
+pub(crate) fn unpack_layer_as(
+    blob: &Path,
+    digest: &str,
+    into: &Path,
+    owners: Owners,
+) -> Result<Skipped, ImageError> {
     let io = |source| ImageError::Io { path: blob.to_owned(), source };
     let root: OwnedFd =
         fs::File::open(into).map_err(|source| ImageError::Io { path: into.to_owned(), source })?.into();
@@ -410,33 +451,39 @@ pub fn unpack_layer(blob: &Path, digest: &str, into: &Path) -> Result<Skipped, I
     let mut modes = HashMap::new();
     let skipped = {
         let stream = decompress(BufReader::new(&mut hashing)).map_err(io)?;
-        layer::apply_with(&root, stream, &mut modes, Whiteouts::Keep)
+        layer::apply_with(&root, stream, &mut modes, Whiteouts::Keep, owners)
             .map_err(|e| ImageError::Layer { path: blob.to_owned(), source: e })?
     };
     std::io::copy(&mut hashing, &mut std::io::sink()).map_err(io)?;
     if format!("sha256:{}", hex::encode(hashing.hasher.finalize_reset())) != digest {
         return Err(ImageError::Digest { path: blob.to_owned(), digest: digest.to_owned() });
     }
-    layer::apply_dir_modes(&root, &modes)
+    layer::apply_dir_modes(&root, &modes, owners)
         .map_err(|e| ImageError::Layer { path: blob.to_owned(), source: e })?;
     Ok(skipped)
 }
 
-fn unpack_layers(source: &Path, rootfs: &Path, layers: &Layers) -> Result<Skipped, ImageError> {
+pub(crate) fn unpack_layers_as(
+    source: &Path,
+    rootfs: &Path,
+    blobs: &[Blob],
+    owners: Owners,
+) -> Result<Skipped, ImageError> {
     let root: OwnedFd =
         fs::File::open(rootfs).map_err(|e| ImageError::Io { path: rootfs.to_owned(), source: e })?.into();
     let mut modes = HashMap::new();
     let mut skipped = Skipped::default();
-    for blob in &layers.blobs {
+    for blob in blobs {
         let file =
             fs::File::open(&blob.path).map_err(|e| ImageError::Io { path: blob.path.clone(), source: e })?;
         let mut hashing = Hashing { inner: file, hasher: Sha256::new() };
         {
             let stream = decompress(BufReader::new(&mut hashing))
                 .map_err(|e| ImageError::Io { path: blob.path.clone(), source: e })?;
-            let more = layer::apply(&root, stream, &mut modes)
+            let more = layer::apply(&root, stream, &mut modes, owners)
                 .map_err(|e| ImageError::Layer { path: source.to_owned(), source: e })?;
             skipped.devices.extend(more.devices);
+            skipped.unmapped.extend(more.unmapped);
         }
         if let Some(digest) = &blob.digest {
             // Read what the decoder left (tar padding) so the whole blob is hashed.
@@ -448,7 +495,7 @@ fn unpack_layers(source: &Path, rootfs: &Path, layers: &Layers) -> Result<Skippe
             }
         }
     }
-    layer::apply_dir_modes(&root, &modes)
+    layer::apply_dir_modes(&root, &modes, owners)
         .map_err(|e| ImageError::Layer { path: source.to_owned(), source: e })?;
     Ok(skipped)
 }

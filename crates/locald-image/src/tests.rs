@@ -55,9 +55,11 @@ fn apply_all(root: &Path, layers: &[Vec<u8>]) -> Result<Skipped, LayerError> {
     let mut modes = HashMap::new();
     let mut skipped = Skipped::default();
     for layer in layers {
-        skipped.devices.extend(layer::apply(&fd, layer.as_slice(), &mut modes)?.devices);
+        skipped
+            .devices
+            .extend(layer::apply(&fd, layer.as_slice(), &mut modes, layer::Owners::Caller)?.devices);
     }
-    layer::apply_dir_modes(&fd, &modes)?;
+    layer::apply_dir_modes(&fd, &modes, layer::Owners::Caller)?;
     Ok(skipped)
 }
 

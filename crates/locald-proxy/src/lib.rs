@@ -78,6 +78,10 @@ pub struct Proxy {
     routes: Arc<Routes>,
     status: ProxyStatus,
     dashboard: Arc<dashboard::Slot>,
+    /// Set to end every proxy thread: [`Proxy::stop`].
+    stop: tokio::sync::watch::Sender<bool>,
+    /// Each thread holds a sender until its listeners and connections are closed.
+    stopped: tokio::sync::Mutex<tokio::sync::mpsc::Receiver<()>>,
 }
 
 impl Proxy {
@@ -119,6 +123,8 @@ impl Proxy {
         // over its own connections to the services (`upstream`), so a request never crosses
         // threads or contends on a shared pool.
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, MAX_THREADS);
+        let (stop, stopping) = tokio::sync::watch::channel(false);
+        let (running, stopped) = tokio::sync::mpsc::channel(1);
         for n in 0..threads {
             let mut mine = Vec::new();
             for (listener, tls) in &listening {
@@ -126,6 +132,7 @@ impl Proxy {
             }
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let shared = shared.clone();
+            let (running, mut stopping) = (running.clone(), stopping.clone());
             std::thread::Builder::new().name(format!("locald-proxy-{n}")).spawn(move || {
                 runtime.block_on(async move {
                     let mut tasks = tokio::task::JoinSet::new();
@@ -137,11 +144,27 @@ impl Proxy {
                             Err(e) => tracing::error!("proxy: {e}"),
                         }
                     }
-                    while tasks.join_next().await.is_some() {}
-                })
+                    tokio::select! {
+                        () = async { while tasks.join_next().await.is_some() {} } => {}
+                        _ = stopping.wait_for(|stop| *stop) => {}
+                    }
+                });
+                // Every task, its listener and its connections with it, is dropped here, before
+                // the thread says it is done.
+                drop(runtime);
+                drop(running);
             })?;
         }
-        Ok(Arc::new(Self { routes, status, dashboard }))
+        let stopped = tokio::sync::Mutex::new(stopped);
+        Ok(Arc::new(Self { routes, status, dashboard, stop, stopped }))
+    }
+
+    /// Closes the listeners and every connection, and returns once no thread holds a port: a
+    /// daemon that says it stopped has freed 443 and 80 for whoever binds them next.
+    pub async fn stop(&self) {
+        self.stop.send_replace(true);
+        // `None` once every thread dropped its sender.
+        while self.stopped.lock().await.recv().await.is_some() {}
     }
 
     pub fn status(&self) -> &ProxyStatus {

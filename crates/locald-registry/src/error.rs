@@ -13,9 +13,10 @@ pub enum PullError {
     )]
     Unauthorized { registry: String, image: String },
     #[error(
-        "registry {registry} is rate limiting pulls of {image}; try again later or log in with `docker login {registry}`"
+        "registry {registry} is rate limiting pulls of {image}{}; try again then or log in with `docker login {registry}`",
+        until.as_ref().map(|u| format!(" until {u}")).unwrap_or_default()
     )]
-    RateLimited { registry: String, image: String },
+    RateLimited { registry: String, image: String, until: Option<String> },
     #[error("image {image} has no manifest for {platform} (it has: {available})")]
     NoPlatform { image: String, platform: String, available: String },
     #[error(
@@ -24,6 +25,14 @@ pub enum PullError {
     DigestMismatch { image: String, digest: String },
     #[error("cannot reach registry {registry} for {image}: {reason}")]
     NoNetwork { registry: String, image: String, reason: String },
+    #[error(
+        "registry {registry} (for {image}) has a certificate this machine does not trust ({reason}): put its CA in ~/.config/containers/certs.d/{registry}/ca.crt"
+    )]
+    Untrusted { registry: String, image: String, reason: String },
+    #[error("registry {registry} broke off the transfer of {image}: {reason}")]
+    Interrupted { registry: String, image: String, reason: String },
+    #[error("registry {registry} failed serving {image}: it answered {code} {message}")]
+    Server { registry: String, image: String, code: u16, message: String },
     #[error("image {image} is not in the local store and `pull = \"never\"`: run `locald pull` first")]
     NotPulled { image: String },
     #[error("image {image}: {message}")]
@@ -36,6 +45,17 @@ pub enum PullError {
 fn one_line(text: &str) -> String {
     let line = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
     line.chars().take(200).collect()
+}
+
+/// The most specific cause: "connection refused", not "error sending request for url …".
+fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut reason = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        reason = s.to_string();
+        source = s.source();
+    }
+    reason
 }
 
 impl PullError {
@@ -56,7 +76,7 @@ impl PullError {
                 if codes.iter().any(|c| matches!(c, OciErrorCode::Unauthorized | OciErrorCode::Denied)) {
                     unauthorized()
                 } else if codes.iter().any(|c| matches!(c, OciErrorCode::Toomanyrequests)) {
-                    PullError::RateLimited { registry, image: image_s }
+                    PullError::RateLimited { registry, image: image_s, until: None }
                 } else if codes.iter().any(|c| {
                     matches!(
                         c,
@@ -74,20 +94,19 @@ impl PullError {
             OciDistributionError::ServerError { code, message, .. } => match code {
                 401 | 403 => unauthorized(),
                 404 => not_found(),
-                429 => PullError::RateLimited { registry, image: image_s },
-                _ => PullError::Other {
-                    image: image_s,
-                    message: format!("registry answered {code}: {}", one_line(message)),
-                },
+                429 => PullError::RateLimited { registry, image: image_s, until: None },
+                _ => PullError::Server { registry, image: image_s, code: *code, message: one_line(message) },
             },
-            OciDistributionError::RequestError(r) if r.is_connect() || r.is_timeout() => {
-                let mut reason = r.to_string();
-                let mut source = std::error::Error::source(r);
-                while let Some(s) = source {
-                    reason = s.to_string();
-                    source = s.source();
+            OciDistributionError::RequestError(r) => {
+                if let Some(reason) = crate::tls::certificate_error(r) {
+                    return PullError::Untrusted { registry, image: image_s, reason: one_line(&reason) };
                 }
-                PullError::NoNetwork { registry, image: image_s, reason: one_line(&reason) }
+                let reason = one_line(&innermost(r));
+                if r.is_connect() || r.is_timeout() {
+                    PullError::NoNetwork { registry, image: image_s, reason }
+                } else {
+                    PullError::Interrupted { registry, image: image_s, reason }
+                }
             }
             OciDistributionError::IoError(io) if io.to_string().to_lowercase().contains("digest") => {
                 PullError::DigestMismatch { image: image_s, digest: "?".into() }
@@ -98,7 +117,11 @@ impl PullError {
 
     /// Worth trying again: the network or the registry hiccuped.
     pub(crate) fn is_transient(&self) -> bool {
-        matches!(self, PullError::NoNetwork { .. })
-            || matches!(self, PullError::Other { message, .. } if message.starts_with("registry answered 5") || message.contains("connection") || message.contains("error decoding response body"))
+        match self {
+            PullError::NoNetwork { .. } | PullError::Interrupted { .. } => true,
+            // 501 (not implemented) and 505 will not change on a second try.
+            PullError::Server { code, .. } => (500..600).contains(code) && !matches!(code, 501 | 505),
+            _ => false,
+        }
     }
 }

@@ -9,8 +9,9 @@ pub mod platform;
 pub mod pull;
 pub mod reference;
 pub mod store;
+pub mod tls;
 
 pub use error::PullError;
-pub use pull::{OnProgress, Progress, PullOptions, pull};
+pub use pull::{OnProgress, PullOptions, pull};
 pub use reference::ImageRef;
 pub use store::{ImageRecord, Pinned, ProjectImages, Store};

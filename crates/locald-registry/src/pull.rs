@@ -3,17 +3,20 @@
 //! gets its name, with retries on transient errors.
 
 use std::collections::BTreeSet;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use std::future::Future;
 use std::pin::Pin;
 
 use futures_util::StreamExt;
-use oci_client::client::{ClientConfig, ClientProtocol};
+use locald_core::ipc::PullProgress;
+use oci_client::client::{Certificate, ClientConfig, ClientProtocol};
+use oci_client::errors::OciDistributionError;
 use oci_client::manifest::OciDescriptor;
 use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference};
+use oci_client::{Client, Reference, RegistryOperation};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
@@ -22,6 +25,7 @@ use crate::error::PullError;
 use crate::platform::{self, Platform};
 use crate::reference::ImageRef;
 use crate::store::{ImageRecord, Store, digest_hex, sha256};
+use crate::tls;
 
 const ACCEPTED: &[&str] = &[
     "application/vnd.oci.image.index.v1+json",
@@ -40,27 +44,25 @@ pub struct PullOptions {
     pub insecure: Vec<String>,
     pub credentials: Sources,
     pub platform: Platform,
+    /// `certs.d` directories holding extra CAs per registry (`<dir>/<host[:port]>/*.crt`).
+    pub cert_dirs: Vec<PathBuf>,
 }
 
 impl Default for PullOptions {
     fn default() -> Self {
-        PullOptions { insecure: Vec::new(), credentials: Sources::from_env(), platform: Platform::host() }
+        PullOptions {
+            insecure: Vec::new(),
+            credentials: Sources::from_env(),
+            platform: Platform::host(),
+            cert_dirs: tls::cert_dirs_from_env(),
+        }
     }
 }
 
-/// Where a pull stands; reported often, so the receiver throttles what it shows.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Progress {
-    pub image: String,
-    pub layers_done: usize,
-    pub layers_total: usize,
-    pub bytes_done: u64,
-    pub bytes_total: u64,
-    /// Bytes that came over the network (the rest were in the store already).
-    pub downloaded: u64,
-}
-
-pub type OnProgress = Arc<dyn Fn(&Progress) + Send + Sync>;
+/// Hears where a pull stands, in the type the daemon passes on to the CLI; called often, so the
+/// receiver throttles what it shows. `done` is never set here: the caller knows when it has the
+/// record.
+pub type OnProgress = Arc<dyn Fn(&PullProgress) + Send + Sync>;
 
 struct Ctx {
     client: Client,
@@ -68,20 +70,61 @@ struct Ctx {
     registry: String,
     shown: String,
     store: Store,
-    progress: Mutex<Progress>,
+    roots: Vec<Certificate>,
+    progress: Mutex<PullProgress>,
     on_progress: OnProgress,
 }
 
 impl Ctx {
-    fn oci(&self, e: oci_client::errors::OciDistributionError) -> PullError {
+    fn oci(&self, e: OciDistributionError) -> PullError {
         PullError::from_oci(e, &self.registry, &self.shown)
+    }
+
+    /// [`Ctx::oci`], and when the registry is rate limiting, until when (asked of it once more).
+    async fn oci_told(&self, e: OciDistributionError, auth: &RegistryAuth) -> PullError {
+        let url = match &e {
+            OciDistributionError::ServerError { url, .. }
+            | OciDistributionError::RegistryError { url, .. } => Some(url.clone()),
+            _ => None,
+        };
+        let mut error = self.oci(e);
+        if let (PullError::RateLimited { until, .. }, Some(url)) = (&mut error, url) {
+            *until = self.retry_after(&url, auth).await;
+        }
+        error
+    }
+
+    /// `Retry-After` of a HEAD of `url` (which does not count against Docker Hub's limit), as a
+    /// date and a wait. oci-client keeps the headers of its failed requests to itself.
+    async fn retry_after(&self, url: &str, auth: &RegistryAuth) -> Option<String> {
+        let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(10));
+        for root in &self.roots {
+            builder = builder.add_root_certificate(reqwest::Certificate::from_pem(&root.data).ok()?);
+        }
+        let mut request = builder.build().ok()?.head(url).header("Accept", ACCEPTED.join(", "));
+        request = match self.client.auth(&self.reference, auth, RegistryOperation::Pull).await {
+            Ok(Some(token)) => request.bearer_auth(token),
+            _ => match auth {
+                RegistryAuth::Basic(user, password) => request.basic_auth(user, Some(password)),
+                _ => request,
+            },
+        };
+        let response = request.send().await.ok()?;
+        let value = response.headers().get("retry-after")?.to_str().ok()?.trim().to_owned();
+        let now = SystemTime::now();
+        let when = match value.parse::<u64>() {
+            Ok(seconds) => now + Duration::from_secs(seconds),
+            Err(_) => httpdate::parse_http_date(&value).ok()?,
+        };
+        let wait = when.duration_since(now).unwrap_or_default().as_secs();
+        Some(format!("{} (in {wait} s)", httpdate::fmt_http_date(when)))
     }
 
     fn store_err(&self, source: std::io::Error) -> PullError {
         PullError::Store { path: self.store.root().to_owned(), source }
     }
 
-    fn report(&self, update: impl FnOnce(&mut Progress)) {
+    fn report(&self, update: impl FnOnce(&mut PullProgress)) {
         let snapshot = {
             let mut p = self.progress.lock().expect("progress lock");
             update(&mut p);
@@ -102,11 +145,18 @@ pub async fn pull(
     let _ = rustls::crypto::ring::default_provider().install_default();
     let registry = image.registry().to_owned();
     let shown = image.to_string();
-    let plain = image.is_loopback() || options.insecure.iter().any(|r| r == &registry);
-    let protocol =
-        if plain { ClientProtocol::HttpsExcept(vec![registry.clone()]) } else { ClientProtocol::Https };
+    let roots = tls::extra_roots(&options.cert_dirs, &registry)
+        .map_err(|m| PullError::Other { image: shown.clone(), message: m })?;
+    // Never plain HTTP to anything else: a name resolving elsewhere than it seems is not asked.
+    let plain_allowed = image.is_loopback() || options.insecure.iter().any(|r| r == &registry);
+    let protocol = if plain_allowed && !tls::speaks_tls(&registry, &roots).await {
+        ClientProtocol::HttpsExcept(vec![registry.clone()])
+    } else {
+        ClientProtocol::Https
+    };
     let client = Client::new(ClientConfig {
         protocol,
+        extra_root_certificates: roots.clone(),
         connect_timeout: Some(Duration::from_secs(10)),
         read_timeout: Some(Duration::from_secs(60)),
         ..Default::default()
@@ -121,7 +171,8 @@ pub async fn pull(
         registry,
         shown: shown.clone(),
         store: store.clone(),
-        progress: Mutex::new(Progress { image: shown.clone(), ..Progress::default() }),
+        roots,
+        progress: Mutex::new(PullProgress { image: shown.clone(), ..PullProgress::default() }),
         on_progress,
     };
 
@@ -205,7 +256,11 @@ async fn manifest(
 ) -> Result<(Vec<u8>, String), PullError> {
     let mut attempt = 0;
     let raw = loop {
-        match ctx.client.pull_manifest_raw(reference, auth, ACCEPTED).await.map_err(|e| ctx.oci(e)) {
+        let result = match ctx.client.pull_manifest_raw(reference, auth, ACCEPTED).await {
+            Ok(ok) => Ok(ok),
+            Err(e) => Err(ctx.oci_told(e, auth).await),
+        };
+        match result {
             Ok((raw, _)) => break raw,
             Err(e) if e.is_transient() && attempt + 1 < ATTEMPTS => {
                 attempt += 1;
@@ -262,11 +317,9 @@ async fn fetch_blob(ctx: &Ctx, d: &OciDescriptor, auth: &RegistryAuth) -> Result
         ctx.report(|p| p.bytes_done += size);
         return Ok(());
     }
-    // The token is fetched once per client; a blob pull does not repeat the challenge.
-    let _ = auth;
     let mut attempt = 0;
     loop {
-        match download(ctx, d).await {
+        match download(ctx, d, auth).await {
             Ok(()) => return Ok(()),
             Err(e) if e.is_transient() && attempt + 1 < ATTEMPTS => {
                 attempt += 1;
@@ -277,12 +330,15 @@ async fn fetch_blob(ctx: &Ctx, d: &OciDescriptor, auth: &RegistryAuth) -> Result
     }
 }
 
-async fn download(ctx: &Ctx, d: &OciDescriptor) -> Result<(), PullError> {
+async fn download(ctx: &Ctx, d: &OciDescriptor, auth: &RegistryAuth) -> Result<(), PullError> {
     let temp = ctx.store.temp_path(&d.digest).map_err(|e| ctx.store_err(e))?;
     let mut written = 0u64;
     let result = async {
         let mut file = tokio::fs::File::create(&temp).await.map_err(|e| ctx.store_err(e))?;
-        let mut blob = ctx.client.pull_blob_stream(&ctx.reference, d).await.map_err(|e| ctx.oci(e))?;
+        let mut blob = match ctx.client.pull_blob_stream(&ctx.reference, d).await {
+            Ok(blob) => blob,
+            Err(e) => return Err(ctx.oci_told(e, auth).await),
+        };
         let mut hasher = Sha256::new();
         while let Some(chunk) = blob.next().await {
             let chunk = chunk.map_err(|e| {
@@ -290,9 +346,10 @@ async fn download(ctx: &Ctx, d: &OciDescriptor) -> Result<(), PullError> {
                 if message.to_lowercase().contains("digest") {
                     PullError::DigestMismatch { image: ctx.shown.clone(), digest: d.digest.clone() }
                 } else {
-                    PullError::Other {
+                    PullError::Interrupted {
+                        registry: ctx.registry.clone(),
                         image: ctx.shown.clone(),
-                        message: format!("connection lost: {message}"),
+                        reason: message.lines().next().unwrap_or("").to_owned(),
                     }
                 }
             })?;

@@ -14,6 +14,15 @@ use nix::fcntl::{Flock, FlockArg};
 use sha2::{Digest, Sha256};
 
 use locald_core::atomic_file;
+use locald_image::owned;
+
+/// The owners record of a layer unpacked with every file the user's.
+const CALLER: &str = "caller";
+
+/// How a layer unpacked now is owned: the user's, or kept through this allocation.
+fn owners_now() -> String {
+    owned::mapping().map_or_else(|| CALLER.to_owned(), |(_, mapping)| mapping.key())
+}
 
 /// What the store knows of one pulled image manifest.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -129,8 +138,17 @@ impl Store {
         Ok(self.root.join("layers/sha256").join(digest_hex(digest)?))
     }
 
+    /// Unpacked, and owned as trees are owned now ([`locald_image::owned`]): a layer unpacked
+    /// under another allocation (or none) holds other host ids and is unpacked again.
     pub fn has_layer(&self, digest: &str) -> bool {
         self.layer_dir(digest).is_ok_and(|p| p.is_dir())
+            && fs::read_to_string(self.owners_path(digest)).unwrap_or_else(|_| CALLER.into()) == owners_now()
+    }
+
+    /// Beside the layer's directory, never in it: the directory is the layer's content alone.
+    fn owners_path(&self, digest: &str) -> PathBuf {
+        let hex = digest_hex(digest).unwrap_or_default();
+        self.root.join("layers/sha256").join(format!(".{hex}.owners"))
     }
 
     /// Unpacks the stored blob of layer `digest` into its directory, once: into a temp
@@ -138,28 +156,32 @@ impl Store {
     /// the layer's name (the temp directory is removed by the next unpack of that layer).
     pub fn unpack_layer(&self, digest: &str) -> io::Result<PathBuf> {
         let dir = self.layer_dir(digest)?;
-        if dir.is_dir() {
+        if self.has_layer(digest) {
             return Ok(dir);
         }
         let hex = digest_hex(digest)?;
         let _guard = self.lock_named(&format!("{hex}.layer.lock"), FlockArg::LockExclusive)?;
-        if dir.is_dir() {
+        if self.has_layer(digest) {
             return Ok(dir);
         }
         let parent = self.root.join("layers/sha256");
         // Leftovers of a killed unpack of this layer: nobody else holds its lock.
         for entry in fs::read_dir(&parent)?.flatten() {
             if entry.file_name().to_string_lossy().starts_with(&format!(".tmp-{hex}-")) {
-                let _ = fs::remove_dir_all(entry.path());
+                let _ = owned::remove_dir_all(&entry.path());
             }
         }
+        // Unpacked under another allocation: its files hold ids that are not the user's now.
+        owned::remove_dir_all(&dir)?;
         let temp = parent.join(format!(".tmp-{hex}-{}", atomic_file::unique()));
         fs::create_dir(&temp)?;
+        let owners = owners_now();
         let result = locald_image::unpack_layer(&self.blob_path(digest)?, digest, &temp)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
-            .and_then(|_| fs::rename(&temp, &dir));
+            .and_then(|_| atomic_file::write(&self.owners_path(digest), owners.as_bytes(), 0o644))
+            .and_then(|()| fs::rename(&temp, &dir));
         if let Err(e) = result {
-            let _ = fs::remove_dir_all(&temp);
+            let _ = owned::remove_dir_all(&temp);
             return Err(e);
         }
         Ok(dir)
@@ -314,7 +336,8 @@ impl Store {
             else {
                 continue;
             };
-            fs::remove_dir_all(entry.path())?;
+            owned::remove_dir_all(&entry.path())?;
+            let _ = fs::remove_file(self.owners_path(&format!("sha256:{name}")));
         }
         Ok((removed, freed))
     }

@@ -121,7 +121,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("linux.resources", &["devices", "memory", "cpu", "pids", "hugepageLimits", "blockIO"]),
 ];
 
-const MOUNT_FIELDS: &[&str] = &["destination", "type", "source", "options"];
+/// `uidMappings`/`gidMappings` only in the one form [`crate::volume_idmap`] checks.
+const MOUNT_FIELDS: &[&str] = &["destination", "type", "source", "options", "uidMappings", "gidMappings"];
 
 fn only_allowed_fields(spec: &Spec) -> Result<(), ShimError> {
     let json = serde_json::to_value(spec).map_err(|e| ShimError::usage(format!("config.json: {e}")))?;
@@ -137,8 +138,7 @@ fn only_allowed_fields(spec: &Spec) -> Result<(), ShimError> {
             return refuse(format!("{path} is not allowed"));
         }
     }
-    // Mount entries too: a later spec's mount field (as idmapped mounts' uidMappings were) is
-    // refused until a rule for it exists.
+    // Mount entries too: a later spec's mount field is refused until a rule for it exists.
     for mount in json["mounts"].as_array().into_iter().flatten() {
         if let Some(key) =
             mount.as_object().and_then(|m| m.keys().find(|k| !MOUNT_FIELDS.contains(&k.as_str())))
@@ -302,6 +302,11 @@ pub fn check_with(
         let options = mount.options().clone().unwrap_or_default();
         idmap_free(&mount, &options)?;
         let is_bind = typ == "bind" || options.iter().any(|o| o == "bind" || o == "rbind");
+        let maps = (
+            linux.uid_mappings().as_deref().unwrap_or_default(),
+            linux.gid_mappings().as_deref().unwrap_or_default(),
+        );
+        crate::volume_idmap::check(&mount, is_bind, (uid, gid), maps.0, maps.1)?;
         if is_bind {
             match mount.source() {
                 Some(source)
@@ -359,10 +364,9 @@ fn capabilities(process: &Process, subordinate_gids: bool) -> Result<(), ShimErr
     Ok(())
 }
 
-/// Idmapped mounts would map files to ids the caller chose; the shim will build the ones it
-/// needs itself (volumes mapped to the caller), never take them from a bundle. Their
-/// `uidMappings`/`gidMappings` fields are already refused by the mount field allow-list in
-/// [`only_allowed_fields`]; what is left are the options that ask for the same.
+/// Idmapped mounts would map files to ids the caller chose; the shim builds the one form it
+/// allows itself ([`crate::volume_idmap`]: the container's user onto the caller), from the
+/// mount's `uidMappings`/`gidMappings`. The options that ask the runtime for an idmap are refused.
 fn idmap_free(mount: &Mount, options: &[String]) -> Result<(), ShimError> {
     let at = mount.destination().display();
     if let Some(option) = options.iter().find(|o| {

@@ -117,9 +117,18 @@ fn additional_gids_are_refused() {
 }
 
 #[test]
-fn idmapped_mount_fields_and_options_are_refused() {
-    let mapping =
-        LinuxIdMappingBuilder::default().container_id(0u32).host_id(0u32).size(1u32).build().unwrap();
+fn idmapped_mount_options_and_mappings_beyond_the_one_form_are_refused() {
+    let (spec, allocations) = with_subordinate(&good());
+    let entry = |container: u32, host: u32, size: u32| {
+        LinuxIdMappingBuilder::default().container_id(container).host_id(host).size(size).build().unwrap()
+    };
+    let onto = |base: &Spec, mount: oci_spec::runtime::Mount| {
+        let mut spec = base.clone();
+        let mut mounts = spec.mounts().clone().unwrap();
+        mounts.push(mount);
+        spec.set_mounts(Some(mounts));
+        spec
+    };
     let bind = |options: Vec<&str>| {
         MountBuilder::default()
             .destination("/data")
@@ -127,37 +136,81 @@ fn idmapped_mount_fields_and_options_are_refused() {
             .source("/home/u/data")
             .options(options.into_iter().map(String::from).collect::<Vec<_>>())
     };
-    let with = |mount: oci_spec::runtime::Mount| {
-        let mut spec = good();
-        let mut mounts = spec.mounts().clone().unwrap();
-        mounts.push(mount);
-        spec.set_mounts(Some(mounts));
-        spec
+    let with = |mount| onto(&spec, mount);
+    let mapped = |uids: Vec<_>, gids: Vec<_>| {
+        with(bind(vec!["rbind"]).uid_mappings(uids).gid_mappings(gids).build().unwrap())
     };
-    let spec =
-        with(bind(vec!["rbind"]).uid_mappings(vec![mapping]).gid_mappings(vec![mapping]).build().unwrap());
-    let message = refused(&spec);
-    assert!(message.contains("uidMappings") || message.contains("gidMappings"), "{message}");
+    let verdict = |spec: &Spec| super::check_with(spec, UID, UID, ID, &allocations).map_err(|e| e.message);
+
+    // The one form: the container's uid 101 (host 100100) onto the caller.
+    let good_map = mapped(vec![entry(101, UID, 1)], vec![entry(102, UID, 1)]);
+    verdict(&good_map).unwrap();
+    let idmap = crate::volume_idmap::check(
+        good_map.mounts().as_ref().unwrap().last().unwrap(),
+        true,
+        (UID, UID),
+        good_map.linux().as_ref().unwrap().uid_mappings().as_deref().unwrap(),
+        good_map.linux().as_ref().unwrap().gid_mappings().as_deref().unwrap(),
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!((idmap.kernel_uid, idmap.kernel_gid, idmap.host_uid), (100_100, 100_101, UID));
+
+    for (what, uids, gids, why) in [
+        // Files written by the container would land as root on the host.
+        ("onto root", vec![entry(101, 0, 1)], vec![entry(102, UID, 1)], "onto host id 0"),
+        // ... or as another user.
+        ("onto another user", vec![entry(101, 1001, 1)], vec![entry(102, UID, 1)], "onto host id 1001"),
+        ("gid onto root", vec![entry(101, UID, 1)], vec![entry(102, 0, 1)], "gid mapping onto host id 0"),
+        ("a range", vec![entry(101, UID, 2)], vec![entry(102, UID, 1)], "size 2"),
+        ("two entries", vec![entry(101, UID, 1), entry(5, UID, 1)], vec![entry(102, UID, 1)], "one entry"),
+        ("container root", vec![entry(0, UID, 1)], vec![entry(102, UID, 1)], "container id 0"),
+        (
+            "an unmapped id",
+            vec![entry(70_000, UID, 1)],
+            vec![entry(102, UID, 1)],
+            "uid 70000 is not one of your",
+        ),
+    ] {
+        let message = verdict(&mapped(uids, gids)).expect_err(what);
+        assert!(message.contains(why), "{what}: {message}");
+    }
+    // Without subordinate ids in the container, no container id but 0 is mapped.
+    let plain = |mount| onto(&good(), mount);
+    let message = check(
+        &plain(
+            bind(vec!["rbind"])
+                .uid_mappings(vec![entry(101, UID, 1)])
+                .gid_mappings(vec![entry(102, UID, 1)])
+                .build()
+                .unwrap(),
+        ),
+        UID,
+        UID,
+        ID,
+    )
+    .unwrap_err()
+    .message;
+    assert!(message.contains("not one of your subordinate ids"), "{message}");
     // One without the other (the builder refuses that shape; a config.json need not).
-    let spec = edit_json(&with(bind(vec!["rbind"]).build().unwrap()), |json| {
+    let one_side = edit_json(&with(bind(vec!["rbind"]).build().unwrap()), |json| {
         let last = json["mounts"].as_array_mut().unwrap().last_mut().unwrap();
-        last["gidMappings"] = serde_json::json!([{"containerID": 0, "hostID": 0, "size": 1}]);
+        last["gidMappings"] = serde_json::json!([{"containerID": 102, "hostID": UID, "size": 1}]);
     });
-    assert!(refused(&spec).contains("gidMappings"));
+    assert!(verdict(&one_side).unwrap_err().contains("come together"));
+    // Not on a mount that is no bind.
+    let tmpfs = edit_json(&good_map, |json| {
+        let last = json["mounts"].as_array_mut().unwrap().last_mut().unwrap();
+        last["type"] = "tmpfs".into();
+        last["options"] = serde_json::json!([]);
+    });
+    assert!(verdict(&tmpfs).unwrap_err().contains("only for bind mounts"));
     for option in ["idmap", "ridmap", "idmap=uids=0-0-1", "X-mount.idmap=0:0:1"] {
-        let message = refused(&with(bind(vec!["rbind", option]).build().unwrap()));
+        let message = refused(&plain(bind(vec!["rbind", option]).build().unwrap()));
         assert!(message.contains("idmapped mounts are not allowed"), "{option}: {message}");
     }
     // The same bind without them is fine.
-    check(&with(bind(vec!["rbind", "ro"]).build().unwrap()), UID, UID, ID).unwrap();
-}
-
-#[test]
-fn unknown_mount_fields_are_refused() {
-    let spec = edit_json(&good(), |json| {
-        json["mounts"][0]["uidMappings"] = serde_json::json!([{"containerID": 0, "hostID": 0, "size": 1}]);
-    });
-    assert!(refused(&spec).contains("uidMappings"));
+    check(&plain(bind(vec!["rbind", "ro"]).build().unwrap()), UID, UID, ID).unwrap();
 }
 
 /// `good()` with container ids 1..=65536 mapped to the caller's allocation, on both sides.

@@ -17,6 +17,7 @@ pub mod overlay;
 pub mod protocol;
 pub mod subid;
 pub mod validate;
+pub mod volume_idmap;
 
 pub use exit::{ExitClass, ShimError};
 pub use protocol::{

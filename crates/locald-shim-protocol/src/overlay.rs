@@ -1,4 +1,4 @@
-//! The overlay root of `bundle run` (protocol 6): which directories a caller may stack under a
+//! The overlay root of `bundle run` (protocol 7): which directories a caller may stack under a
 //! container's root. The shim applies these rules before it opens anything; the daemon builds
 //! requests that pass them.
 //!

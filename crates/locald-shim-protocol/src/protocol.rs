@@ -10,7 +10,7 @@ use crate::ShimError;
 
 /// Bumped whenever argv or the meaning of a request changes. The daemon refuses privileged work
 /// when the installed shim reports another number.
-pub const PROTOCOL_VERSION: u32 = 6;
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// The fd on which a subcommand that passes fds back (or takes control messages) finds its unix
 /// socket. Passing a socket by fd, not by path, leaves nothing in the filesystem to race.
@@ -105,7 +105,7 @@ pub struct BundleRunRequest {
     /// Container id, `[A-Za-z0-9_.-]{1,64}`, unique per caller.
     #[arg(long)]
     pub id: String,
-    /// The caller's image cache: lowers may lie inside it (protocol 6).
+    /// The caller's image cache: lowers may lie inside it (protocol 7).
     #[arg(long)]
     pub cache: Option<PathBuf>,
     /// Protocol 6: the root is an overlay of these directories (topmost first, see

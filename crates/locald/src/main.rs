@@ -9,6 +9,15 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // The unpack helper, first: it unshares a user namespace, which needs a single thread.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == locald_image::owned::HELPER_ARG) {
+        let code = locald_image::owned::helper_main(&args[2..]);
+        return ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        locald_image::owned::enable(exe);
+    }
     let cli = cli::Cli::parse();
     if matches!(cli.command, cli::Command::Server { command: cli::ServerCommand::Start }) {
         locald_daemon::daemon_log::init();

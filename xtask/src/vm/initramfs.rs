@@ -1,7 +1,7 @@
 //! The guest's whole filesystem: busybox, the init script, the static binaries, the scenarios
 //! and the kernel modules they need, packed as a gzipped newc cpio owned by root. Host programs
-//! the guest runs as they are (the container benchmark's peers) come with the shared libraries
-//! and ELF interpreter `ldd` names, each at its host path.
+//! the guest runs as they are (the container benchmark's peers, getcap) come with the shared
+//! libraries and ELF interpreter `ldd` names, each at its host path.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -15,8 +15,9 @@ use super::kernel::{self, Kernel};
 use crate::util;
 
 const BINARIES: &[&str] = &["locald", "locald-shim", "shim-caller", "proxy-probe"];
-/// Debian's runc and crun (packages of the same names), for `bench-container-start`.
-pub const HOST_PROGRAMS: &[&str] = &["/usr/sbin/runc", "/usr/bin/crun"];
+/// Debian's runc and crun (packages of the same names), for `bench-container-start`; getcap
+/// (libcap2-bin), for `ports-only` to read the shim's file capability as the kernel stores it.
+pub const HOST_PROGRAMS: &[&str] = &["/usr/sbin/runc", "/usr/bin/crun", "/usr/sbin/getcap"];
 
 pub fn build(
     work: &Path,

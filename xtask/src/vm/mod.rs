@@ -20,9 +20,19 @@ const MUSL: &str = "x86_64-unknown-linux-musl";
 const CANARY: &str = "zz-harness-canary-must-fail";
 
 pub fn run(selected: &[String]) -> anyhow::Result<()> {
-    // crun and runc are the peers of the bench-container-start scenario (copied in with their
-    // libraries by the initramfs builder).
-    deps::ensure(&["qemu-system-x86", "busybox-static", "cpio", "musl-tools", "kmod", "crun", "runc"])?;
+    // crun and runc are the peers of the bench-container-start scenario, getcap (libcap2-bin)
+    // reads the ports-only shim's capability (copied in with their libraries by the initramfs
+    // builder).
+    deps::ensure(&[
+        "qemu-system-x86",
+        "busybox-static",
+        "cpio",
+        "musl-tools",
+        "kmod",
+        "crun",
+        "runc",
+        "libcap2-bin",
+    ])?;
     ensure_musl_target()?;
     let root = util::workspace_root();
     let target = util::target_dir();

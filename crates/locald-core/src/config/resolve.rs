@@ -2,24 +2,31 @@
 //! assigned, environments built, `${services.<name>.port|url|domain}` substituted.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use toml::Spanned;
 
+mod container;
+mod interpolate;
 mod names;
+mod order;
 mod watch;
+
+use container::{container, refuse_container_keys};
+use interpolate::{Lookup, interpolate, interpolate_command};
+use order::start_order;
 
 #[cfg(test)]
 use names::suffix_from;
 pub use names::{LOCAL_SUFFIXES, default_domain};
 use names::{check_domain, check_label, default_suffix, name_from_dir};
 
-use super::raw::{RawCheck, RawCommand, RawFile, RawService, RestartPolicy};
+use super::raw::{RawCheck, RawFile, RawService, RestartPolicy};
 use super::serving::{self, RawPort};
 use super::{
-    Check, Command, Condition, Config, ConfigError, Container, Dependency, Probe, Project, Restart, Service,
-    Volume, checkout, dotenv, ports,
+    Check, Command, Condition, Config, ConfigError, Dependency, Probe, Project, Restart, Service, checkout,
+    dotenv, ports,
 };
 
 /// Where unassigned ports come from; the daemon also avoids ports of its other projects.
@@ -344,181 +351,6 @@ pub fn resolve_procfile(
     })
 }
 
-/// Topological order (dependencies first, otherwise by name); rejects missing names and cycles.
-fn start_order<'a>(
-    ctx: &Ctx,
-    services: &BTreeMap<&'a str, &Spanned<RawService>>,
-) -> Result<Vec<&'a str>, ConfigError> {
-    for (name, service) in services {
-        for (dep, _) in service.get_ref().depends_on.iter().flat_map(|d| d.0.iter()) {
-            if !services.contains_key(dep.get_ref().as_str()) {
-                return Err(ctx.err(
-                    dep.span().start,
-                    format!("{name:?} depends on unknown service {:?}", dep.get_ref()),
-                ));
-            }
-            if dep.get_ref() == name {
-                return Err(ctx.err(dep.span().start, format!("{name:?} depends on itself")));
-            }
-        }
-    }
-    #[derive(Clone, Copy, PartialEq)]
-    enum Mark {
-        New,
-        Visiting,
-        Done,
-    }
-    fn visit<'a>(
-        ctx: &Ctx,
-        services: &BTreeMap<&'a str, &Spanned<RawService>>,
-        name: &'a str,
-        marks: &mut HashMap<&'a str, Mark>,
-        path: &mut Vec<&'a str>,
-        order: &mut Vec<&'a str>,
-    ) -> Result<(), ConfigError> {
-        marks.insert(name, Mark::Visiting);
-        path.push(name);
-        for (dep, _) in services[name].get_ref().depends_on.iter().flat_map(|d| d.0.iter()) {
-            let (dep_name, _) = services.get_key_value(dep.get_ref().as_str()).expect("checked above");
-            match marks[dep_name] {
-                Mark::Done => {}
-                Mark::Visiting => {
-                    let start = path.iter().position(|n| n == dep_name).unwrap_or(0);
-                    let mut cycle: Vec<&str> = path[start..].to_vec();
-                    cycle.push(dep_name);
-                    return Err(
-                        ctx.err(dep.span().start, format!("dependency cycle: {}", cycle.join(" -> ")))
-                    );
-                }
-                Mark::New => visit(ctx, services, dep_name, marks, path, order)?,
-            }
-        }
-        path.pop();
-        marks.insert(name, Mark::Done);
-        order.push(name);
-        Ok(())
-    }
-    let mut marks: HashMap<&str, Mark> = services.keys().map(|k| (*k, Mark::New)).collect();
-    let mut order = Vec::new();
-    for name in services.keys() {
-        if marks[name] == Mark::New {
-            visit(ctx, services, name, &mut marks, &mut Vec::new(), &mut order)?;
-        }
-    }
-    Ok(order)
-}
-
-/// The container part of an image service: volumes parsed and resolved against the project,
-/// limits checked, `cwd` taken as the working directory inside the container.
-fn container(
-    ctx: &Ctx,
-    dir: &Path,
-    s: &RawService,
-    image: &Spanned<String>,
-) -> Result<Container, ConfigError> {
-    if image.get_ref().trim().is_empty() {
-        return Err(ctx.err(image.span().start, "image is empty"));
-    }
-    let volumes = s
-        .volumes
-        .iter()
-        .flatten()
-        .map(|v| volume(dir, v.get_ref()).map_err(|m| ctx.err(v.span().start, m)))
-        .collect::<Result<Vec<_>, _>>()?;
-    for (i, v) in volumes.iter().enumerate() {
-        if volumes[..i].iter().any(|w| w.container == v.container) {
-            let at = s.volumes.as_ref().map_or(0, |list| list[i].span().start);
-            return Err(ctx.err(at, format!("two volumes are mounted at {}", v.container)));
-        }
-    }
-    let workdir = match &s.cwd {
-        Some(cwd) => {
-            container_path(cwd.get_ref())
-                .map_err(|m| ctx.err(cwd.span().start, format!("cwd of an image service {m}")))?;
-            Some(cwd.get_ref().clone())
-        }
-        None => None,
-    };
-    let pids = match &s.pids {
-        Some(p) if *p.get_ref() < 1 => return Err(ctx.err(p.span().start, "pids must be at least 1")),
-        Some(p) => Some(*p.get_ref()),
-        None => None,
-    };
-    let user = match &s.user {
-        Some(u) => {
-            let text = u.get_ref();
-            let ok = text.split(':').count() <= 2
-                && text.split(':').all(|part| !part.is_empty() && !part.contains(char::is_whitespace));
-            if !ok {
-                return Err(ctx.err(
-                    u.span().start,
-                    format!("user {text:?} is not `name`, `uid`, `name:group` or `uid:gid`"),
-                ));
-            }
-            Some(text.clone())
-        }
-        None => None,
-    };
-    Ok(Container {
-        image: image.get_ref().clone(),
-        volumes,
-        workdir,
-        memory_bytes: s.memory.as_ref().map(|m| m.get_ref().0),
-        pids,
-        user,
-        pull: s.pull.as_ref().map(|p| *p.get_ref()).unwrap_or_default(),
-    })
-}
-
-/// `host:container[:ro|:rw]`; the host side is relative to the project (or absolute).
-fn volume(dir: &Path, text: &str) -> Result<Volume, String> {
-    let parts: Vec<&str> = text.split(':').collect();
-    let (host, container, read_only) = match parts.as_slice() {
-        [host, container] => (*host, *container, false),
-        [host, container, "ro"] => (*host, *container, true),
-        [host, container, "rw"] => (*host, *container, false),
-        [_, _, other] => {
-            return Err(format!("volume {text:?}: unknown option {other:?} (expected ro or rw)"));
-        }
-        _ => return Err(format!("volume {text:?} must be \"<host path>:<container path>[:ro]\"")),
-    };
-    if host.is_empty() {
-        return Err(format!("volume {text:?} has no host path"));
-    }
-    container_path(container).map_err(|m| format!("volume {text:?}: container path {m}"))?;
-    let host = Path::new(host);
-    let host = if host.is_absolute() { host.to_owned() } else { dir.join(host) };
-    let host: PathBuf = host.components().collect();
-    if host.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
-        return Err(format!("volume {text:?}: the host path may not contain '..'"));
-    }
-    Ok(Volume { host, container: container.to_owned(), read_only })
-}
-
-fn container_path(path: &str) -> Result<(), String> {
-    if !path.starts_with('/') {
-        return Err(format!("{path:?} must be absolute"));
-    }
-    if path.split('/').any(|c| c == "." || c == "..") {
-        return Err(format!("{path:?} may not contain '.' or '..'"));
-    }
-    Ok(())
-}
-
-fn refuse_container_keys(ctx: &Ctx, s: &RawService) -> Result<(), ConfigError> {
-    let first = [
-        s.volumes.as_ref().and_then(|v| v.first()).map(|v| ("volumes", v.span().start)),
-        s.memory.as_ref().map(|m| ("memory", m.span().start)),
-        s.pids.as_ref().map(|p| ("pids", p.span().start)),
-        s.user.as_ref().map(|u| ("user", u.span().start)),
-        s.pull.as_ref().map(|p| ("pull", p.span().start)),
-    ];
-    match first.into_iter().flatten().next() {
-        Some((key, at)) => Err(ctx.err(at, format!("{key} applies only to services with an image"))),
-        None => Ok(()),
-    }
-}
-
 /// Profile names are labels, like service names, so `--profile` never needs quoting.
 fn profiles(ctx: &Ctx, s: &RawService) -> Result<Vec<String>, ConfigError> {
     s.profiles
@@ -530,8 +362,6 @@ fn profiles(ctx: &Ctx, s: &RawService) -> Result<Vec<String>, ConfigError> {
         })
         .collect()
 }
-
-type Lookup<'a> = dyn Fn(&str, &str) -> Result<String, String> + 'a;
 
 fn check(ctx: &Ctx, spanned: &Spanned<RawCheck>, port: u16, lookup: &Lookup) -> Result<Check, ConfigError> {
     let c = spanned.get_ref();
@@ -566,59 +396,6 @@ fn check(ctx: &Ctx, spanned: &Spanned<RawCheck>, port: u16, lookup: &Lookup) -> 
         retries: c.retries.unwrap_or(3).max(1),
         start_period: c.start_period.map_or(Duration::ZERO, |d| d.0),
     })
-}
-
-fn interpolate_command(
-    ctx: &Ctx,
-    command: &Spanned<RawCommand>,
-    lookup: &Lookup,
-) -> Result<Command, ConfigError> {
-    let at = command.span().start;
-    let sub = |text: &str| substitute(text, lookup).map_err(|(_, m)| ctx.err(at, m));
-    Ok(match command.get_ref() {
-        RawCommand::Shell(line) => {
-            let spanned = Spanned::new(command.span(), line.clone());
-            Command::Shell(interpolate(ctx, &spanned, lookup)?)
-        }
-        RawCommand::Argv(argv) => Command::Argv(argv.iter().map(|a| sub(a)).collect::<Result<_, _>>()?),
-    })
-}
-
-/// Substitutes in a string value; an error points at its `${` when the value is written as a
-/// plain string (no escapes before it), else at the value.
-fn interpolate(ctx: &Ctx, value: &Spanned<String>, lookup: &Lookup) -> Result<String, ConfigError> {
-    substitute(value.get_ref(), lookup).map_err(|(index, message)| {
-        let span = value.span();
-        let written = &ctx.text[span.start..span.end];
-        let quote_len = if written.starts_with("\"\"\"") || written.starts_with("'''") { 3 } else { 1 };
-        let body = written.get(quote_len..).unwrap_or("");
-        let exact = body.get(..index) == value.get_ref().get(..index);
-        ctx.err(if exact { span.start + quote_len + index } else { span.start }, message)
-    })
-}
-
-/// Replaces every `${services.<name>.<field>}`; other `${...}` are left for the shell.
-fn substitute(text: &str, lookup: &Lookup) -> Result<String, (usize, String)> {
-    const OPEN: &str = "${services.";
-    let mut out = String::new();
-    let mut rest = text;
-    let mut consumed = 0;
-    while let Some(start) = rest.find(OPEN) {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + OPEN.len()..];
-        let end = after.find('}').ok_or((consumed + start, "unclosed ${services.…}".to_owned()))?;
-        let reference = &after[..end];
-        let (service, field) = reference.split_once('.').ok_or((
-            consumed + start,
-            format!("expected ${{services.<name>.<field>}}, found ${{services.{reference}}}"),
-        ))?;
-        out.push_str(&lookup(service, field).map_err(|m| (consumed + start, m))?);
-        let advance = start + OPEN.len() + end + 1;
-        consumed += advance;
-        rest = &rest[advance..];
-    }
-    out.push_str(rest);
-    Ok(out)
 }
 
 #[cfg(test)]

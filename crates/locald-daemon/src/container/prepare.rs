@@ -283,6 +283,7 @@ pub fn prepare(
             .collect(),
         memory_bytes: container.memory_bytes.map(|b| i64::try_from(b).unwrap_or(i64::MAX)),
         pids: container.pids,
+        idmap_volumes: true,
     };
     bundle::write(&dir, &config)?;
     let (cache, lowers) = match root {

@@ -98,36 +98,23 @@ pub async fn ensure(
             }
             _ => {
                 let report = progress.clone();
-                let last = Arc::new(Mutex::new(locald_registry::Progress::default()));
+                let last = Arc::new(Mutex::new(PullProgress::default()));
                 let keep = last.clone();
-                let on_progress: locald_registry::OnProgress =
-                    Arc::new(move |p: &locald_registry::Progress| {
-                        *keep.lock().expect("progress lock") = p.clone();
-                        report(to_ipc(p, false));
-                    });
+                let on_progress: locald_registry::OnProgress = Arc::new(move |p: &PullProgress| {
+                    *keep.lock().expect("progress lock") = p.clone();
+                    report(p.clone());
+                });
                 let record = locald_registry::pull(&store, &reference, &options, on_progress)
                     .await
                     .map_err(|e| named(e.to_string()))?;
                 let last = last.lock().expect("progress lock").clone();
-                progress(to_ipc(&last, true));
+                progress(PullProgress { done: true, ..last });
                 record
             }
         };
         pin(&store, &project, &image, Pinned { reference: reference.to_string(), digest: record.digest })?;
     }
     Ok(())
-}
-
-fn to_ipc(p: &locald_registry::Progress, done: bool) -> PullProgress {
-    PullProgress {
-        image: p.image.clone(),
-        layers_done: p.layers_done,
-        layers_total: p.layers_total,
-        bytes_done: p.bytes_done,
-        bytes_total: p.bytes_total,
-        downloaded: p.downloaded,
-        done,
-    }
 }
 
 fn pin(store: &Store, project: &Path, image: &str, pinned: Pinned) -> Result<(), String> {

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use locald_core::config::serving::{Serves, shown_address};
 use locald_core::ipc::ServiceState;
 
 use super::stats::{ProcScan, Usage};
@@ -35,8 +36,11 @@ struct Service {
     label: &'static str,
     detail: Option<String>,
     pid: Option<u32>,
-    port: u16,
-    url: String,
+    /// None for a service that listens nowhere (`port = false`).
+    port: Option<u16>,
+    /// The proxy's `https://` name for HTTP, `127.0.0.1:<port>` for another protocol, none for
+    /// a service that serves nothing or a one-shot that completed (as `status` shows).
+    url: Option<String>,
     healthy: Option<bool>,
     restarts: u32,
     uptime_secs: Option<u64>,
@@ -96,6 +100,9 @@ pub(super) fn take(
                         }
                         _ => None,
                     };
+                    let port = s.port.unwrap_or(handle.service.port);
+                    let completed = s.state == ServiceState::Completed;
+                    let dashboard_url = https_url(&handle.service.domain);
                     let label = label(s.state, s.exit);
                     let down = matches!(label, "crashed" | "failed" | "stopped" | "completed");
                     let last_lines = if down && s.exit.is_some() {
@@ -116,8 +123,8 @@ pub(super) fn take(
                         label,
                         detail: s.detail.clone(),
                         pid: s.pid,
-                        port: handle.service.port,
-                        url: https_url(&handle.service.domain),
+                        port: (!matches!(handle.service.serves, Serves::Nothing)).then_some(port),
+                        url: shown_address(handle.service.serves, completed, &dashboard_url, port),
                         healthy: s.healthy,
                         restarts: s.restarts,
                         uptime_secs: s.since.map(|t| t.elapsed().as_secs()),

@@ -17,6 +17,7 @@ use locald_proxy::{DashboardBody, DashboardResponse};
 
 use super::snapshot::{self, Memory};
 use super::{Server, common_headers, param, text};
+use crate::first::first_of;
 use crate::logs;
 
 /// Between two snapshots when nothing changes (CPU and memory move anyway).
@@ -57,7 +58,7 @@ pub(super) fn events(server: &Arc<Server>) -> DashboardResponse {
             for watch in &mut watches {
                 watch.borrow_and_update();
             }
-            let changes = futures_first(watches.iter_mut().map(|w| Box::pin(w.changed())));
+            let changes = first_of(watches.iter_mut().map(|w| Box::pin(w.changed())));
             tokio::select! {
                 _ = running.changed() => {}
                 () = changes => {}
@@ -131,18 +132,4 @@ pub(super) fn logs(server: &Arc<Server>, query: &str) -> DashboardResponse {
 
 fn log_event(line: &LogLine) -> Bytes {
     event("log", &serde_json::to_string(line).unwrap_or_default())
-}
-
-/// The first of several futures to finish; never, for none.
-async fn futures_first<F: std::future::Future + Unpin>(futures: impl Iterator<Item = F>) {
-    let mut futures: Vec<F> = futures.collect();
-    std::future::poll_fn(|cx| {
-        for f in &mut futures {
-            if std::pin::Pin::new(&mut *f).poll(cx).is_ready() {
-                return std::task::Poll::Ready(());
-            }
-        }
-        std::task::Poll::Pending
-    })
-    .await
 }

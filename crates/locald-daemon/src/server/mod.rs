@@ -132,6 +132,9 @@ pub async fn run(socket: PathBuf, state_dir: PathBuf) -> Result<(), ServerError>
     supervisor.shutdown().await;
     // Like `server stop`: the names go from `/etc/hosts` before the daemon does.
     wiring.applied(supervisor.generation()).await;
+    if let Some(proxy) = &proxy {
+        proxy.stop().await;
+    }
     let _ = std::fs::remove_file(&socket);
     drop(lock);
     Ok(())

@@ -10,6 +10,7 @@ use tokio::sync::broadcast;
 use locald_core::ipc::{LogLine, ProjectStatus, PullProgress, Request, Response, ServiceState};
 
 use super::{Daemon, Out, Shutdown};
+use crate::first::first_of;
 use crate::logs;
 use crate::supervisor::service::Control;
 use crate::supervisor::{Applied, Project, Supervisor, Want, control};
@@ -139,6 +140,9 @@ pub(super) async fn handle(
             daemon.watchers.stop_all();
             supervisor.shutdown().await;
             reachable(daemon).await;
+            if let Some(proxy) = &daemon.proxy {
+                proxy.stop().await;
+            }
             // Gone before the answer: once `server stop` returns, nobody can reach this daemon.
             let _ = std::fs::remove_file(&shutdown.socket);
             shutdown.notify.notify_one();
@@ -327,7 +331,7 @@ async fn up(daemon: &Daemon, dir: &Path, want: &Want, out: &mut Out) -> io::Resu
             }
         };
         tokio::select! {
-            _ = futures_select(changes) => {}
+            _ = first_of(changes) => {}
             () = timeout => {}
             () = &mut out.closed => return Ok(()),
         }
@@ -357,20 +361,6 @@ fn start_timeout_message(service: &locald_core::config::Service) -> String {
             service.port
         )
     }
-}
-
-/// The first of several futures to finish.
-async fn futures_select<F: std::future::Future + Unpin>(futures: impl Iterator<Item = F>) {
-    let mut futures: Vec<F> = futures.collect();
-    std::future::poll_fn(|cx| {
-        for f in &mut futures {
-            if std::pin::Pin::new(&mut *f).poll(cx).is_ready() {
-                return std::task::Poll::Ready(());
-            }
-        }
-        std::task::Poll::Pending
-    })
-    .await
 }
 
 #[derive(Clone, Copy)]

@@ -7,6 +7,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use locald_shim_protocol::protocol::{
@@ -20,6 +21,7 @@ use nix::cmsg_space;
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg, setsockopt, sockopt};
 use nix::sys::time::TimeVal;
 
+use super::Privileged;
 use super::discovery::{self, Insecure};
 
 const SETUP_HINT: &str = "run `sudo locald admin setup`";
@@ -145,8 +147,44 @@ impl Shim {
         }
     }
 
-    /// A listening socket on privileged `port`, bound by the shim and passed back as an fd.
-    pub fn bind(&self, port: u16, address: Option<IpAddr>) -> Result<TcpListener, ShimClientError> {
+    /// Runs a request that answers on stdout and exits.
+    fn run(&self, request: &Request) -> Result<String, ShimClientError> {
+        let output = base_command(&self.path, request)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output()
+            .map_err(|source| ShimClientError::Spawn { path: self.path.clone(), source })?;
+        if !output.status.success() {
+            return Err(ShimClientError::Failed {
+                class: output.status.code().and_then(ExitClass::from_code),
+                message: stderr_line(&output.stderr),
+            });
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    fn os_error(&self, what: &str, err: impl std::fmt::Display) -> ShimClientError {
+        ShimClientError::Failed { class: None, message: format!("{what} ({}): {err}", self.path.display()) }
+    }
+}
+
+/// Every request as one run of the shim; the `--ports-only` shim is refused here, before it is
+/// run, for everything beyond `bind`.
+impl Privileged for Shim {
+    fn unavailable(&self) -> Option<Arc<ShimClientError>> {
+        None
+    }
+
+    fn mode(&self) -> Option<ShimMode> {
+        Some(self.mode)
+    }
+
+    fn unavailable_beyond_bind(&self, what: &'static str) -> Option<Arc<ShimClientError>> {
+        self.refuses_beyond_bind(what).err().map(Arc::new)
+    }
+
+    /// Bound by the shim and passed back as an fd.
+    fn bind(&self, port: u16, address: Option<IpAddr>) -> Result<TcpListener, ShimClientError> {
         let request = Request::Bind(BindRequest { port, address });
         // close-on-exec on both ends, as std sets it on every platform.
         let (ours, theirs) =
@@ -184,19 +222,17 @@ impl Shim {
         }
     }
 
-    /// Removes `path` (inside a `.locald` directory) although root owns parts of it.
-    pub fn cleanup(&self, path: &Path) -> Result<(), ShimClientError> {
+    fn cleanup(&self, path: &Path) -> Result<(), ShimClientError> {
         self.refuses_beyond_bind("removing root-owned files")?;
         self.run(&Request::Cleanup(CleanupRequest { path: path.to_owned() })).map(drop)
     }
 
-    /// Makes the caller's `/etc/hosts` block map exactly `domains` to loopback.
-    pub fn sync_hosts(&self, domains: &[String]) -> Result<(), ShimClientError> {
+    fn sync_hosts(&self, domains: &[String]) -> Result<(), ShimClientError> {
         self.refuses_beyond_bind("writing /etc/hosts")?;
         self.run(&Request::SyncHosts(SyncHostsRequest { domains: domains.to_vec() })).map(drop)
     }
 
-    pub fn mount_loop(
+    fn mount_loop(
         &self,
         image: &Path,
         target: &Path,
@@ -213,46 +249,22 @@ impl Shim {
         self.run(&Request::MountLoop(request)).map(drop)
     }
 
-    pub fn unmount_loop(&self, target: &Path) -> Result<(), ShimClientError> {
+    fn unmount_loop(&self, target: &Path) -> Result<(), ShimClientError> {
         self.refuses_beyond_bind("a loop unmount")?;
         self.run(&Request::UnmountLoop(UnmountLoopRequest { target: target.to_owned() })).map(drop)
     }
 
-    /// Who listens on `port`: one entry per process.
-    pub fn debug_port(&self, port: u16) -> Result<Vec<PortOwner>, ShimClientError> {
+    fn debug_port(&self, port: u16) -> Result<Vec<PortOwner>, ShimClientError> {
         self.refuses_beyond_bind("naming a port's holder")?;
         let stdout = self.run(&Request::DebugPort(DebugPortRequest { port }))?;
         Ok(stdout.lines().filter_map(PortOwner::parse).collect())
     }
 
-    /// The command that runs the bundle at `bundle` as container `id`. `control` becomes the
-    /// shim's fd 3: stop requests (signal names, one per line) go in, `started`/`exited` lines
-    /// come out, and its EOF — the daemon is gone — kills the container. The caller spawns it and
-    /// keeps `control` open until the spawn returned.
-    pub fn bundle_run(&self, run: &BundleRunRequest, control: RawFd) -> Command {
+    fn bundle_run(&self, run: &BundleRunRequest, control: RawFd) -> Result<Command, ShimClientError> {
+        self.refuses_beyond_bind("running a container")?;
         let mut command = base_command(&self.path, &Request::BundleRun(run.clone()));
         pass_as_control_fd(&mut command, control);
-        command
-    }
-
-    /// Runs a request that answers on stdout and exits.
-    fn run(&self, request: &Request) -> Result<String, ShimClientError> {
-        let output = base_command(&self.path, request)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .output()
-            .map_err(|source| ShimClientError::Spawn { path: self.path.clone(), source })?;
-        if !output.status.success() {
-            return Err(ShimClientError::Failed {
-                class: output.status.code().and_then(ExitClass::from_code),
-                message: stderr_line(&output.stderr),
-            });
-        }
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-    }
-
-    fn os_error(&self, what: &str, err: impl std::fmt::Display) -> ShimClientError {
-        ShimClientError::Failed { class: None, message: format!("{what} ({}): {err}", self.path.display()) }
+        Ok(command)
     }
 }
 

@@ -3,7 +3,7 @@
 mod client;
 mod discovery;
 #[cfg(test)]
-pub mod fake;
+pub(crate) mod fake;
 pub mod filecap;
 mod privileged;
 mod remove;

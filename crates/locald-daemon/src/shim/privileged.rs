@@ -45,8 +45,10 @@ pub trait Privileged: Send + Sync + std::fmt::Debug {
     fn unmount_loop(&self, target: &Path) -> Result<(), ShimClientError>;
     /// Who listens on `port`: one entry per process.
     fn debug_port(&self, port: u16) -> Result<Vec<PortOwner>, ShimClientError>;
-    /// The command that runs the bundle at `bundle` as container `id`, `control` as its fd 3
-    /// (see [`Shim::bundle_run`]); the caller spawns it.
+    /// The command that runs the bundle `run` names. `control` becomes the shim's fd 3: stop
+    /// requests (signal names, one per line) go in, `started`/`exited` lines come out, and its
+    /// EOF — the daemon is gone — kills the container. The caller spawns it and keeps `control`
+    /// open until the spawn returned.
     fn bundle_run(&self, run: &BundleRunRequest, control: RawFd) -> Result<Command, ShimClientError>;
 }
 
@@ -59,55 +61,6 @@ pub fn discover() -> Arc<dyn Privileged> {
     };
     let root_jobs = std::env::var_os(super::root::ROOT_JOBS_ENV).is_none_or(|v| v != "0");
     if nix::unistd::geteuid().is_root() && root_jobs { Arc::new(super::AsRoot::new(shim)) } else { shim }
-}
-
-impl Privileged for Shim {
-    fn unavailable(&self) -> Option<Arc<ShimClientError>> {
-        None
-    }
-
-    fn mode(&self) -> Option<ShimMode> {
-        Some(Shim::mode(self))
-    }
-
-    fn unavailable_beyond_bind(&self, what: &'static str) -> Option<Arc<ShimClientError>> {
-        self.refuses_beyond_bind(what).err().map(Arc::new)
-    }
-
-    fn bind(&self, port: u16, address: Option<IpAddr>) -> Result<TcpListener, ShimClientError> {
-        Shim::bind(self, port, address)
-    }
-
-    fn sync_hosts(&self, domains: &[String]) -> Result<(), ShimClientError> {
-        Shim::sync_hosts(self, domains)
-    }
-
-    fn cleanup(&self, path: &Path) -> Result<(), ShimClientError> {
-        Shim::cleanup(self, path)
-    }
-
-    fn mount_loop(
-        &self,
-        image: &Path,
-        target: &Path,
-        fstype: &str,
-        read_write: bool,
-    ) -> Result<(), ShimClientError> {
-        Shim::mount_loop(self, image, target, fstype, read_write)
-    }
-
-    fn unmount_loop(&self, target: &Path) -> Result<(), ShimClientError> {
-        Shim::unmount_loop(self, target)
-    }
-
-    fn debug_port(&self, port: u16) -> Result<Vec<PortOwner>, ShimClientError> {
-        Shim::debug_port(self, port)
-    }
-
-    fn bundle_run(&self, run: &BundleRunRequest, control: RawFd) -> Result<Command, ShimClientError> {
-        self.refuses_beyond_bind("running a container")?;
-        Ok(Shim::bundle_run(self, run, control))
-    }
 }
 
 /// No usable shim: every request fails with the reason discovery gave.

@@ -26,7 +26,7 @@ pub async fn force_remove_dir_all(path: &Path, privileged: Arc<dyn Privileged>) 
 
 /// The same, for callers already off the async threads.
 pub fn force_remove_dir_all_blocking(path: &Path, privileged: &dyn Privileged) -> Result<(), RemoveError> {
-    remove_or_delegate(path, privileged, |path| std::fs::remove_dir_all(path))
+    remove_or_delegate(path, privileged, locald_image::owned::remove_dir_all)
 }
 
 fn remove_or_delegate(

@@ -3,16 +3,20 @@
 //! after a crash clears the old processes and brings the same projects up again.
 
 mod apply;
-pub mod cgroup;
+mod cgroup;
 mod lifecycle;
 mod listening;
-pub mod output;
+pub(crate) mod output;
+mod persist;
 mod plan;
-pub mod process;
+mod preflight;
+pub(crate) mod process;
 mod readiness;
-pub mod service;
+mod running;
+pub(crate) mod service;
 
 pub use apply::{Applied, Want};
+pub use running::{Project, Running};
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -20,70 +24,15 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{broadcast, oneshot, watch};
 
-use locald_core::config::{self, Config, ConfigError, PortSource, SelectError, ports, serving};
-use locald_core::ipc::{ProjectStatus, ServiceState, ServiceStatus};
+use locald_core::config::{self, Config, ConfigError, PortSource, SelectError, ports};
+use locald_core::ipc::ServiceState;
 
 use crate::container::prepare;
 use crate::shim::{PortOwner, Privileged, ShimClientError};
 use locald_ca::CaError;
-use locald_ca::ca_bundle::{self, CaFiles};
 use locald_core::paths::PathError;
+use preflight::{ca_files, check_ports_free, container_runtime};
 use service::{Control, Handle};
-
-pub struct Project {
-    pub config: Config,
-    pub services: Vec<Handle>,
-    pub log_dir: PathBuf,
-    pub live: broadcast::Sender<locald_core::ipc::LogLine>,
-}
-
-impl Project {
-    pub fn handle(&self, name: &str) -> Option<&Handle> {
-        self.services.iter().find(|h| h.service.name == name)
-    }
-
-    pub fn status(&self) -> ProjectStatus {
-        ProjectStatus {
-            name: self.config.project.name.clone(),
-            dir: self.config.project.dir.clone(),
-            domain: self.config.project.domain.clone(),
-            checkout: self.config.project.checkout.clone(),
-            mounts: Vec::new(),
-            watching: false,
-            services: self
-                .services
-                .iter()
-                .map(|h| {
-                    let s = h.status.borrow();
-                    let port = s.port.unwrap_or(h.service.port);
-                    let completed = s.state == ServiceState::Completed;
-                    ServiceStatus {
-                        name: h.service.name.clone(),
-                        state: s.state,
-                        pid: s.pid,
-                        port,
-                        url: serving::shown_address(h.service.serves, completed, &h.service.url, port),
-                        serves: h.service.serves,
-                        healthy: s.healthy,
-                        restarts: s.restarts,
-                        uptime_secs: s.since.map(|t| t.elapsed().as_secs()),
-                        exit_code: s.exit.map(process::Exit::code),
-                        changed: None,
-                    }
-                })
-                .collect(),
-        }
-    }
-}
-
-/// The running projects as one change to their set left them; what the proxy routes and
-/// `/etc/hosts` lists follow these ([`Supervisor::running`]).
-#[derive(Clone, Default)]
-pub struct Running {
-    /// Counts the changes: the one that made this set and every earlier one are in it.
-    pub generation: u64,
-    pub projects: Vec<Arc<Project>>,
-}
 
 pub struct Supervisor {
     state_dir: PathBuf,
@@ -138,64 +87,8 @@ impl Supervisor {
     pub fn privileged(&self) -> Arc<dyn Privileged> {
         self.privileged.clone()
     }
-    /// Every set of running projects from now on, starting with the current one.
-    pub fn running(&self) -> watch::Receiver<Running> {
-        self.running.subscribe()
-    }
-
-    /// The generation of the set of running projects now ([`Running::generation`]).
-    pub fn generation(&self) -> u64 {
-        self.running.borrow().generation
-    }
-
-    /// Called with the `projects` lock held, after every change to them.
-    fn publish(&self, projects: &BTreeMap<PathBuf, Arc<Project>>) {
-        self.running.send_modify(|running| {
-            running.generation += 1;
-            running.projects = projects.values().cloned().collect();
-        });
-    }
-
-    fn projects_file(&self) -> PathBuf {
-        self.state_dir.join("projects.json")
-    }
-
     pub fn log_dir(&self, project_dir: &Path) -> PathBuf {
         self.state_dir.join("logs").join(format!("{:016x}", fnv(project_dir.as_os_str().as_encoded_bytes())))
-    }
-
-    /// After a crash of the previous daemon: kill what it left running, then bring its projects
-    /// up again. Returns the projects that could not be restored, with why.
-    pub fn recover(&self) -> Vec<(PathBuf, UpError)> {
-        if let Some(cgroups) = &self.cgroups {
-            cgroups.kill_leftovers();
-        }
-        let killed = process::kill_leftovers(&self.owner);
-        if killed > 0 {
-            tracing::info!("stopped {killed} process(es) left by a previous daemon");
-        }
-        let dirs: Vec<PathBuf> = std::fs::read(self.projects_file())
-            .ok()
-            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-            .unwrap_or_default();
-        let mut failed = Vec::new();
-        for dir in dirs {
-            if let Err(e) = self.up(&dir) {
-                failed.push((dir, e));
-            }
-        }
-        self.persist();
-        failed
-    }
-
-    fn persist(&self) {
-        let dirs: Vec<PathBuf> =
-            self.projects.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect();
-        let tmp = self.state_dir.join("projects.json.tmp");
-        let json = serde_json::to_vec(&dirs).expect("paths serialize");
-        if std::fs::write(&tmp, json).and_then(|()| std::fs::rename(&tmp, self.projects_file())).is_err() {
-            tracing::warn!("cannot record the running projects in {}", self.state_dir.display());
-        }
     }
 
     pub fn get(&self, dir: &Path) -> Option<Arc<Project>> {
@@ -383,110 +276,9 @@ fn platform_name(os: &str) -> &str {
     if os == "macos" { "macOS" } else { os }
 }
 
-/// The CA bundle, written afresh (the system's roots may have changed since the last `up`) when
-/// a service of the project opts in to `trust_local_ca`.
-fn ca_files(config: &Config) -> Result<Option<CaFiles>, UpError> {
-    let Some(first) = config.services.iter().find(|s| s.trust_local_ca) else { return Ok(None) };
-    ca_bundle::prepare().map(Some).map_err(|source| UpError::Ca {
-        file: config.project.source.clone(),
-        service: first.name.clone(),
-        source,
-    })
-}
-
-/// What containers of this project need, checked before anything starts: local images that
-/// exist, a platform that runs them, and a trustworthy shim. `None` when there are no image
-/// services.
-fn container_runtime(
-    config: &Config,
-    privileged: &Arc<dyn Privileged>,
-) -> Result<Option<Arc<prepare::Runtime>>, UpError> {
-    refuse_containers_off_linux(config, std::env::consts::OS)?;
-    let file = || config.project.source.clone();
-    let mut first = None;
-    for service in &config.services {
-        let Some(container) = &service.container else { continue };
-        prepare::check(&config.project.dir, service, container).map_err(|source| UpError::Image {
-            file: file(),
-            service: service.name.clone(),
-            source: Box::new(source),
-        })?;
-        first.get_or_insert(service.name.as_str());
-    }
-    let Some(name) = first else { return Ok(None) };
-    if let Some(source) = privileged.unavailable_beyond_bind("running a container") {
-        return Err(UpError::NoShim { file: file(), service: name.to_owned(), source });
-    }
-    let cache = locald_core::paths::cache_dir().map_err(UpError::ImageCache)?.join("images");
-    Ok(Some(Arc::new(prepare::Runtime {
-        shim: privileged.clone(),
-        cache,
-        uid: nix::unistd::getuid().as_raw(),
-        gid: nix::unistd::getgid().as_raw(),
-    })))
-}
-
-/// Containers need Linux (namespaces, cgroups, the shim); on macOS a project with an image
-/// service is refused before anything of it starts or any image is opened, pointing at the
-/// Lima profile that runs locald in a Linux VM with the same project directory.
-fn refuse_containers_off_linux(config: &Config, os: &str) -> Result<(), UpError> {
-    let Some(service) = config.services.iter().find(|s| s.container.is_some()) else { return Ok(()) };
-    if os == "linux" {
-        return Ok(());
-    }
-    Err(UpError::Unsupported {
-        file: config.project.source.clone(),
-        service: service.name.clone(),
-        os: os.to_owned(),
-    })
-}
-
-/// A port written in `locald.toml` that something else already holds fails `up` before anything
-/// starts; [`Supervisor::up`] then names the holder (through the shim's `debug port`). Assigned
-/// ports are left alone: they were found free a moment ago, and probing again would only catch
-/// another daemon's probe of the same port (projects of the same name get the same preferred
-/// port) and refuse a project for a port nobody holds.
-fn check_ports_free(config: &Config) -> Result<(), UpError> {
-    for service in config.services.iter().filter(|s| s.port_written) {
-        if !ports::is_free(service.port) {
-            return Err(UpError::PortInUse {
-                file: config.project.source.clone(),
-                service: service.name.clone(),
-                port: service.port,
-                owner: None,
-            });
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A project whose `web` holds `port`, written in the file or assigned.
-    fn config(port: u16, written: bool) -> Config {
-        let text = if written {
-            format!("[services.web]\ncommand = \"x\"\nport = {port}\n")
-        } else {
-            "[services.web]\ncommand = \"x\"\n".to_owned()
-        };
-        let dir = std::env::temp_dir();
-        let mut config =
-            config::resolve_toml(&dir, Path::new("locald.toml"), &text, &mut vec![]).expect("valid config");
-        // An assigned port someone else took between assignment and the check.
-        config.services[0].port = port;
-        config
-    }
-
-    #[test]
-    fn only_a_written_port_that_is_taken_refuses_up() {
-        let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = holder.local_addr().unwrap().port();
-        let refused = check_ports_free(&config(port, true)).unwrap_err().to_string();
-        assert!(refused.contains(&format!("wants port {port}, which is already in use")), "{refused}");
-        assert!(check_ports_free(&config(port, false)).is_ok(), "an assigned port is not probed again");
-    }
 
     /// A supervisor without cgroups (tests must not leave cgroups behind) asking `privileged`.
     fn supervisor(state: &Path, privileged: Arc<dyn Privileged>) -> Arc<Supervisor> {
@@ -575,28 +367,5 @@ mod tests {
         );
         assert!(fake.calls().is_empty(), "the shim was not asked: {:?}", fake.calls());
         assert!(supervisor.all().is_empty(), "nothing started");
-    }
-
-    #[test]
-    fn an_image_service_off_linux_is_refused_with_the_lima_way() {
-        let dir = std::env::temp_dir();
-        let text = "[services.api]\ncommand = \"x\"\n\n[services.db]\nimage = \"./db-image\"\n";
-        let config = config::resolve_toml(&dir, Path::new("locald.toml"), text, &mut vec![]).expect("valid");
-        let refused = refuse_containers_off_linux(&config, "macos").unwrap_err().to_string();
-        assert!(refused.contains("service \"db\" runs in a container, which needs Linux"), "{refused}");
-        assert!(refused.contains("`locald-lima up`"), "{refused}");
-        assert!(refused.contains("limactl start --name=locald lima/locald.yaml"), "{refused}");
-        assert!(refused.contains("limactl shell locald locald up"), "{refused}");
-        assert!(!refused.contains('\n'), "one line: {refused}");
-        assert!(refuse_containers_off_linux(&config, "linux").is_ok());
-
-        let processes_only = config::resolve_toml(
-            &dir,
-            Path::new("locald.toml"),
-            "[services.api]\ncommand = \"x\"\n",
-            &mut vec![],
-        )
-        .expect("valid");
-        assert!(refuse_containers_off_linux(&processes_only, "macos").is_ok(), "processes run natively");
     }
 }

@@ -47,6 +47,11 @@ where
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut out = Vec::with_capacity(1024);
     let mut kept: Option<Upstream> = None;
+    // One timer for the connection's life, moved only when it fires early: arming a new one per
+    // request made tokio wake its own driver (an eventfd write and a spurious epoll round) on
+    // nearly every request, as the timer wheel was empty whenever every connection was busy.
+    let alarm = tokio::time::sleep(header_timeout);
+    tokio::pin!(alarm);
     loop {
         // The wait for a head is bounded as hyper's path bounds it: idle keep-alive included.
         let deadline = tokio::time::Instant::now() + header_timeout;
@@ -60,10 +65,19 @@ where
                 }
             }
             buf.reserve(READ_CHUNK);
-            match tokio::time::timeout_at(deadline, client.read_buf(&mut buf)).await {
-                Ok(Ok(0)) | Ok(Err(_)) => return Outcome::Done,
-                Ok(Ok(_)) => {}
-                Err(_elapsed) => return Outcome::Done,
+            tokio::select! {
+                biased;
+                read = client.read_buf(&mut buf) => match read {
+                    Ok(0) | Err(_) => return Outcome::Done,
+                    Ok(_) => {}
+                },
+                () = &mut alarm => {
+                    if tokio::time::Instant::now() >= deadline {
+                        return Outcome::Done;
+                    }
+                    // Set for an earlier request's deadline: the wait goes on to this one's.
+                    alarm.as_mut().reset(deadline);
+                }
             }
         };
         let port = target.port();

@@ -26,8 +26,9 @@ pub fn run(
         None => None,
     };
     let dir = project_dir(dir)?;
-    let mut board = Board { tty: std::io::stdout().is_terminal(), rows: Vec::new(), drawn: 0 };
-    let mut pulls = Pulls::new(board.tty);
+    let tty = std::io::stdout().is_terminal();
+    let mut board = Rows::new(tty, |service| format!("{service:<16}"));
+    let mut pulls = Rows::new(tty, |image| format!("image {image}"));
     if nix::unistd::geteuid().is_root() {
         println!("note: running as root, so the services run as root too");
     }
@@ -35,8 +36,10 @@ pub fn run(
     client.send(&Request::Up { dir: dir.clone(), services: args, profiles })?;
     loop {
         match client.next()? {
-            Response::Pull(progress) => pulls.update(progress),
-            Response::Progress { service, state, detail } => board.update(service, state, detail),
+            Response::Pull(progress) => pulls.set(progress.image.clone(), pull_text(&progress)),
+            Response::Progress { service, state, detail } => {
+                board.set(service, state_text(tty, state, detail));
+            }
             Response::UpDone { project, attached, proxy, notes } => {
                 let name = match &project.checkout {
                     Some(checkout) => {
@@ -111,12 +114,12 @@ pub fn unwatch(dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
 /// `locald pull [SERVICE...]`: pulls afresh through the daemon, showing progress per image.
 pub fn pull(dir: &Path, services: Vec<String>) -> anyhow::Result<ExitCode> {
     let dir = project_dir(Some(dir.to_owned()))?;
-    let mut pulls = Pulls::new(std::io::stdout().is_terminal());
+    let mut pulls = Rows::new(std::io::stdout().is_terminal(), |image| format!("image {image}"));
     let mut client = Client::connect()?;
     client.send(&Request::Pull { dir, services })?;
     loop {
         match client.next()? {
-            Response::Pull(progress) => pulls.update(progress),
+            Response::Pull(progress) => pulls.set(progress.image.clone(), pull_text(&progress)),
             Response::Ok => return Ok(ExitCode::SUCCESS),
             Response::Error { message } => anyhow::bail!("{message}"),
             other => anyhow::bail!("unexpected answer from the daemon: {other:?}"),
@@ -124,50 +127,30 @@ pub fn pull(dir: &Path, services: Vec<String>) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// One row per image being pulled: layers and bytes done, redrawn in place on a terminal, else a
-/// line per report (the daemon sends a few a second) and one when the image is done.
-struct Pulls {
-    tty: bool,
-    rows: Vec<(String, String)>,
-    drawn: usize,
+/// A service's row: its state, and why while it is not running yet.
+fn state_text(tty: bool, state: ServiceState, detail: Option<String>) -> String {
+    let mut text = paint(tty, state, state.as_str());
+    if let Some(detail) = detail.filter(|_| state != ServiceState::Running) {
+        text.push_str(&format!(" ({detail})"));
+    }
+    text
 }
 
-impl Pulls {
-    fn new(tty: bool) -> Pulls {
-        Pulls { tty, rows: Vec::new(), drawn: 0 }
-    }
-
-    fn update(&mut self, p: PullProgress) {
-        let text = if p.done && p.downloaded == 0 {
-            format!("up to date ({} layers, {})", p.layers_total, bytes(p.bytes_total))
-        } else if p.done {
-            format!("pulled ({} layers, {} downloaded)", p.layers_total, bytes(p.downloaded))
-        } else {
-            format!(
-                "pulling: {}/{} layers, {} / {}",
-                p.layers_done,
-                p.layers_total,
-                bytes(p.bytes_done),
-                bytes(p.bytes_total)
-            )
-        };
-        if !self.tty {
-            println!("image {} {text}", p.image);
-            return;
-        }
-        match self.rows.iter_mut().find(|(name, _)| *name == p.image) {
-            Some(row) => row.1 = text,
-            None => self.rows.push((p.image, text)),
-        }
-        let mut out = std::io::stdout().lock();
-        if self.drawn > 0 {
-            let _ = write!(out, "\x1b[{}A", self.drawn);
-        }
-        for (name, text) in &self.rows {
-            let _ = writeln!(out, "\x1b[2Kimage {name} {text}");
-        }
-        let _ = out.flush();
-        self.drawn = self.rows.len();
+/// An image's row: layers and bytes done, and how it ended (the daemon reports a few times a
+/// second and once when the image is done).
+fn pull_text(p: &PullProgress) -> String {
+    if p.done && p.downloaded == 0 {
+        format!("up to date ({} layers, {})", p.layers_total, bytes(p.bytes_total))
+    } else if p.done {
+        format!("pulled ({} layers, {} downloaded)", p.layers_total, bytes(p.downloaded))
+    } else {
+        format!(
+            "pulling: {}/{} layers, {} / {}",
+            p.layers_done,
+            p.layers_total,
+            bytes(p.bytes_done),
+            bytes(p.bytes_total)
+        )
     }
 }
 
@@ -188,36 +171,68 @@ fn is_project_dir(arg: &str) -> bool {
     arg.contains(['/', '.']) || [FILE_NAME, PROCFILE].iter().any(|f| path.join(f).is_file())
 }
 
-/// One row per service. On a terminal the rows are redrawn in place; otherwise every change
-/// is a new line, which is what logs and CI want.
-struct Board {
+/// One row per service or image. On a terminal the rows are redrawn in place; otherwise every
+/// change is a new line, which is what logs and CI want.
+struct Rows {
     tty: bool,
+    /// How a row begins, from its name.
+    label: fn(&str) -> String,
     rows: Vec<(String, String)>,
+    /// How many rows the last redraw wrote, to move the cursor back over them.
     drawn: usize,
 }
 
-impl Board {
-    fn update(&mut self, service: String, state: ServiceState, detail: Option<String>) {
-        let mut text = paint(self.tty, state, state.as_str());
-        if let Some(detail) = detail.filter(|_| state != ServiceState::Running) {
-            text.push_str(&format!(" ({detail})"));
-        }
+impl Rows {
+    fn new(tty: bool, label: fn(&str) -> String) -> Rows {
+        Rows { tty, label, rows: Vec::new(), drawn: 0 }
+    }
+
+    fn set(&mut self, name: String, text: String) {
+        let mut out = std::io::stdout().lock();
+        self.write(&mut out, name, text);
+        let _ = out.flush();
+    }
+
+    fn write(&mut self, out: &mut impl Write, name: String, text: String) {
         if !self.tty {
-            println!("{service:<16} {text}");
+            let _ = writeln!(out, "{} {text}", (self.label)(&name));
             return;
         }
-        match self.rows.iter_mut().find(|(name, _)| *name == service) {
+        match self.rows.iter_mut().find(|(row, _)| *row == name) {
             Some(row) => row.1 = text,
-            None => self.rows.push((service, text)),
+            None => self.rows.push((name, text)),
         }
-        let mut out = std::io::stdout().lock();
         if self.drawn > 0 {
             let _ = write!(out, "\x1b[{}A", self.drawn);
         }
         for (name, text) in &self.rows {
-            let _ = writeln!(out, "\x1b[2K{name:<16} {text}");
+            let _ = writeln!(out, "\x1b[2K{} {text}", (self.label)(name));
         }
-        let _ = out.flush();
         self.drawn = self.rows.len();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Rows;
+
+    fn written(tty: bool, updates: &[(&str, &str)]) -> String {
+        let mut rows = Rows::new(tty, |name| format!("image {name}"));
+        let mut out = Vec::new();
+        for (name, text) in updates {
+            rows.write(&mut out, (*name).to_owned(), (*text).to_owned());
+        }
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn a_terminal_gets_every_row_redrawn_in_place_and_a_pipe_a_line_per_change() {
+        let updates = [("a", "1/2"), ("b", "0/1"), ("a", "2/2")];
+        assert_eq!(
+            written(true, &updates),
+            "\x1b[2Kimage a 1/2\n\x1b[1A\x1b[2Kimage a 1/2\n\x1b[2Kimage b 0/1\n\
+             \x1b[2A\x1b[2Kimage a 2/2\n\x1b[2Kimage b 0/1\n"
+        );
+        assert_eq!(written(false, &updates), "image a 1/2\nimage b 0/1\nimage a 2/2\n");
     }
 }

@@ -1,6 +1,7 @@
 use std::path::Path;
 
 use super::*;
+use crate::config::Volume;
 
 /// Ports handed out in order from 41000, so tests do not probe the machine.
 struct Fixed(u16);

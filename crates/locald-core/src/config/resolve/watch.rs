@@ -3,7 +3,8 @@
 
 use toml::Spanned;
 
-use super::{Ctx, Lookup, interpolate_command};
+use super::Ctx;
+use super::interpolate::{Lookup, interpolate_command};
 use crate::config::raw::RawService;
 use crate::config::{ConfigError, Watch};
 

@@ -65,8 +65,11 @@ function serviceRow(project, service, tbody) {
     tr.append(cells[c]);
   }
   const actions = el("td", { class: "actions" });
+  // Symbols keep fifty rows beside the log view; the name is in the tooltip and for readers.
+  const symbols = { start: "\u25B6", stop: "\u25A0", restart: "\u21BB" };
   for (const action of ["start", "stop", "restart"]) {
-    const b = el("button", { "data-action": action }, action);
+    const label = action + " " + service.name;
+    const b = el("button", { "data-action": action, title: label, "aria-label": label }, symbols[action]);
     b.addEventListener("click", () => act({ dir: project.dir, service: service.name, action }));
     actions.append(b);
   }
@@ -81,6 +84,22 @@ function serviceRow(project, service, tbody) {
   row = { tr, cells, last, lastCell };
   rows.set(key, row);
   return row;
+}
+
+// An https:// name as a link (shown without the scheme, which every one has), another
+// protocol's host:port as text, "-" for a service that serves nothing.
+function showAddress(cell, url) {
+  const shown = url ?? "-";
+  if (cell.dataset.shown === shown) return;
+  cell.dataset.shown = shown;
+  if (url && url.startsWith("https://")) {
+    const link = el("a", { href: url + "/", target: "_blank", rel: "noopener", title: url });
+    // A long name wraps after a dot or before the port rather than inside a label.
+    for (const part of url.slice(8).split(/(?<=\.)|(?=:)/)) link.append(part, el("wbr"));
+    cell.replaceChildren(link);
+  } else {
+    cell.textContent = shown;
+  }
 }
 
 function render(snapshot) {
@@ -100,10 +119,8 @@ function render(snapshot) {
       c.state.title = s.detail || "";
       row.tr.dataset.state = s.label;
       c.pid.textContent = s.pid ?? "-";
-      c.port.textContent = s.port;
-      if (c.url.firstChild?.href !== s.url + "/") {
-        c.url.replaceChildren(el("a", { href: s.url + "/", target: "_blank", rel: "noopener" }, s.url));
-      }
+      c.port.textContent = s.port ?? "-";
+      showAddress(c.url, s.url);
       c.restarts.textContent = s.restarts;
       c.uptime.textContent = duration(s.uptime_secs);
       c.cpu.textContent = s.cpu_percent == null ? "-" : s.cpu_percent.toFixed(1) + "%";

@@ -365,6 +365,35 @@ async fn a_client_asking_to_close_is_answered_then_closed() {
     assert!(matches!(served.await.unwrap(), Outcome::Done));
 }
 
+/// The idle bound runs from each answer, not from the connection's first request, though the
+/// connection keeps one timer: the wait past the first request's deadline goes on, and the
+/// connection closes once a whole bound passed with no request.
+#[tokio::test]
+async fn the_idle_bound_restarts_with_every_request() {
+    const BOUND: Duration = Duration::from_millis(1500);
+    let (port, _) = service(hello);
+    let (mut client, server) = tokio::io::duplex(1 << 20);
+    let route = move |host: &str| (host == "app.localhost").then_some(Port(port));
+    let activity = std::sync::Arc::new(crate::activity::Activity::new());
+    let served = tokio::spawn(serve(server, PEER, BOUND, activity, route));
+    let mut last = tokio::time::Instant::now();
+    // Three requests a little over half a bound apart: the third comes after the first
+    // request's deadline, and must still be answered.
+    for n in 0..3 {
+        if n > 0 {
+            tokio::time::sleep_until(last + BOUND * 3 / 5).await;
+        }
+        client.write_all(b"GET / HTTP/1.1\r\nHost: app.localhost\r\n\r\n").await.unwrap();
+        let (_, body) = response(&mut client).await;
+        assert_eq!(body, b"hello", "request {n} answered");
+        last = tokio::time::Instant::now();
+    }
+    assert_eq!(client.read(&mut [0u8; 1]).await.unwrap(), 0, "closed when idle");
+    let idle = last.elapsed();
+    assert!(idle >= BOUND - Duration::from_millis(50), "closed after {idle:?} idle, before the bound");
+    assert!(matches!(served.await.unwrap(), Outcome::Done));
+}
+
 #[tokio::test]
 async fn a_kept_connection_the_service_closed_is_replaced() {
     // The service closes after every answer without saying so, as one restarting would, and

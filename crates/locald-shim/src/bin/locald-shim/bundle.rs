@@ -109,6 +109,14 @@ pub fn run(root: Root, request: &BundleRunRequest) -> Result<i32, ShimError> {
     linux.set_gid_mappings(None);
     spec.set_linux(Some(linux));
     let copy = Claim::take(&state, caller.uid.as_raw(), &request.id)?;
+    // Idmapped volumes, attached in this process's private mount namespace until it ends.
+    let _volumes = crate::volume_idmap::stage(
+        &mut spec,
+        caller,
+        &request.id,
+        uid_map.as_deref().unwrap_or_default(),
+        gid_map.as_deref().unwrap_or_default(),
+    )?;
     copy.write(&spec)?;
 
     // The container is cloned from this process and keeps these groups: a group that denies

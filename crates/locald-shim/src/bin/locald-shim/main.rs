@@ -31,6 +31,8 @@ mod subid_files;
 mod userns;
 #[cfg(target_os = "linux")]
 mod userpath;
+#[cfg(target_os = "linux")]
+mod volume_idmap;
 
 use std::ffi::OsString;
 use std::io::Write;

@@ -1,4 +1,4 @@
-//! The overlay root of `bundle run` (protocol 6): the image's layer directories, read-only and
+//! The overlay root of `bundle run` (protocol 7): the image's layer directories, read-only and
 //! shared, under the bundle's own `upper` and `work` directories, mounted onto the bundle's
 //! rootfs directory in the shim's private mount namespace just before libcontainer creates the
 //! container, so nothing is ever mounted on the host.
