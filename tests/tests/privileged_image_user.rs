@@ -89,6 +89,8 @@ const USERS_TOML: &str = "[project]\nname = \"imguser\"\n\n[services.job]\nimage
 struct Project {
     p: &'static Privileged,
     root: PathBuf,
+    /// The daemon copies rootfs instead of stacking an overlay (`LOCALD_NO_OVERLAY`).
+    copy_roots: bool,
 }
 
 impl Project {
@@ -107,7 +109,7 @@ impl Project {
         locald_tests::chown_tree(&root, p.user.uid, p.user.gid);
         // The image's user writes here.
         fs::set_permissions(root.join("project/data"), fs::Permissions::from_mode(0o777)).unwrap();
-        Project { p, root }
+        Project { p, root, copy_roots: false }
     }
 
     fn run(&self, args: &[&str]) -> Output {
@@ -118,6 +120,7 @@ impl Project {
             .env("XDG_STATE_HOME", self.root.join("state"))
             .env("XDG_CACHE_HOME", self.root.join("cache"))
             .env("LOCALD_SHIM", self.p.shim())
+            .envs(self.copy_roots.then_some(("LOCALD_NO_OVERLAY", "1")))
             // The last test removes the project; `server stop` then runs beside it.
             .current_dir(Some(self.root.join("project")).filter(|d| d.exists()).unwrap_or(self.root.clone()))
             .args(args)
@@ -211,7 +214,7 @@ fn owned_entries(tar: &mut tar::Builder<Vec<u8>>) {
 }
 
 const OWNERS_TOML: &str = "[project]\nname = \"owners\"\n\n[services.job]\nimage = \"./app.tar\"\n\
-     command = \"stat -c '%u %g %a %h' /srv/data /srv/suid-app /bin/suid-root > /data/t && mv /data/t /data/stat\"\n\
+     command = \"stat -c '%u %g %a %h' /srv/data /srv/suid-app /bin/suid-root > /data/t && touch /srv/written && mv /data/t /data/stat\"\n\
      volumes = [\"./data:/data\"]\nrestart = \"no\"\n";
 
 /// What the container saw, once it is written.
@@ -247,46 +250,65 @@ fn image_files_keep_their_owners_modes_and_links_through_the_allocation() {
     Allocation::remove(&p.user.name, RANGE);
     let project = Project::with(p, "img-owners-none", OWNERS_TOML, make);
     let _ = project.run(&["up"]);
-    // (The user's copy into the bundle makes a hard link two files.)
-    assert_eq!(stat_inside(&project), "0 0 640 1\n0 0 4710 1\n0 0 4755 1\n");
+    assert_eq!(stat_inside(&project), "0 0 640 2\n0 0 4710 1\n0 0 4755 1\n");
     let user = (p.user.uid, p.user.gid);
     assert_eq!(owner_mode(&in_cache(&project, "srv/data")), (user.0, user.1, 0o640));
     drop(project);
 
     let _allocation = Allocation::add(&p.user.name, RANGE);
-    let project = Project::with(p, "img-owners", OWNERS_TOML, make);
-    let up = project.run(&["up"]);
-    let inside = stat_inside(&project);
-    assert_eq!(inside, "101 102 640 2\n101 102 4710 1\n0 0 4755 1\n", "{}", text(&up));
     let (app_uid, app_gid) = (RANGE.0 + 100, RANGE.0 + 101);
-    let bundle = project.root.join("project/.locald/containers/job/rootfs");
-    for (what, meta) in
-        [("cache", in_cache(&project, "srv/data")), ("copy", fs::metadata(bundle.join("srv/data")).unwrap())]
-    {
+    // The overlay root, then the copy made where overlayfs cannot be used: both keep the owners.
+    for copy_roots in [false, true] {
+        let mut project =
+            Project::with(p, if copy_roots { "img-owners-copy" } else { "img-owners" }, OWNERS_TOML, make);
+        project.copy_roots = copy_roots;
+        let up = project.run(&["up"]);
+        let inside = stat_inside(&project);
+        assert_eq!(inside, "101 102 640 2\n101 102 4710 1\n0 0 4755 1\n", "copy {copy_roots}: {}", text(&up));
+        let bundle = project.root.join("project/.locald/containers/job");
+        let mut seen = vec![("cache", in_cache(&project, "srv/data"))];
+        if copy_roots {
+            seen.push(("copy", fs::metadata(bundle.join("rootfs/srv/data")).unwrap()));
+            assert_eq!(
+                owner_mode(&fs::metadata(bundle.join("rootfs/srv/suid-app")).unwrap()),
+                (app_uid, app_gid, 0o4710)
+            );
+        } else {
+            assert!(!bundle.join("rootfs/srv").exists(), "an overlay root copies nothing into the bundle");
+        }
+        for (what, meta) in seen {
+            assert_eq!(
+                owner_mode(&meta),
+                (app_uid, app_gid, 0o640),
+                "{what}: uid 101 is start + 100 on the host"
+            );
+            assert_eq!(meta.nlink(), 2, "{what}: the hard link is a link, not a copy");
+        }
+        assert_eq!(owner_mode(&in_cache(&project, "srv/suid-app")), (app_uid, app_gid, 0o4710));
         assert_eq!(
-            owner_mode(&meta),
-            (app_uid, app_gid, 0o640),
-            "{what}: uid 101 is start + 100 on the host"
+            owner_mode(&in_cache(&project, "bin/suid-root")),
+            (user.0, user.1, 0o4755),
+            "container root is the user"
         );
-        assert_eq!(meta.nlink(), 2, "{what}: the hard link is a link, not a copy");
-    }
-    assert_eq!(owner_mode(&in_cache(&project, "srv/suid-app")), (app_uid, app_gid, 0o4710));
-    assert_eq!(owner_mode(&fs::metadata(bundle.join("srv/suid-app")).unwrap()), (app_uid, app_gid, 0o4710));
-    assert_eq!(
-        owner_mode(&in_cache(&project, "bin/suid-root")),
-        (user.0, user.1, 0o4755),
-        "container root is the user"
-    );
-    assert_eq!(owner_mode(&in_cache(&project, "srv")), (app_uid, app_gid, 0o750));
-    // The cache stays the user's alone: nobody else reaches a setuid file of their ids.
-    let cache = fs::metadata(project.root.join("cache/locald")).unwrap();
-    assert_eq!((cache.uid(), cache.mode() & 0o777), (user.0, 0o700));
+        assert_eq!(owner_mode(&in_cache(&project, "srv")), (app_uid, app_gid, 0o750));
+        // The cache stays the user's alone: nobody else reaches a setuid file of their ids.
+        let cache = fs::metadata(project.root.join("cache/locald")).unwrap();
+        assert_eq!((cache.uid(), cache.mode() & 0o777), (user.0, 0o700));
 
-    // down removes the copy holding subordinate ids; the user removes the project as themselves.
-    let down = project.run(&["down"]);
-    assert!(down.status.success(), "{}", text(&down));
-    assert!(!bundle.exists(), "down left the rootfs copy with the image's owners");
-    let rm = p.as_user(Path::new("/bin/rm")).arg("-rf").arg(project.root.join("project")).output().unwrap();
-    assert!(rm.status.success(), "{}", text(&rm));
-    assert!(!project.root.join("project").exists());
+        // down keeps what the container wrote (`/srv` of uid 101 holds a new file)...
+        let written = bundle.join(if copy_roots { "rootfs/srv/written" } else { "upper/srv/written" });
+        let down = project.run(&["down"]);
+        assert!(down.status.success(), "{}", text(&down));
+        let srv = fs::metadata(written.parent().unwrap()).unwrap();
+        assert_eq!(owner_mode(&srv), (app_uid, app_gid, 0o750), "copy {copy_roots}: the written /srv");
+        assert!(written.exists(), "copy {copy_roots}: down dropped what the container wrote");
+        // ...which `rm` of the user cannot remove; `down --volumes` removes it without root.
+        let down = project.run(&["down", "--volumes"]);
+        assert!(down.status.success(), "{}", text(&down));
+        assert!(!bundle.exists(), "copy {copy_roots}: down --volumes left the container's files");
+        let rm =
+            p.as_user(Path::new("/bin/rm")).arg("-rf").arg(project.root.join("project")).output().unwrap();
+        assert!(rm.status.success(), "{}", text(&rm));
+        assert!(!project.root.join("project").exists());
+    }
 }
