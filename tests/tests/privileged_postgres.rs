@@ -183,7 +183,19 @@ fn postgres_from_debian_runs_as_its_user_keeps_its_data_and_leaves_nothing_root_
     // initdb ran as postgres inside; through the idmapped volume its files are the user's.
     let version = fs::metadata(project.dir().join("pgdata/data/PG_VERSION")).unwrap();
     assert_eq!((version.uid(), version.gid()), (p.user.uid, p.user.gid));
-    let postgres_uid = fs::read_to_string(project.dir().join(".locald/containers/db/rootfs/etc/passwd"))
+    // The image's own passwd, in its unpacked copy in the cache (the container's root is an
+    // overlay of it: nothing of the image is copied into the bundle).
+    let images = project.root.join("cache/locald/images");
+    let unpacked = fs::read_dir(&images)
+        .unwrap()
+        .map(|e| e.unwrap().path().join("rootfs/etc/passwd"))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("no unpacked image in {}", images.display()));
+    assert!(
+        !project.dir().join(".locald/containers/db/rootfs/etc").exists(),
+        "the image was copied into the bundle"
+    );
+    let postgres_uid = fs::read_to_string(unpacked)
         .unwrap()
         .lines()
         .find_map(|l| l.strip_prefix("postgres:x:")?.split(':').next()?.parse::<u32>().ok())

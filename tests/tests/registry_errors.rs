@@ -1,6 +1,7 @@
 //! Registries that make a pull hard: HTTPS with a test CA and htpasswd (credentials from
-//! Docker's `auths`, a `credHelpers` helper and Podman's `auth.json`), rate limiting, flaky
-//! connections and 5xx, and a name that is not loopback (never asked over plain HTTP).
+//! Docker's `auths`, a `credHelpers` helper, a `credsStore` and Podman's `auth.json`), rate
+//! limiting, flaky connections and 5xx, and a name that is not loopback (never asked over
+//! plain HTTP).
 //! The misbehaving servers are tiny loopback stand-ins in front of (or instead of) the registry.
 
 use std::fs;
@@ -110,6 +111,13 @@ fn https_with_a_test_ca_and_htpasswd_takes_credentials_from_docker_helpers_and_p
     let out = pull(&daemon, &dir, &path);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(fs::read_to_string(&asked).unwrap().trim(), host, "the helper was not asked for {host}");
+
+    // `credsStore`: the same helper, as the store for every registry.
+    fs::remove_file(&asked).unwrap();
+    fs::write(&docker, r#"{"credsStore":"locald-test"}"#).unwrap();
+    let out = pull(&daemon, &dir, &path);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(fs::read_to_string(&asked).unwrap().trim(), host, "the store was not asked for {host}");
 
     // Podman's auth.json, in the runtime dir and then in ~/.config/containers.
     fs::remove_file(&docker).unwrap();
