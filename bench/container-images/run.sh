@@ -20,10 +20,10 @@ user=locald-bench-img
 range_start=900000
 
 [ "$(id -u)" = 0 ] || { echo "run as root (sudo $0)" >&2; exit 1; }
-for tool in hyperfine podman skopeo umoci docker-registry newuidmap mmdebstrap; do
+for tool in podman skopeo umoci docker-registry newuidmap mmdebstrap; do
     command -v "$tool" >/dev/null || missing=1
 done
-[ -z "${missing:-}" ] || apt-get install -y -qq hyperfine podman skopeo umoci docker-registry uidmap mmdebstrap >/dev/null
+[ -z "${missing:-}" ] || apt-get install -y -qq podman skopeo umoci docker-registry uidmap mmdebstrap >/dev/null
 id "$user" >/dev/null 2>&1 || useradd --create-home --user-group --shell /bin/sh "$user"
 uid=$(id -u "$user"); gid=$(id -g "$user")
 grep -q "^$user:" /etc/subuid || usermod --add-subuids "$range_start-$((range_start + 65535))" "$user"
@@ -95,36 +95,41 @@ project() { # dir, services...
 }
 project "$home/pull" db
 project "$home/start" db
-as_user "$work/bin/locald" server start >/dev/null
+as_user "$work/bin/locald" status >/dev/null # starts the daemon, as a user's would already run
 
-results="$work/results"; mkdir -p "$results"
-bench() { # name, prepare, command...
-    local name=$1 prepare=$2; shift 2
-    hyperfine --runs "$runs" --warmup 1 -N --prepare "$prepare" --export-json "$results/$name.json" \
-        "$@" >/dev/null
+results="$work/results"; mkdir -p "$results"; chown "$uid:$gid" "$results"
+# Interleaved rounds (each tool once per round, after its own clean-up, untimed), so a change
+# of load on a shared machine moves every tool's figures alike. Seconds per run, one per line.
+timed() { # name, command...
+    local name=$1 t0 t1; shift
+    t0=$(date +%s%N)
+    "$@" >/dev/null 2>"$results/$name.err" || { echo "$name failed: $(tail -n1 "$results/$name.err")" >&2; exit 1; }
+    t1=$(date +%s%N)
+    echo "$(( (t1 - t0) / 1000 ))e-6" >>"$results/$name"
 }
-wrap() { printf 'setpriv --reuid=%s --regid=%s --init-groups env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=%s XDG_RUNTIME_DIR=%s XDG_CACHE_HOME=%s/cache XDG_STATE_HOME=%s/state XDG_CONFIG_HOME=%s/config XDG_DATA_HOME=%s/data LOCALD_SHIM=%s %s' \
-    "$uid" "$gid" "$home" "$work/run" "$home" "$home" "$home" "$home" "$work/bin/locald-shim" "$1"; }
 
 # Pulls, each into an empty store (the locald daemon keeps running: only its store and the
-# project's pins go). The prepare commands run as root: the stores hold subordinate ids.
-clear_locald="rm -rf $home/cache/locald $home/pull/.locald"
-clear_podman="$(wrap "podman rmi -af")"
-clear_skopeo="rm -rf $work/oci $work/unpacked"
-chown "$uid:$gid" "$work"
-bench pull-locald "sh -c '$clear_locald'" --command-name locald "$(wrap "$work/bin/locald pull -C $home/pull")"
-bench pull-podman "sh -c '$clear_podman'" --command-name podman "$(wrap "podman pull -q $ref")"
-bench pull-skopeo "sh -c '$clear_skopeo'" --command-name skopeo+umoci \
-    "sh -c '$(wrap "skopeo copy --quiet --src-tls-verify=false docker://$ref oci:$work/oci:1") && $(wrap "umoci unpack --rootless --image $work/oci:1 $work/unpacked")'"
+# project's pins go; removed as root, as the stores hold subordinate ids).
+for round in $(seq 0 "$runs"); do
+    rm -rf "$home/cache/locald" "$home/pull/.locald" "$home/oci" "$home/unpacked"
+    as_user podman rmi -af >/dev/null 2>&1 || true
+    sync
+    timed "pull-locald-$round" as_user "$work/bin/locald" pull -C "$home/pull"
+    sync
+    timed "pull-podman-$round" as_user podman pull -q --tls-verify=false "$ref"
+    sync
+    timed "pull-skopeo-$round" as_user sh -c "skopeo copy --quiet --src-tls-verify=false docker://$ref oci:$home/oci:1 && umoci unpack --rootless --image $home/oci:1 $home/unpacked"
+done
 
 # Starts from the cached image: locald's writes of the last run are dropped first (down -v), as
 # podman's container is removed; both images stay cached.
 as_user "$work/bin/locald" pull -C "$home/start" >/dev/null
-bench start-locald "$(wrap "$work/bin/locald down --volumes $home/start")" --command-name locald \
-    "$(wrap "$work/bin/locald up $home/start")"
-as_user podman pull -q "$ref" >/dev/null
-bench start-podman "$(wrap "podman rm -af")" --command-name podman \
-    "$(wrap "podman run -d --user root $ref sleep 100000")"
+for round in $(seq 0 "$runs"); do
+    as_user "$work/bin/locald" down --volumes "$home/start" >/dev/null 2>&1 || true
+    as_user podman rm -af >/dev/null 2>&1 || true
+    timed "start-locald-$round" as_user "$work/bin/locald" up "$home/start"
+    timed "start-podman-$round" as_user podman run -d --user root "$ref" sleep 100000
+done
 as_user "$work/bin/locald" down --volumes "$home/start" >/dev/null
 as_user podman rm -af >/dev/null
 
@@ -138,16 +143,21 @@ for _ in 1 2 3 4 5; do as_user podman run -d --user root "$ref" sleep 100000 >/d
 after=$(du -sxb "$storage" | cut -f1)
 as_user "$work/bin/locald" down --volumes "$home/disk" >/dev/null
 
-python3 - "$results" "$locald_extra" "$((after - before))" <<'PY'
-import json, sys, os
-d = sys.argv[1]
-def r(name):
-    return json.load(open(os.path.join(d, name + ".json")))["results"][0]
+python3 - "$results" "$runs" "$locald_extra" "$((after - before))" <<'PY'
+import os, statistics, sys
+d, runs = sys.argv[1], int(sys.argv[2])
+def times(name):
+    # Round 0 is the warm-up.
+    return [float(open(os.path.join(d, f"{name}-{r}")).read()) for r in range(1, runs + 1)]
 def row(what, mine, peer, peer_name):
-    a, b = r(mine), r(peer)
-    print(f"{what:<7} {'locald':<8} {a['median']*1e3:>9.1f} ms  {peer_name:<13} {b['median']*1e3:>9.1f} ms  {a['median']/b['median']:>6.2f}x (medians)")
+    a, b = times(mine), times(peer)
+    ratios = [x / y for x, y in zip(a, b)]
+    print(f"{what:<6} locald {statistics.median(a):>7.2f} s ({min(a):.2f}-{max(a):.2f})  "
+          f"{peer_name:<13} {statistics.median(b):>7.2f} s ({min(b):.2f}-{max(b):.2f})  "
+          f"{statistics.median(a) / statistics.median(b):.2f}x (round ratios {min(ratios):.2f}-{max(ratios):.2f}x)")
 row("pull", "pull-locald", "pull-podman", "podman pull")
 row("pull", "pull-locald", "pull-skopeo", "skopeo+umoci")
 row("start", "start-locald", "start-podman", "podman run -d")
-print(f"disk    locald {int(sys.argv[2]) / 5 / 1024:.1f} KiB per further service; podman {int(sys.argv[3]) / 5 / 1024:.1f} KiB per further container")
+print(f"disk   locald {int(sys.argv[3]) / 5 / 1024:.1f} KiB per further service; "
+      f"podman {int(sys.argv[4]) / 5 / 1024:.1f} KiB per further container")
 PY

@@ -9,6 +9,7 @@ pub mod copy;
 pub mod identity;
 mod layer;
 pub mod owned;
+mod read_ahead;
 
 use std::collections::HashMap;
 use std::fs;
@@ -326,7 +327,9 @@ fn extract_archive(archive: &Path, into: &Path) -> Result<(), ImageError> {
 }
 
 /// gzip, zstd or plain tar, by magic number.
-fn decompress<'a, R: Read + 'a>(mut reader: BufReader<R>) -> std::io::Result<Box<dyn Read + 'a>> {
+fn decompress<'a, R: Read + Send + 'a>(
+    mut reader: BufReader<R>,
+) -> std::io::Result<Box<dyn Read + Send + 'a>> {
     use std::io::BufRead;
     let head = reader.fill_buf()?;
     if head.starts_with(&[0x1f, 0x8b]) {
@@ -451,8 +454,10 @@ pub(crate) fn unpack_layer_as(
     let mut modes = HashMap::new();
     let skipped = {
         let stream = decompress(BufReader::new(&mut hashing)).map_err(io)?;
-        layer::apply_with(&root, stream, &mut modes, Whiteouts::Keep, owners)
-            .map_err(|e| ImageError::Layer { path: blob.to_owned(), source: e })?
+        read_ahead::read_ahead(stream, |stream| {
+            layer::apply_with(&root, stream, &mut modes, Whiteouts::Keep, owners)
+        })
+        .map_err(|e| ImageError::Layer { path: blob.to_owned(), source: e })?
     };
     std::io::copy(&mut hashing, &mut std::io::sink()).map_err(io)?;
     if format!("sha256:{}", hex::encode(hashing.hasher.finalize_reset())) != digest {
@@ -480,8 +485,9 @@ pub(crate) fn unpack_layers_as(
         {
             let stream = decompress(BufReader::new(&mut hashing))
                 .map_err(|e| ImageError::Io { path: blob.path.clone(), source: e })?;
-            let more = layer::apply(&root, stream, &mut modes, owners)
-                .map_err(|e| ImageError::Layer { path: source.to_owned(), source: e })?;
+            let more =
+                read_ahead::read_ahead(stream, |stream| layer::apply(&root, stream, &mut modes, owners))
+                    .map_err(|e| ImageError::Layer { path: source.to_owned(), source: e })?;
             skipped.devices.extend(more.devices);
             skipped.unmapped.extend(more.unmapped);
         }
