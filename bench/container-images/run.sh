@@ -61,7 +61,7 @@ docker-registry serve "$work/registry/config.yml" >"$work/registry/log" 2>&1 &
 registry=$!
 cleanup() {
     as_user "$work/bin/locald" server stop >/dev/null 2>&1 || true
-    as_user podman rm -af >/dev/null 2>&1 || true
+    as_user podman rm -af -t 0 >/dev/null 2>&1 || true
     kill "$registry" 2>/dev/null || true
 }
 trap cleanup EXIT
@@ -81,6 +81,8 @@ as_user() {
 mkdir -p "$home/config/containers"
 printf '[engine]\ncgroup_manager = "cgroupfs"\nevents_logger = "file"\n' >"$home/config/containers/containers.conf"
 printf '[[registry]]\nlocation = "127.0.0.1:%s"\ninsecure = true\n' "$port" >"$home/config/containers/registries.conf"
+# Overlay storage, as rootless Podman has on a current kernel (not vfs, which copies per container).
+printf '[storage]\ndriver = "overlay"\n' >"$home/config/containers/storage.conf"
 chown -R "$uid:$gid" "$home"
 
 # One project per measurement; `pull` and `up` go through the user's daemon.
@@ -122,16 +124,20 @@ for round in $(seq 0 "$runs"); do
 done
 
 # Starts from the cached image: locald's writes of the last run are dropped first (down -v), as
-# podman's container is removed; both images stay cached.
+# podman's container is removed; both images stay cached. Podman's default runtime, crun,
+# refuses hybrid cgroup hosts: runc there.
 as_user "$work/bin/locald" pull -C "$home/start" >/dev/null
+runtime=crun
+as_user podman run --rm --runtime crun --user root "$ref" true >/dev/null 2>&1 || runtime=runc
+echo "podman runs containers with $runtime" >&2
 for round in $(seq 0 "$runs"); do
     as_user "$work/bin/locald" down --volumes "$home/start" >/dev/null 2>&1 || true
-    as_user podman rm -af >/dev/null 2>&1 || true
+    as_user podman rm -af -t 0 >/dev/null 2>&1 || true
     timed "start-locald-$round" as_user "$work/bin/locald" up "$home/start"
-    timed "start-podman-$round" as_user podman run -d --user root "$ref" sleep 100000
+    timed "start-podman-$round" as_user podman run -d --runtime "$runtime" --user root "$ref" sleep 100000
 done
 as_user "$work/bin/locald" down --volumes "$home/start" >/dev/null
-as_user podman rm -af >/dev/null
+as_user podman rm -af -t 0 >/dev/null
 
 # Disk: five more services (containers) of the same image, writing nothing.
 project "$home/disk" s1 s2 s3 s4 s5
@@ -139,7 +145,7 @@ as_user "$work/bin/locald" up "$home/disk" >/dev/null
 locald_extra=$(du -sxb "$home/disk/.locald/containers" | cut -f1)
 storage=$(as_user podman info --format '{{.Store.GraphRoot}}')
 before=$(du -sxb "$storage" | cut -f1)
-for _ in 1 2 3 4 5; do as_user podman run -d --user root "$ref" sleep 100000 >/dev/null; done
+for _ in 1 2 3 4 5; do as_user podman run -d --runtime "$runtime" --user root "$ref" sleep 100000 >/dev/null; done
 after=$(du -sxb "$storage" | cut -f1)
 as_user "$work/bin/locald" down --volumes "$home/disk" >/dev/null
 
