@@ -106,8 +106,7 @@ pub fn apply_with(
             let dir = ensure_dir(root, &parent).map_err(errno)?;
             let hidden = OsStr::new(hidden);
             remove_entry(&dir, hidden).map_err(io)?;
-            let device = nix::sys::stat::SFlag::S_IFCHR;
-            if nix::sys::stat::mknodat(Some(dir.as_raw_fd()), hidden, device, Mode::empty(), 0).is_ok() {
+            if overlay_whiteout(&dir, hidden) {
                 created.insert(parent.join(hidden));
                 continue;
             }
@@ -340,9 +339,23 @@ fn is_dir(dir: &OwnedFd, name: &OsStr) -> bool {
         .is_ok_and(|st| st.st_mode & nix::libc::S_IFMT == nix::libc::S_IFDIR)
 }
 
-/// Removes `name` in `dir` whatever it is; a symlink is removed, not followed.
+/// Makes `name` in `dir` overlayfs' whiteout, a 0:0 character device; false where the kernel
+/// refuses it.
+#[cfg(target_os = "linux")]
+fn overlay_whiteout(dir: &OwnedFd, name: &OsStr) -> bool {
+    let device = nix::sys::stat::SFlag::S_IFCHR;
+    nix::sys::stat::mknodat(Some(dir.as_raw_fd()), name, device, Mode::empty(), 0).is_ok()
+}
+
+/// Overlay roots are Linux's: elsewhere whiteouts stay marker files.
+#[cfg(not(target_os = "linux"))]
+fn overlay_whiteout(_dir: &OwnedFd, _name: &OsStr) -> bool {
+    false
+}
+
 /// `user.overlay.opaque=y` on `dir`: overlayfs (with `userxattr`) shows nothing of the layers
 /// below it there.
+#[cfg(target_os = "linux")]
 fn mark_opaque(dir: &OwnedFd) -> std::io::Result<()> {
     let path = std::ffi::CString::new(format!("/proc/self/fd/{}", dir.as_raw_fd())).expect("no NUL");
     // SAFETY: setxattr with NUL-terminated strings and a value buffer that outlive the call.
@@ -355,6 +368,12 @@ fn mark_opaque(dir: &OwnedFd) -> std::io::Result<()> {
     Ok(())
 }
 
+#[cfg(not(target_os = "linux"))]
+fn mark_opaque(_dir: &OwnedFd) -> std::io::Result<()> {
+    Err(std::io::Error::new(std::io::ErrorKind::Unsupported, "opaque layer directories need Linux"))
+}
+
+/// Removes `name` in `dir` whatever it is; a symlink is removed, not followed.
 fn remove_entry(dir: &OwnedFd, name: &OsStr) -> std::io::Result<()> {
     if is_dir(dir, name) {
         // std's remove_dir_all never follows symlinks below the top; the magic link names the
