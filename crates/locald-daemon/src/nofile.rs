@@ -24,9 +24,17 @@ pub fn raise() -> u64 {
     soft
 }
 
-/// Gives a child the soft limit the daemon inherited (unchanged when [`raise`] never ran).
+/// Gives a child the soft limit the daemon inherited, when [`raise`] changed it. Only then: a
+/// `pre_exec` closure makes `Command` fork the daemon and wait for the child's `exec` instead
+/// of using `posix_spawn` (a vfork), which costs each service start milliseconds of the `up`
+/// that waits for it.
 pub fn restore_in_child(command: &mut std::process::Command) {
-    let Some(&(soft, hard)) = INHERITED.get() else { return };
+    let Some(&inherited) = INHERITED.get() else { return };
+    let Some((soft, hard)) =
+        getrlimit(Resource::RLIMIT_NOFILE).ok().and_then(|now| to_restore(inherited, now))
+    else {
+        return;
+    };
     let limit = libc::rlimit { rlim_cur: soft, rlim_max: hard };
     // SAFETY: setrlimit(2) is async-signal-safe and `limit` is a plain value moved into the
     // closure; nothing else runs between fork and exec.
@@ -37,5 +45,26 @@ pub fn restore_in_child(command: &mut std::process::Command) {
             }
             Ok(())
         });
+    }
+}
+
+/// The limits a child must be given back, from those the daemon inherited and those in force
+/// now (soft, hard); `None` when they are the same, so the child inherits them as they are.
+fn to_restore(inherited: (u64, u64), now: (u64, u64)) -> Option<(u64, u64)> {
+    (inherited != now).then_some(inherited)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::to_restore;
+
+    #[test]
+    fn a_child_is_given_back_the_inherited_limit_only_when_the_daemon_raised_it() {
+        assert_eq!(to_restore((1024, 524_288), (524_288, 524_288)), Some((1024, 524_288)), "raised");
+        assert_eq!(
+            to_restore((20_000, 20_000), (20_000, 20_000)),
+            None,
+            "soft already at the hard limit: nothing to restore, no pre_exec, posix_spawn"
+        );
     }
 }

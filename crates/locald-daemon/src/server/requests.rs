@@ -200,7 +200,7 @@ async fn pull_images(
     out: &mut Out,
 ) -> io::Result<bool> {
     let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_owned());
-    let config = match daemon.supervisor.load(&dir) {
+    let config = match daemon.supervisor.load_unprobed(&dir) {
         Ok(config) => config,
         // `up` reports a broken file itself, with its position; `pull` has nothing else to do.
         Err(_) if !force => return Ok(true),

@@ -59,6 +59,23 @@ impl PortSource for DaemonPorts {
     }
 }
 
+/// Ports handed out without binding anything: each service's preferred port (the next one when
+/// another service already has it). For reading what a file asks for besides ports (the images
+/// `up` pulls before it starts anything) when `up` assigns the real ports right after: probing
+/// costs three sockets per service, and `up` would pay it twice.
+struct Unprobed(Vec<u16>);
+
+impl PortSource for Unprobed {
+    fn assign(&mut self, project: &str, service: &str) -> Option<u16> {
+        let mut port = ports::preferred(project, service);
+        while self.0.contains(&port) {
+            port = if port == *ports::RANGE.end() { *ports::RANGE.start() } else { port + 1 };
+        }
+        self.0.push(port);
+        Some(port)
+    }
+}
+
 impl Supervisor {
     pub fn new(state_dir: PathBuf, privileged: Arc<dyn Privileged>) -> Self {
         Self::with_cgroups(state_dir, privileged, cgroup::Cgroups::detect)
@@ -102,6 +119,12 @@ impl Supervisor {
     /// The resolved config of `dir` without starting anything (ports as they would be now).
     pub fn load(&self, dir: &Path) -> Result<Config, ConfigError> {
         config::load(dir, &mut DaemonPorts(self.ports_in_use()))
+    }
+
+    /// The resolved config of `dir` for what does not depend on its ports (which images to
+    /// pull): their ports are not probed, so they may be taken.
+    pub fn load_unprobed(&self, dir: &Path) -> Result<Config, ConfigError> {
+        config::load(dir, &mut Unprobed(Vec::new()))
     }
 
     fn ports_in_use(&self) -> Vec<u16> {
@@ -289,6 +312,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("locald.toml"), toml).unwrap();
         dir
+    }
+
+    #[test]
+    fn loading_for_the_images_binds_no_port() {
+        let (project, service) = ("shop", "web");
+        let preferred = ports::preferred(project, service);
+        // Held here, so a probing load could not hand it out.
+        let _held = std::net::TcpListener::bind(("127.0.0.1", preferred));
+        let mut unprobed = Unprobed(Vec::new());
+        assert_eq!(unprobed.assign(project, service), Some(preferred), "no probe: the preferred port");
+        let again = unprobed.assign(project, service).unwrap();
+        assert_ne!(again, preferred, "two services never get the same port");
+        assert!(ports::RANGE.contains(&again));
     }
 
     #[test]
