@@ -84,6 +84,20 @@ impl Privileged {
         command
     }
 
+    /// `locald` as the throwaway user in `dir`, with every per-user directory under `home`
+    /// (`home/`, `run/`, `state/`, `cache/`) and the suite's shim.
+    pub fn locald_in(&self, home: &Path, dir: &Path) -> Command {
+        let mut command = self.as_user(&self.bin("locald"));
+        command
+            .env("HOME", home.join("home"))
+            .env("XDG_RUNTIME_DIR", home.join("run"))
+            .env("XDG_STATE_HOME", home.join("state"))
+            .env("XDG_CACHE_HOME", home.join("cache"))
+            .env("LOCALD_SHIM", self.shim())
+            .current_dir(dir);
+        command
+    }
+
     /// `shim-caller` as the throwaway user: it drops privileges itself (after entering a fresh
     /// network namespace when asked), so it starts as root.
     pub fn caller(&self, netns: bool) -> Command {
@@ -221,6 +235,17 @@ pub fn busybox_rootfs(rootfs: &Path, applets: &[&str], dirs: &[&str]) {
 }
 
 /// stdout and stderr of a finished command, for assertion messages.
+/// The stdout of `locald {args}` that gave `out`, which must have succeeded; else a failure
+/// showing it and the project's logs.
+pub fn succeeded(
+    args: &[&str],
+    out: std::process::Output,
+    logs: impl FnOnce() -> std::process::Output,
+) -> String {
+    assert!(out.status.success(), "locald {args:?} failed:\n{}\nlogs:\n{}", text(&out), text(&logs()));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 pub fn text(out: &std::process::Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }

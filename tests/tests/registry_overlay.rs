@@ -51,26 +51,11 @@ impl User {
     }
 
     fn run(&self, args: &[&str]) -> Output {
-        let mut command = self.p.as_user(&self.p.bin("locald"));
-        command
-            .env("HOME", self.home.join("home"))
-            .env("XDG_RUNTIME_DIR", self.home.join("run"))
-            .env("XDG_STATE_HOME", self.home.join("state"))
-            .env("XDG_CACHE_HOME", self.home.join("cache"))
-            .env("LOCALD_SHIM", self.p.shim())
-            .current_dir(&self.dir);
-        command.args(args).output().unwrap()
+        self.p.locald_in(&self.home, &self.dir).args(args).output().unwrap()
     }
 
     fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "locald {args:?} failed:\n{}\nlogs:\n{}",
-            text(&out),
-            text(&self.run(&["logs"]))
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        locald_tests::succeeded(args, self.run(args), || self.run(&["logs"]))
     }
 
     fn port(&self, service: &str) -> u64 {
