@@ -71,6 +71,13 @@ pub fn grants(caps: &[u8], cap: Cap) -> bool {
     magic & EFFECTIVE != 0 && permitted == Some(true)
 }
 
+/// File capabilities are Linux's (macOS runs containers in the Lima VM).
+#[cfg(not(target_os = "linux"))]
+fn file_caps(_file: &Path) -> Option<Vec<u8>> {
+    None
+}
+
+#[cfg(target_os = "linux")]
 fn file_caps(file: &Path) -> Option<Vec<u8>> {
     let path = std::ffi::CString::new(file.as_os_str().as_encoded_bytes()).ok()?;
     let mut buf = [0u8; 64];
