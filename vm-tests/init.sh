@@ -47,6 +47,9 @@ mkdir -p /usr/local/libexec/locald
 cp /opt/locald/locald-shim /usr/local/libexec/locald/locald-shim
 chown 0:0 /usr/local/libexec/locald/locald-shim
 chmod 4755 /usr/local/libexec/locald/locald-shim
+# Debian's newuidmap/newgidmap as the uidmap package installs them (the initramfs copies lose
+# the setuid bit).
+chmod 4755 /usr/bin/newuidmap /usr/bin/newgidmap
 
 echo "LOCALD-VM-KERNEL $(uname -r)"
 echo "LOCALD-VM-CGROUP-CONTROLLERS $(cat /sys/fs/cgroup/cgroup.controllers)"

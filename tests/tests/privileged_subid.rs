@@ -361,3 +361,38 @@ fn idmaps_onto_anyone_but_the_caller_or_beyond_the_containers_user_are_refused()
     idmap_attack(p, "idmap-unmapped", vec![map(70_000, c.uid, 1)], gid(), "uid 70000 is not one of your");
     idmap_attack(p, "idmap-zero", vec![map(0, c.uid, 1)], gid(), "container id 0");
 }
+
+/// Unmounts the filesystem mounted at the path on drop.
+struct Mounted(PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// ramfs has no `FS_ALLOW_IDMAP` (tmpfs has one since Linux 6.3), so the kernel refuses to idmap
+/// it for real: the volume is a plain bind, the container still runs, the shim's stderr (the
+/// service's log) says whose the files are, and uid 101's file is `start + 100` on the host.
+#[test]
+fn a_volume_the_kernel_cannot_idmap_is_a_plain_bind_that_says_whose_files_are_there() {
+    let Some(p) = privileged() else { return };
+    let _lock = FILES.lock().unwrap_or_else(|e| e.into_inner());
+    let c = caller();
+    let data = owned_dir(p, &c, "idmap-ramfs-data");
+    let status = Command::new("mount").args(["-t", "ramfs", "locald-test"]).arg(&data).status().unwrap();
+    assert!(status.success(), "mount ramfs: {status}");
+    let _mounted = Mounted(data.clone());
+    chown(&data, Some(c.uid), Some(c.gid)).unwrap();
+    let out = run(p, &c, "idmap-ramfs", &as_101(&c, "idmap-ramfs", "id -u; touch /data/new", &data), |_| {});
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "101", "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = format!(
+        "its filesystem cannot be idmapped (EINVAL: Invalid argument); files the container's user writes there belong to your subordinate uid {} on the host",
+        CALLER_RANGE.start + 100
+    );
+    assert!(stderr.contains(&line), "{}", text(&out));
+    let meta = fs::metadata(data.join("new")).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (CALLER_RANGE.start + 100, CALLER_RANGE.start + 101));
+}

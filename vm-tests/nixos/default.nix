@@ -18,12 +18,14 @@ let
     shim-handshake = [ "shim-handshake" ];
     # cgroup v2 delegation and cgroup.kill; a container with memory/pids limits through the shim;
     # a caller's pids.max holding inside its container; `locald up` of an image service with the
-    # limits of its locald.toml.
+    # limits of its locald.toml; a user with a subuid/subgid allocation running an image user
+    # (uid 101) with an idmapped volume and a plain one.
     containers = [
       "cgroup-v2"
       "container-limits"
       "container-nested"
       "container-service"
+      "container-subid"
     ];
     # Ports 80 and 443 bound by the shim and handed to the unprivileged user; the proxy on them
     # answering HTTPS (HTTP/2, WebSockets, SSE, a streamed upload, status pages) with its CA.

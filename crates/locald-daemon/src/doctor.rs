@@ -10,6 +10,7 @@ use locald_core::diagnostics::{Finding, Report};
 use locald_shim_protocol::ShimMode;
 
 use locald_image::identity::{ADD_ALLOCATION, Subordinate};
+use locald_image::mapper::{self, Cap, Tool};
 
 use crate::shim::{self as discovery, PortOwner, Privileged, ShimClientError};
 
@@ -21,7 +22,9 @@ pub fn run(privileged: &dyn Privileged) -> Report {
         Some(finding) => findings.push(finding),
         None => {
             findings.extend(cgroups());
-            findings.push(subid_allocation(&Subordinate::of_host_user(nix::unistd::getuid().as_raw())));
+            let sub = Subordinate::of_host_user(nix::unistd::getuid().as_raw());
+            findings.push(subid_allocation(&sub));
+            findings.extend(subid_tools(&sub, mapper::find));
         }
     }
     findings.push(localhost_resolution());
@@ -173,6 +176,46 @@ pub fn subid_allocation(sub: &Subordinate) -> Finding {
             ADD_ALLOCATION,
         ),
     }
+}
+
+/// With an allocation, whether `newuidmap`/`newgidmap` can map the unpack helper's user
+/// namespace onto it (`lookup` finds one tool; [`mapper::find`] outside tests). Nothing to say
+/// without an allocation: then no tool is used.
+pub fn subid_tools(sub: &Subordinate, lookup: impl Fn(&str, Cap) -> Tool) -> Option<Finding> {
+    const ID: &str = "subid.tools";
+    sub.uids.zip(sub.gids)?;
+    let found = mapper::TOOLS.map(|(name, cap)| (name, lookup(name, cap)));
+    let problems: Vec<String> = found
+        .iter()
+        .filter_map(|(name, tool)| match tool {
+            Tool::Usable(_) => None,
+            Tool::Missing => Some(format!("{name} not found")),
+            Tool::Unusable(path) => {
+                Some(format!("{} is neither setuid root nor given its capability", path.display()))
+            }
+        })
+        .collect();
+    if problems.is_empty() {
+        let paths: Vec<String> = found
+            .iter()
+            .filter_map(|(_, tool)| match tool {
+                Tool::Usable(path) => Some(path.display().to_string()),
+                _ => None,
+            })
+            .collect();
+        return Some(Finding::ok(
+            ID,
+            format!("{} map image layers onto the allocation", paths.join(" and ")),
+        ));
+    }
+    Some(Finding::warn(
+        ID,
+        format!(
+            "{}: image layers are unpacked as you only (every file container root's), so images whose User owns files fail",
+            problems.join(", ")
+        ),
+        "install Debian's `uidmap` package (shadow-utils elsewhere): sudo apt install uidmap",
+    ))
 }
 
 pub fn cgroups() -> Vec<Finding> {
@@ -352,6 +395,53 @@ mod tests {
         let missing = subid_allocation(&Subordinate { uids: range, gids: None });
         assert_eq!(missing.severity, locald_core::diagnostics::Severity::Warn);
         assert!(missing.hint.unwrap().contains("usermod --add-subuids"));
+    }
+
+    #[test]
+    fn the_tools_finding_names_what_is_missing_and_the_package() {
+        use locald_core::diagnostics::Severity;
+        use locald_image::identity::Range;
+        let range = Some(Range { start: 100_000, count: 65_536 });
+        let allocated = Subordinate { uids: range, gids: range };
+        let usable = |name: &str, _: Cap| Tool::Usable(format!("/usr/bin/{name}").into());
+        let ok = subid_tools(&allocated, usable).expect("a finding with an allocation");
+        assert_eq!((ok.id, ok.severity), ("subid.tools", Severity::Ok));
+        assert_eq!(
+            ok.message,
+            "/usr/bin/newuidmap and /usr/bin/newgidmap map image layers onto the allocation"
+        );
+
+        let no_gid =
+            |name: &str, cap: Cap| if cap == Cap::SETGID { Tool::Missing } else { usable(name, cap) };
+        let missing = subid_tools(&allocated, no_gid).unwrap();
+        assert_eq!(missing.severity, Severity::Warn);
+        assert!(
+            missing.message.starts_with("newgidmap not found: image layers are unpacked as you only"),
+            "{}",
+            missing.message
+        );
+        assert!(!missing.message.contains('\n'), "one line");
+        assert!(missing.hint.unwrap().contains("`uidmap` package"));
+
+        let plain = |name: &str, _: Cap| Tool::Unusable(format!("/opt/{name}").into());
+        let unusable = subid_tools(&allocated, plain).unwrap();
+        assert!(
+            unusable.message.starts_with("/opt/newuidmap is neither setuid root"),
+            "{}",
+            unusable.message
+        );
+        assert!(unusable.message.contains("/opt/newgidmap"), "{}", unusable.message);
+
+        let called = std::cell::Cell::new(false);
+        let none = Subordinate { uids: range, gids: None };
+        assert!(
+            subid_tools(&none, |_: &str, _: Cap| {
+                called.set(true);
+                Tool::Missing
+            })
+            .is_none()
+        );
+        assert!(!called.get(), "no allocation: no tool is looked up");
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod bundle;
 pub mod copy;
 pub mod identity;
 mod layer;
+pub mod mapper;
 pub mod owned;
 mod read_ahead;
 

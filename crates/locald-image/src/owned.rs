@@ -8,8 +8,11 @@
 //! write its maps after checking them against `/etc/subuid` and `/etc/subgid`. Nothing here is
 //! privileged; the maps are exactly the ones the shim later allows the container.
 //!
-//! A user without an allocation (or a process that never enabled the helper, like unit tests)
-//! unpacks as before: every file the user's.
+//! A user without an allocation, or without usable tools ([`crate::mapper`]: not installed, or
+//! neither setuid root nor given `cap_setuid`/`cap_setgid`), and a process that never enabled the
+//! helper (unit tests) unpack as before: every file the user's, container root's inside, so an
+//! image whose `User` must own some of its files fails at run time. `locald doctor` says which
+//! (`subid.tools`).
 
 use std::ffi::{OsStr, OsString};
 use std::io::{self, Read, Write};
@@ -48,10 +51,15 @@ impl Mapping {
     }
 }
 
-/// The helper and its mapping, when trees keep their owners: the helper is enabled and the user
-/// has an allocation on both sides.
+/// The helper and its mapping, when trees keep their owners: the helper is enabled, the user
+/// has an allocation on both sides, and `newuidmap`/`newgidmap` are usable.
 pub fn mapping() -> Option<(PathBuf, Mapping)> {
     let exe = HELPER.get()?;
+    // Judged once: trees unpacked by one process all have the same owners (and cache key).
+    static TOOLS: OnceLock<bool> = OnceLock::new();
+    if !*TOOLS.get_or_init(|| crate::mapper::both().is_some()) {
+        return None;
+    }
     let uid = nix::unistd::getuid().as_raw();
     let sub = Subordinate::of_host_user(uid);
     let mapping = Mapping { uid, gid: nix::unistd::getgid().as_raw(), uids: sub.uids?, gids: sub.gids? };

@@ -16,8 +16,11 @@ use crate::util;
 
 const BINARIES: &[&str] = &["locald", "locald-shim", "shim-caller", "proxy-probe"];
 /// Debian's runc and crun (packages of the same names), for `bench-container-start`; getcap
-/// (libcap2-bin), for `ports-only` to read the shim's file capability as the kernel stores it.
-pub const HOST_PROGRAMS: &[&str] = &["/usr/sbin/runc", "/usr/bin/crun", "/usr/sbin/getcap"];
+/// (libcap2-bin), for `ports-only` to read the shim's file capability as the kernel stores it;
+/// newuidmap and newgidmap (uidmap), for `container-subid`'s unpack helper (made setuid root
+/// again by init.sh: copies here lose the bit).
+pub const HOST_PROGRAMS: &[&str] =
+    &["/usr/sbin/runc", "/usr/bin/crun", "/usr/sbin/getcap", "/usr/bin/newuidmap", "/usr/bin/newgidmap"];
 
 pub fn build(
     work: &Path,

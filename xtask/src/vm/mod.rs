@@ -21,8 +21,8 @@ const CANARY: &str = "zz-harness-canary-must-fail";
 
 pub fn run(selected: &[String]) -> anyhow::Result<()> {
     // crun and runc are the peers of the bench-container-start scenario, getcap (libcap2-bin)
-    // reads the ports-only shim's capability (copied in with their libraries by the initramfs
-    // builder).
+    // reads the ports-only shim's capability, newuidmap/newgidmap (uidmap) map container-subid's
+    // unpack helper (copied in with their libraries by the initramfs builder).
     deps::ensure(&[
         "qemu-system-x86",
         "busybox-static",
@@ -32,6 +32,7 @@ pub fn run(selected: &[String]) -> anyhow::Result<()> {
         "crun",
         "runc",
         "libcap2-bin",
+        "uidmap",
     ])?;
     ensure_musl_target()?;
     let root = util::workspace_root();
