@@ -31,13 +31,16 @@ pub fn preferred(project: &str, service: &str) -> u16 {
     RANGE.start() + (hash % span) as u16
 }
 
-/// The first free port from `preferred(project, service)` on, skipping `taken`.
-pub fn find_free(project: &str, service: &str, taken: &dyn Fn(u16) -> bool) -> Option<u16> {
+/// Every port of [`RANGE`] once, from `preferred(project, service)` on, wrapping around.
+pub fn candidates(project: &str, service: &str) -> impl Iterator<Item = u16> {
     let start = preferred(project, service);
     let span = RANGE.end() - RANGE.start() + 1;
-    (0..span)
-        .map(|i| RANGE.start() + (start - RANGE.start() + i) % span)
-        .find(|&port| !taken(port) && is_free(port))
+    (0..span).map(move |i| RANGE.start() + (start - RANGE.start() + i) % span)
+}
+
+/// The first free port from `preferred(project, service)` on, skipping `taken`.
+pub fn find_free(project: &str, service: &str, taken: &dyn Fn(u16) -> bool) -> Option<u16> {
+    candidates(project, service).find(|&port| !taken(port) && is_free(port))
 }
 
 #[cfg(test)]

@@ -302,11 +302,8 @@ pub fn prepare(
 /// Removes the kept files of the project's image services (`down --volumes`): their writes,
 /// copies and bundles. Blocking.
 pub fn remove_containers(shim: &dyn Privileged, project: &Path) -> Result<(), PrepareError> {
-    let dir = project.join(".locald").join("containers");
-    if fs::symlink_metadata(&dir).is_err() {
-        return Ok(());
-    }
-    force_remove_dir_all_blocking(&dir, shim)?;
+    // A project whose containers never ran has nothing to remove: that is no error either.
+    force_remove_dir_all_blocking(&project.join(".locald").join("containers"), shim)?;
     Ok(())
 }
 

@@ -61,11 +61,13 @@ pub(super) async fn handle(
                     crate::container::prepare::remove_containers(&*shim, &project)
                 })
                 .await;
-                response = match removed {
-                    Ok(Err(e)) => {
-                        Response::Error { message: format!("containers of {}: {e}", dir.display()) }
-                    }
-                    _ => Response::Ok,
+                let failed = match removed {
+                    Ok(result) => result.err().map(|e| e.to_string()),
+                    Err(e) => Some(e.to_string()),
+                };
+                response = match failed {
+                    Some(e) => Response::Error { message: format!("containers of {}: {e}", dir.display()) },
+                    None => Response::Ok,
                 };
             }
             reachable(daemon).await;

@@ -67,10 +67,7 @@ struct Unprobed(Vec<u16>);
 
 impl PortSource for Unprobed {
     fn assign(&mut self, project: &str, service: &str) -> Option<u16> {
-        let mut port = ports::preferred(project, service);
-        while self.0.contains(&port) {
-            port = if port == *ports::RANGE.end() { *ports::RANGE.start() } else { port + 1 };
-        }
+        let port = ports::candidates(project, service).find(|p| !self.0.contains(p))?;
         self.0.push(port);
         Some(port)
     }
