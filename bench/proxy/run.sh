@@ -203,6 +203,8 @@ targets=(direct_http nginx_http locald_http direct_http1k nginx_http1k locald_ht
 if getent hosts "$host" >/dev/null; then
     targets+=(nginx_https locald_https nginx_hs locald_hs nginx_h2m locald_h2m nginx_h2c locald_h2c)
 fi
+# BENCH_TARGETS="nginx_http locald_http" measures only those (a quick loop while tuning one path).
+if [ -n "${BENCH_TARGETS:-}" ]; then read -r -a targets <<<"$BENCH_TARGETS"; fi
 # The proxies measured for CPU: nginx's workers (not its master, not the backend) and the daemon.
 nginx_pids=$(pgrep -P "$(cat "$work/peer/nginx.pid")" | tr '\n' ' ')
 daemon_pid=$(pgrep -f "^$locald server start" | head -n1 || true)
@@ -299,13 +301,13 @@ def ratio(a, b):
 print(f"| {label} | {cell(d)} | {cell(n)} | {cell(l)} | {ratio(l, n)} | {ratio(l, d)} |")
 PY
 }
-row "HTTP/1.1 keep-alive, $conns connections" p99 "${r[direct_http]}" "${r[nginx_http]}" "${r[locald_http]}"
-row "HTTP/1.1 keep-alive, $many connections" p99 "${r[direct_http1k]}" "${r[nginx_http1k]}" "${r[locald_http1k]}"
+row "HTTP/1.1 keep-alive, $conns connections" p99 "${r[direct_http]:-}" "${r[nginx_http]:-}" "${r[locald_http]:-}"
+row "HTTP/1.1 keep-alive, $many connections" p99 "${r[direct_http1k]:-}" "${r[nginx_http1k]:-}" "${r[locald_http1k]:-}"
 if [ -n "${r[locald_https]:-}" ]; then
-    row "HTTPS keep-alive" p99 "" "${r[nginx_https]}" "${r[locald_https]}"
-    row "HTTPS new handshake per request" p99 "" "${r[nginx_hs]}" "${r[locald_hs]}"
-    row "HTTP/2, 4 connections x 100 streams" mean "" "${r[nginx_h2m]}" "${r[locald_h2m]}"
-    row "HTTP/2, 200 connections x 4 streams" mean "" "${r[nginx_h2c]}" "${r[locald_h2c]}"
+    row "HTTPS keep-alive" p99 "" "${r[nginx_https]:-}" "${r[locald_https]:-}"
+    row "HTTPS new handshake per request" p99 "" "${r[nginx_hs]:-}" "${r[locald_hs]:-}"
+    row "HTTP/2, 4 connections x 100 streams" mean "" "${r[nginx_h2m]:-}" "${r[locald_h2m]:-}"
+    row "HTTP/2, 200 connections x 4 streams" mean "" "${r[nginx_h2c]:-}" "${r[locald_h2c]:-}"
 fi
 printf '\nCPU = the proxy'"'"'s own user+system time per request (nginx: its workers; locald: the daemon).\n'
 printf 'Idle RSS added per %s keep-alive connections: nginx %s kB, locald %s kB.\n' "$many" "$nginx_idle" "${locald_idle:--}"
