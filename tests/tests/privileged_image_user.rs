@@ -299,6 +299,7 @@ fn image_files_keep_their_owners_modes_and_links_through_the_allocation() {
         let written = bundle.join(if copy_roots { "rootfs/srv/written" } else { "upper/srv/written" });
         let down = project.run(&["down"]);
         assert!(down.status.success(), "{}", text(&down));
+        assert!(text(&down).contains("`locald down --volumes` removes it"), "no hint: {}", text(&down));
         let srv = fs::metadata(written.parent().unwrap()).unwrap();
         assert_eq!(owner_mode(&srv), (app_uid, app_gid, 0o750), "copy {copy_roots}: the written /srv");
         assert!(written.exists(), "copy {copy_roots}: down dropped what the container wrote");

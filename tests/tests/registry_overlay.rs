@@ -130,11 +130,12 @@ fn services_of_a_pulled_image_start_from_its_layers_and_keep_their_writes() {
     user.ok(&["stop", "b"]);
     user.ok(&["start", "b"]);
     assert_eq!(user.runs("b"), Some(2), "b's writes did not survive stop/start");
-    user.ok(&["down"]);
+    let out = user.ok(&["down"]);
+    assert!(out.contains("kept what its containers wrote") && out.contains("down --volumes"), "{out}");
     user.ok(&["up"]);
     assert_eq!(user.runs("b"), Some(3), "`down` removed b's writes");
     let out = user.ok(&["down", "--volumes"]);
-    assert!(out.contains("removed"), "{out}");
+    assert!(out.contains("removed") && !out.contains("kept"), "{out}");
     assert!(!user.dir.join(".locald/containers").exists());
     user.ok(&["up"]);
     assert_eq!(user.runs("a"), Some(1), "`down --volumes` kept a's writes");

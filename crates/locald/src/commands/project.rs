@@ -20,8 +20,23 @@ pub fn down(dir: Option<PathBuf>, volumes: bool) -> anyhow::Result<ExitCode> {
         println!("stopped {} and removed what its containers wrote", dir.display());
     } else {
         println!("stopped {}", dir.display());
+        if let Some(kept) = kept_container_writes(&dir) {
+            // Files of the user's subordinate ids among them are not theirs to `rm`: the one
+            // way to remove them is said here, where they were kept.
+            println!(
+                "kept what its containers wrote in {} (`locald down --volumes` removes it)",
+                kept.display()
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The project's container writes that `down` keeps, when there are any.
+fn kept_container_writes(dir: &Path) -> Option<PathBuf> {
+    let containers = dir.join(".locald").join("containers");
+    let mut entries = std::fs::read_dir(&containers).ok()?;
+    entries.next().is_some().then_some(containers)
 }
 
 pub fn control(dir: &Path, services: Vec<String>, action: Action) -> anyhow::Result<ExitCode> {
