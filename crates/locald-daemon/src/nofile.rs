@@ -29,12 +29,7 @@ pub fn raise() -> u64 {
 /// of using `posix_spawn` (a vfork), which costs each service start milliseconds of the `up`
 /// that waits for it.
 pub fn restore_in_child(command: &mut std::process::Command) {
-    let Some(&inherited) = INHERITED.get() else { return };
-    let Some((soft, hard)) =
-        getrlimit(Resource::RLIMIT_NOFILE).ok().and_then(|now| to_restore(inherited, now))
-    else {
-        return;
-    };
+    let Some((soft, hard)) = to_give_back() else { return };
     let limit = libc::rlimit { rlim_cur: soft, rlim_max: hard };
     // SAFETY: setrlimit(2) is async-signal-safe and `limit` is a plain value moved into the
     // closure; nothing else runs between fork and exec.
@@ -46,6 +41,12 @@ pub fn restore_in_child(command: &mut std::process::Command) {
             Ok(())
         });
     }
+}
+
+/// The (soft, hard) `RLIMIT_NOFILE` a child must be given, when [`raise`] changed the daemon's.
+pub fn to_give_back() -> Option<(u64, u64)> {
+    let inherited = *INHERITED.get()?;
+    getrlimit(Resource::RLIMIT_NOFILE).ok().and_then(|now| to_restore(inherited, now))
 }
 
 /// The limits a child must be given back, from those the daemon inherited and those in force

@@ -5,7 +5,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -49,8 +49,7 @@ impl Cgroups {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(e),
         }
-        let procs = OpenOptions::new().write(true).open(dir.join("cgroup.procs"))?;
-        Ok(ServiceCgroup { dir, procs })
+        ServiceCgroup::open(dir)
     }
 
     /// At daemon exit, with every service stopped: the subtree goes too.
@@ -72,13 +71,24 @@ impl Cgroups {
 
 pub struct ServiceCgroup {
     dir: PathBuf,
-    procs: File,
+    /// The directory itself, open: what `clone3(CLONE_INTO_CGROUP)` creates a child in.
+    fd: File,
 }
 
 impl ServiceCgroup {
-    /// For the child between fork and exec: writing "0" moves the writing process itself.
-    pub fn procs_fd(&self) -> RawFd {
-        self.procs.as_raw_fd()
+    pub fn open(dir: PathBuf) -> io::Result<Self> {
+        let fd = File::open(&dir)?;
+        Ok(ServiceCgroup { dir, fd })
+    }
+
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    pub fn dir_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// For a child that joins between fork and exec: writing "0" to it moves the writer.
+    pub fn open_procs(&self) -> io::Result<File> {
+        OpenOptions::new().write(true).open(self.dir.join("cgroup.procs"))
     }
 
     pub fn kill(&self) {

@@ -14,6 +14,8 @@ pub(crate) mod process;
 mod readiness;
 mod running;
 pub(crate) mod service;
+#[cfg(target_os = "linux")]
+mod spawn;
 
 pub use apply::{Applied, Want};
 pub use running::{Project, Running};

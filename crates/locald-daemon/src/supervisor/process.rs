@@ -2,7 +2,7 @@
 //! pidfd (on macOS: a thread in `waitid(WNOWAIT)`), and reaped only after its whole group got
 //! SIGKILL. Holding the unreaped leader keeps
 //! its pid (= the group id) from being recycled, so a signal to the group can never reach an
-//! unrelated process.
+//! unrelated process. With a cgroup it is created in it (`spawn.rs`), else `Command` starts it.
 
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -21,6 +21,8 @@ use tokio::net::unix::pipe;
 use locald_core::config::Service;
 
 use super::cgroup::ServiceCgroup;
+#[cfg(target_os = "linux")]
+use super::spawn;
 use crate::shim::Privileged;
 use locald_shim_protocol::protocol::BundleRunRequest;
 
@@ -73,8 +75,49 @@ impl Exit {
 }
 
 pub fn spawn(service: &Service, owner: &str, cgroup: Option<ServiceCgroup>) -> io::Result<(Running, Output)> {
+    let (pid, pidfd, output) = watch(start(service, owner, cgroup.as_ref(), Route::Best)?)?;
+    Ok((Running { pid, pidfd, cgroup, control: None, container: None }, output))
+}
+
+/// How [`start`] may start a process in a cgroup.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Route {
+    /// Created in it (Linux 5.7), unless this kernel said it cannot.
+    Best,
+    /// `Command`, joining it between fork and exec: the fallback, and tests' reference.
+    #[cfg_attr(not(all(test, target_os = "linux")), allow(dead_code))]
+    Command,
+}
+
+/// A child just started, before anything watches it.
+pub(super) struct Started {
+    pub pid: u32,
+    /// An fd readable once the child exited; `None`: make one ([`exit_watch`]).
+    pub pidfd: Option<OwnedFd>,
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
+}
+
+pub(super) fn start(
+    service: &Service,
+    owner: &str,
+    cgroup: Option<&ServiceCgroup>,
+    route: Route,
+) -> io::Result<Started> {
     let command = service.command.as_ref().ok_or_else(|| io::Error::other("service has no command"))?;
     let argv = command.argv();
+    #[cfg(target_os = "linux")]
+    if let Some(cgroup) = cgroup
+        && route == Route::Best
+        && spawn::available()
+    {
+        match start_in(cgroup, service, owner, &argv) {
+            Ok(started) => return Ok(started),
+            Err(spawn::Error::Unsupported(e)) => spawn::unavailable(&e),
+            Err(spawn::Error::Failed(e)) => return Err(e),
+        }
+    }
+    let _ = route; // only Linux has another route
     let mut cmd = std::process::Command::new(&argv[0]);
     cmd.args(&argv[1..])
         .current_dir(&service.cwd)
@@ -86,8 +129,10 @@ pub fn spawn(service: &Service, owner: &str, cgroup: Option<ServiceCgroup>) -> i
         .stderr(Stdio::piped())
         .process_group(0);
     crate::nofile::restore_in_child(&mut cmd);
-    if let Some(cgroup) = &cgroup {
-        let procs = cgroup.procs_fd();
+    // Open until spawn returns, the child writes to its copy.
+    let procs = cgroup.map(ServiceCgroup::open_procs).transpose()?;
+    if let Some(procs) = &procs {
+        let procs = procs.as_raw_fd();
         // SAFETY: between fork and exec the closure only calls write(2), which is
         // async-signal-safe, on an fd that stays open in the parent until spawn returns.
         unsafe {
@@ -100,18 +145,48 @@ pub fn spawn(service: &Service, owner: &str, cgroup: Option<ServiceCgroup>) -> i
             });
         }
     }
-    let (pid, pidfd, output) = watch(cmd.spawn()?)?;
-    Ok((Running { pid, pidfd, cgroup, control: None, container: None }, output))
+    Ok(started(cmd.spawn()?))
 }
 
-/// Takes over a just-spawned child: its pid pinned by an exit watch (reaped by
-/// [`Running::wait`], not through `child`) and its output pipes.
-fn watch(mut child: std::process::Child) -> io::Result<(u32, AsyncFd<OwnedFd>, Output)> {
-    let pid = child.id();
-    let pidfd = exit_watch(pid)?;
-    let stdout = pipe::Receiver::from_owned_fd(OwnedFd::from(child.stdout.take().expect("piped")))?;
-    let stderr = pipe::Receiver::from_owned_fd(OwnedFd::from(child.stderr.take().expect("piped")))?;
-    drop(child);
+/// What the `Command` below gets, created in `cgroup` by clone3.
+#[cfg(target_os = "linux")]
+fn start_in(
+    cgroup: &ServiceCgroup,
+    service: &Service,
+    owner: &str,
+    argv: &[String],
+) -> Result<Started, spawn::Error> {
+    let changes = service.env.iter().map(|(k, v)| (k.into(), Some(v.into())));
+    let changes =
+        changes.chain([(OWNER_VAR.into(), Some(owner.into())), (crate::server::READY_FD_VAR.into(), None)]);
+    let env = spawn::environment(changes);
+    let spec = spawn::Spec {
+        argv,
+        cwd: &service.cwd,
+        env: &env,
+        nofile: crate::nofile::to_give_back(),
+        cgroup: cgroup.dir_fd(),
+    };
+    let spawn::Child { pid, pidfd, stdout, stderr } = spawn::spawn(&spec)?;
+    Ok(Started { pid, pidfd: Some(pidfd), stdout, stderr })
+}
+
+fn started(mut child: std::process::Child) -> Started {
+    let stdout = OwnedFd::from(child.stdout.take().expect("piped"));
+    let stderr = OwnedFd::from(child.stderr.take().expect("piped"));
+    Started { pid: child.id(), pidfd: None, stdout, stderr }
+}
+
+/// Takes over a just-started child: its pid pinned by an exit watch (reaped by
+/// [`Running::wait`], not through a `Child`) and its output pipes.
+fn watch(started: Started) -> io::Result<(u32, AsyncFd<OwnedFd>, Output)> {
+    let Started { pid, pidfd, stdout, stderr } = started;
+    let pidfd = match pidfd {
+        Some(pidfd) => pidfd,
+        None => exit_watch(pid)?,
+    };
+    let stdout = pipe::Receiver::from_owned_fd(stdout)?;
+    let stderr = pipe::Receiver::from_owned_fd(stderr)?;
     // SAFETY: an OwnedFd is open, always returns the same raw fd, and is closed only when the
     // AsyncFd owning it is dropped.
     let pidfd = unsafe { AsyncFd::register(pidfd) }.map_err(io::Error::from)?;
@@ -130,7 +205,7 @@ pub fn spawn_container(shim: &Arc<dyn Privileged>, run: &BundleRunRequest) -> io
     crate::nofile::restore_in_child(&mut cmd);
     let child = cmd.spawn()?;
     drop(theirs);
-    let (pid, pidfd, output) = watch(child)?;
+    let (pid, pidfd, output) = watch(started(child))?;
     let running = Running { pid, pidfd, cgroup: None, control: Some(ours), container: Some(id.to_owned()) };
     Ok((running, output))
 }
