@@ -311,3 +311,42 @@ fn a_ca_with_wider_constraints_is_replaced_with_a_one_line_notice() {
     let path = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     assert_ne!(std::fs::read_to_string(path).unwrap(), old_pem, "the CA was not replaced");
 }
+
+/// A daemon started from a script's background job (SIGINT and SIGQUIT ignored, as a
+/// non-interactive shell does for `&`) does not hand that on: its services stop on SIGINT.
+#[test]
+fn signals_ignored_by_whoever_started_the_daemon_are_not_handed_to_services() {
+    let daemon = Daemon::new();
+    let dir = daemon.project(
+        "sigs",
+        "[services.show]\ncommand = [\"grep\", \"SigIgn\", \"/proc/self/status\"]\nrestart = \"no\"\nport = false\n",
+    );
+    // `trap ''` ignores them in the shell, and an ignored signal survives exec into the CLI and
+    // on into the daemon it starts; the environment is the fixture's own.
+    let fixture = daemon.cmd();
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("trap '' INT QUIT; exec \"$0\" up \"$1\"")
+        .arg(locald_tests::built_bin("locald"))
+        .arg(&dir)
+        .env_clear()
+        .envs(fixture.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .current_dir(&daemon.root)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let shown = locald_tests::wait_for(std::time::Duration::from_secs(10), || {
+        let logs = daemon.ok(&["logs", "-C", dir.to_str().unwrap(), "show"]);
+        logs.lines().find_map(|l| l.split("SigIgn:").nth(1).map(|m| m.trim().to_owned()))
+    })
+    .expect("the service's SigIgn line");
+    let mask = u64::from_str_radix(&shown, 16).unwrap();
+    for signal in [libc_sig::SIGINT, libc_sig::SIGQUIT] {
+        assert_eq!(mask & (1 << (signal - 1)), 0, "signal {signal} ignored in the service: SigIgn {shown}");
+    }
+}
+
+mod libc_sig {
+    pub const SIGINT: u64 = 2;
+    pub const SIGQUIT: u64 = 3;
+}

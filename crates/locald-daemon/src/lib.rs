@@ -12,6 +12,7 @@ mod logs;
 mod nofile;
 pub mod server;
 pub mod shim;
+mod signals;
 mod supervisor;
 mod watch;
 mod wiring;

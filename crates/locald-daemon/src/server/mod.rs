@@ -55,6 +55,14 @@ pub async fn run(socket: PathBuf, state_dir: PathBuf) -> Result<(), ServerError>
     signal_ready();
     // Before the proxy sizes its connection cap from it.
     crate::nofile::raise();
+    let reset = crate::signals::reset_ignored();
+    if !reset.is_empty() {
+        let names: Vec<&str> = reset.iter().map(|s| s.as_str()).collect();
+        tracing::info!(
+            "started with {} ignored: back to their default, for the services too",
+            names.join(", ")
+        );
+    }
     // The one discovery of the shim: everything in the daemon that needs root asks this.
     let supervisor = Arc::new(Supervisor::new(state_dir.clone(), crate::shim::discover()));
     let shutdown = Arc::new(Shutdown { notify: Notify::new(), socket: socket.clone() });
