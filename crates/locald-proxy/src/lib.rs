@@ -21,7 +21,6 @@ mod limits;
 mod listeners;
 mod pages;
 mod routes;
-mod spread;
 mod tls;
 mod upstream;
 
@@ -105,9 +104,7 @@ impl Proxy {
             ca: ca_path,
         };
         let limits = limits::Limits::for_nofile(limits::nofile());
-        let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, MAX_THREADS);
-        let (spread, inboxes) = spread::Spread::new(threads);
-        let shared = Arc::new(Shared::new(routes.clone(), status.clone(), limits, spread));
+        let shared = Arc::new(Shared::new(routes.clone(), status.clone(), limits));
         let dashboard = shared.dashboard.clone();
         let acceptor = TlsAcceptor::from(tls_config);
         let mut listening = Vec::new();
@@ -122,12 +119,13 @@ impl Proxy {
             listening.push((listener, tls.then(|| acceptor.clone())));
         }
         // Thread per core: each thread a single-threaded runtime accepting on every listener
-        // (`spread` evens out what the kernel hands each); a client connection's requests go
+        // (the kernel hands each connection to one of them); a client connection's requests go
         // over its own connections to the services (`upstream`), so a request never crosses
         // threads or contends on a shared pool.
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, MAX_THREADS);
         let (stop, stopping) = tokio::sync::watch::channel(false);
         let (running, stopped) = tokio::sync::mpsc::channel(1);
-        for (n, inbox) in inboxes.into_iter().enumerate() {
+        for n in 0..threads {
             let mut mine = Vec::new();
             for (listener, tls) in &listening {
                 mine.push((listener.try_clone()?, tls.clone()));
@@ -141,12 +139,11 @@ impl Proxy {
                     for (listener, tls) in mine {
                         match tokio::net::TcpListener::from_std(listener) {
                             Ok(listener) => {
-                                tasks.spawn(accept(listener, shared.clone(), tls, n));
+                                tasks.spawn(accept(listener, shared.clone(), tls));
                             }
                             Err(e) => tracing::error!("proxy: {e}"),
                         }
                     }
-                    tasks.spawn(handed_off(inbox, shared.clone()));
                     tokio::select! {
                         () = async { while tasks.join_next().await.is_some() {} } => {}
                         _ = stopping.wait_for(|stop| *stop) => {}
@@ -194,16 +191,10 @@ pub(crate) struct Shared {
     limits: limits::Limits,
     admission: Arc<limits::Admission>,
     dashboard: Arc<dashboard::Slot>,
-    spread: Arc<spread::Spread>,
 }
 
 impl Shared {
-    pub(crate) fn new(
-        routes: Arc<Routes>,
-        status: ProxyStatus,
-        limits: limits::Limits,
-        spread: Arc<spread::Spread>,
-    ) -> Self {
+    pub(crate) fn new(routes: Arc<Routes>, status: ProxyStatus, limits: limits::Limits) -> Self {
         let mut connections = auto::Builder::new(TokioExecutor::new());
         connections.http1().timer(TokioTimer::new()).header_read_timeout(limits.header);
         connections
@@ -214,7 +205,7 @@ impl Shared {
             .keep_alive_interval(limits.ping)
             .keep_alive_timeout(limits.ping);
         let admission = limits::Admission::new(limits.max_clients);
-        Shared { routes, status, connections, limits, admission, dashboard: Arc::default(), spread }
+        Shared { routes, status, connections, limits, admission, dashboard: Arc::default() }
     }
 }
 
@@ -224,14 +215,7 @@ static ACCEPT_ERRORS: limits::LogLimiter = limits::LogLimiter::new(Duration::fro
 /// would fail the same way is not spun on.
 const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(1));
 
-/// Accepts on `listener` for thread `me`, serving each connection there or handing it to the
-/// thread [`spread`] places it on.
-pub(crate) async fn accept(
-    listener: tokio::net::TcpListener,
-    shared: Arc<Shared>,
-    tls: Option<TlsAcceptor>,
-    me: usize,
-) {
+pub(crate) async fn accept(listener: tokio::net::TcpListener, shared: Arc<Shared>, tls: Option<TlsAcceptor>) {
     let mut backoff = ACCEPT_BACKOFF.0;
     loop {
         let (stream, addr) = match listener.accept().await {
@@ -248,24 +232,7 @@ pub(crate) async fn accept(
         backoff = ACCEPT_BACKOFF.0;
         // At the cap with every connection busy: this one is closed at once.
         let Some(admitted) = shared.admission.admit() else { continue };
-        let placed = shared.spread.place(me);
-        if placed.thread() == me {
-            tokio::spawn(connection(stream, addr, shared.clone(), tls.clone(), admitted, placed));
-            continue;
-        }
-        // Off this thread's reactor, onto the other's, where `handed_off` registers it again.
-        let Ok(stream) = stream.into_std() else { continue };
-        // An `Err` only while the proxy stops: the connection closes with it.
-        let _ = shared.spread.hand_off(spread::Handoff { stream, addr, tls: tls.clone(), admitted, placed });
-    }
-}
-
-/// Serves the connections other threads placed on this one.
-async fn handed_off(mut inbox: spread::Inbox, shared: Arc<Shared>) {
-    while let Some(spread::Handoff { stream, addr, tls, admitted, placed }) = inbox.recv().await {
-        if let Ok(stream) = tokio::net::TcpStream::from_std(stream) {
-            tokio::spawn(connection(stream, addr, shared.clone(), tls, admitted, placed));
-        }
+        tokio::spawn(connection(stream, addr, shared.clone(), tls.clone(), admitted));
     }
 }
 
@@ -276,9 +243,7 @@ async fn connection(
     shared: Arc<Shared>,
     tls: Option<TlsAcceptor>,
     admitted: limits::Admitted,
-    placed: spread::Placed,
 ) {
-    let _placed = placed;
     let _ = stream.set_nodelay(true);
     let activity = admitted.activity.clone();
     let peer = Peer { addr, tls: tls.is_some() };

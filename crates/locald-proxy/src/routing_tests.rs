@@ -136,7 +136,7 @@ fn a_state_that_serves_traffic_is_the_only_one_the_fast_path_takes() {
             false,
             vec![service("web", 4001, &["app.localhost"], view)],
         )]));
-        let shared = Shared::new(routes, test_status(), short_limits(), spread::Spread::new(1).0);
+        let shared = Shared::new(routes, test_status(), short_limits());
         assert_eq!(forwardable(&shared, "app.localhost", true, None).is_some(), forwarded, "{state:?}");
     }
 }

@@ -49,12 +49,12 @@ pub(super) async fn start(limits: limits::Limits) -> TestProxy {
         ipv6_note: None,
         ca: dir.path().join("ca.pem"),
     };
-    let shared = Arc::new(Shared::new(routes, status, limits, spread::Spread::new(1).0));
+    let shared = Arc::new(Shared::new(routes, status, limits));
     let https = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (https_addr, http_addr) = (https.local_addr().unwrap(), http.local_addr().unwrap());
-    tokio::spawn(accept(https, shared.clone(), Some(acceptor), 0));
-    tokio::spawn(accept(http, shared.clone(), None, 0));
+    tokio::spawn(accept(https, shared.clone(), Some(acceptor)));
+    tokio::spawn(accept(http, shared.clone(), None));
     TestProxy { https: https_addr, http: http_addr, ca_pem, shared, _dir: dir }
 }
 
