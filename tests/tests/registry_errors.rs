@@ -228,8 +228,9 @@ fn a_rate_limited_registry_says_until_when_in_one_line_and_is_not_hammered() {
     let daemon = Daemon::new();
     let image = format!("127.0.0.1:{port}/app:v1");
     let dir = project(&daemon, "limited", &image, "");
+    let before = std::time::SystemTime::now();
     let err = one_line(&pull(&daemon, &dir, &std::env::var("PATH").unwrap()));
-    let until = httpdate_in(118..=120);
+    let until = retry_after_lines(before, std::time::SystemTime::now(), 120);
     assert!(
         err.contains(&format!("registry 127.0.0.1:{port} is rate limiting pulls"))
             && until.iter().any(|u| err.contains(u)),
@@ -240,14 +241,16 @@ fn a_rate_limited_registry_says_until_when_in_one_line_and_is_not_hammered() {
 }
 
 /// "until <HTTP date> (in <n> s)" for each n in `range`, from now.
-fn httpdate_in(range: std::ops::RangeInclusive<u64>) -> Vec<String> {
-    let now = std::time::SystemTime::now();
-    range
-        .flat_map(|n| {
-            (0..=2).map(move |late| {
-                let when = now + Duration::from_secs(n + late);
-                format!("until {} (in {n} s)", fmt_http_date(when))
-            })
+/// What the one line may say of a `Retry-After: secs` answered between `before` and `after`:
+/// the date it ends (the answer's time + secs, to the second) and the seconds left then, which a
+/// slow machine may have eaten into by two.
+fn retry_after_lines(before: std::time::SystemTime, after: std::time::SystemTime, secs: u64) -> Vec<String> {
+    let epoch = |t: std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let (first, last) = (epoch(before).saturating_sub(1), epoch(after) + 1);
+    (first..=last)
+        .flat_map(|answered| {
+            let date = fmt_http_date(std::time::UNIX_EPOCH + Duration::from_secs(answered + secs));
+            (secs.saturating_sub(2)..=secs).map(move |left| format!("until {date} (in {left} s)"))
         })
         .collect()
 }
