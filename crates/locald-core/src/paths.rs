@@ -73,6 +73,12 @@ pub fn default_data_dir(home: &Path) -> PathBuf {
 
 const DATA_HOME: &str = ".local/share";
 
+/// `<project>/.locald/containers`: what a project's image services keep between runs (their
+/// bundles and writes), which `down` keeps and `down --volumes` removes.
+pub fn containers_dir(project: &Path) -> PathBuf {
+    project.join(".locald").join("containers")
+}
+
 /// Creates `dir` with mode 0700 or accepts an existing one only if it is a real directory owned
 /// by the current user and closed to others.
 pub fn private_dir(dir: &Path) -> Result<(), PathError> {

@@ -124,7 +124,7 @@ pub fn container_id(project_key: &str, service: &str) -> String {
 
 /// `<project>/.locald/containers/<service>`.
 pub fn bundle_dir(project: &Path, service: &str) -> PathBuf {
-    project.join(".locald").join("containers").join(service)
+    locald_core::paths::containers_dir(project).join(service)
 }
 
 /// Checks what can be checked before anything starts: the image exists and is local, and a
@@ -303,7 +303,7 @@ pub fn prepare(
 /// copies and bundles. Blocking.
 pub fn remove_containers(shim: &dyn Privileged, project: &Path) -> Result<(), PrepareError> {
     // A project whose containers never ran has nothing to remove: that is no error either.
-    force_remove_dir_all_blocking(&project.join(".locald").join("containers"), shim)?;
+    force_remove_dir_all_blocking(&locald_core::paths::containers_dir(project), shim)?;
     Ok(())
 }
 

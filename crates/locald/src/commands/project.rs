@@ -34,7 +34,7 @@ pub fn down(dir: Option<PathBuf>, volumes: bool) -> anyhow::Result<ExitCode> {
 
 /// The project's container writes that `down` keeps, when there are any.
 fn kept_container_writes(dir: &Path) -> Option<PathBuf> {
-    let containers = dir.join(".locald").join("containers");
+    let containers = locald_core::paths::containers_dir(dir);
     let mut entries = std::fs::read_dir(&containers).ok()?;
     entries.next().is_some().then_some(containers)
 }
